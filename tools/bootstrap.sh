@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv and install mmxai_fast (built from this checkout, non-editable) with its test and
+# benchmark extras. Torch is pinned to the 2.13.0 CPU build when no NVIDIA GPU is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+[ -d /opt/wheels ] && PIP+=(--find-links /opt/wheels)
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  "${PIP[@]}" install -q "torch>=2.3"
+else
+  "${PIP[@]}" install -q torch==2.13.0
+fi
+# The build itself never needs torch (see pyproject.toml): build isolation fetches only
+# setuptools, pybind11 and cmake.
+"${PIP[@]}" install -q ".[test]"
