@@ -20,6 +20,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple, Union
 import torch
 
 from .._backends import compiled_module, resolve_backend
+from .._cuda import CUDA_TYPE_NAMES
 from .._kernels import cpu_supports, dtype_code, triton_module
 from .._validation import require_tensor
 
@@ -149,7 +150,26 @@ def _hu_window_triton(volume, levels, widths, out_dtype):
     return out
 
 
-_IMPLS = {"reference": hu_window_reference, "cpu": _hu_window_cpu, "triton": _hu_window_triton}
+def _hu_window_cuda(volume, levels, widths, out_dtype):
+    import numpy as np
+
+    from .._cuda import launch
+
+    volume = volume.contiguous()
+    out = torch.empty((len(levels),) + tuple(volume.shape), dtype=out_dtype, device=volume.device)
+    if volume.numel() and len(levels):
+        lowers, inverses = _lowers_and_inverses(levels, widths)
+        as_tensor = lambda vals: torch.tensor(vals, dtype=torch.float64, device=volume.device)  # noqa: E731
+        kernel = f"hu_window_kernel<{CUDA_TYPE_NAMES[volume.dtype]}, {CUDA_TYPE_NAMES[out_dtype]}>"
+        blocks = min(65535, (volume.numel() + 255) // 256)
+        launch("hu_window", kernel, (blocks,), (256,),
+               (volume, np.int64(volume.numel()), as_tensor(lowers), as_tensor(inverses),
+                np.int32(len(levels)), out))
+    return out
+
+
+_IMPLS = {"reference": hu_window_reference, "cpu": _hu_window_cpu, "triton": _hu_window_triton,
+          "cuda": _hu_window_cuda}
 
 
 @torch.library.custom_op("mmxai_fast::hu_window", mutates_args=())
@@ -169,6 +189,8 @@ def _input_reasons(volume, out_dtype):
     def reasons(backend: str) -> List[str]:
         if backend == "cpu" and not (cpu_supports(volume.dtype) and cpu_supports(out_dtype)):
             return [f"cpu kernel does not handle {volume.dtype} -> {out_dtype}"]
+        if backend == "cuda" and (volume.dtype not in CUDA_TYPE_NAMES or out_dtype not in (torch.float32, torch.float64)):
+            return [f"cuda kernel handles {sorted(map(str, CUDA_TYPE_NAMES))} -> float32/float64, got {volume.dtype} -> {out_dtype}"]
         return []
     return reasons
 
@@ -182,7 +204,7 @@ def hu_window(volume: torch.Tensor, windows, out_dtype: torch.dtype = torch.floa
         windows: preset name(s) from :data:`HU_WINDOW_PRESETS` (``"brain"``, ``"lung"``...),
             :class:`HUWindow`, ``(level, width)`` pairs, or a ``(W, 2)`` tensor.
         out_dtype: floating output dtype.
-        backend: ``None``/``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
+        backend: ``None``/``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
 
     Returns:
         ``(W, *S)`` tensor in ``out_dtype``, ``clip((v - (level - width/2)) / width, 0, 1)``.

@@ -1,0 +1,39 @@
+"""CUDA C++ kernels compiled at run time with CuPy (NVRTC) and launched on torch's stream.
+
+CuPy imports on machines without a GPU and fails on first use, so it is imported lazily here and
+only after ``backend_reasons("cuda", ...)`` has confirmed a device.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Sequence, Tuple
+
+import torch
+
+from ._kernels import cuda_source_path
+
+# C++ type names NVRTC uses for each torch dtype handled by the CUDA kernels.
+CUDA_TYPE_NAMES = {
+    torch.uint8: "unsigned char", torch.int8: "signed char", torch.int16: "short",
+    torch.int32: "int", torch.int64: "long long", torch.float32: "float", torch.float64: "double",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_module(source_name: str, name_expressions: Tuple[str, ...]):
+    """Compile ``kernels/cuda/<source_name>.cu`` once per process (CuPy also caches on disk)."""
+    cupy = importlib.import_module("cupy")
+    code = cuda_source_path(source_name).read_text()
+    return cupy.RawModule(code=code, options=("-std=c++17",), name_expressions=name_expressions)
+
+
+def launch(source_name: str, kernel: str, grid: Sequence[int], block: Sequence[int], args) -> None:
+    """Launch ``kernel`` on torch's current stream. Tensor arguments are passed as raw pointers."""
+    cupy = importlib.import_module("cupy")
+    module = cuda_module(source_name, (kernel,))
+    packed = tuple(
+        cupy.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args
+    )
+    with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+        module.get_function(kernel)(tuple(grid), tuple(block), packed)
