@@ -7,13 +7,13 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-PIP=(.venv/bin/python -m pip --disable-pip-version-check)
-[ -d /opt/wheels ] && PIP+=(--find-links /opt/wheels)
+INSTALL=(.venv/bin/python -m pip --disable-pip-version-check install -q)
+[ -d /opt/wheels ] && INSTALL+=(--find-links /opt/wheels)
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  "${PIP[@]}" install -q "torch>=2.3"
+  "${INSTALL[@]}" "torch>=2.3"
 else
-  "${PIP[@]}" install -q torch==2.13.0
+  "${INSTALL[@]}" torch==2.13.0
 fi
 # The build itself never needs torch (see pyproject.toml): build isolation fetches only
 # setuptools, pybind11 and cmake.
-"${PIP[@]}" install -q ".[test]"
+"${INSTALL[@]}" ".[test]"
