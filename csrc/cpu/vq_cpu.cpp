@@ -1,6 +1,292 @@
-// Placeholder: the vq CPU kernels are being written.
+// VQ on the CPU: nearest-codeword lookup and codeword histograms.
+//
+// vq_nearest: for each row z_n of z [N, D], the index of the nearest codeword of e [K, D] and the
+// squared distance. The distance is expanded, ||z - e_k||^2 = ||z||^2 + (||e_k||^2 - 2 z.e_k), and
+// only the score s_k = ||e_k||^2 - 2 z.e_k is compared, so the lookup is a small GEMM fused with a
+// running argmin; the N x K score matrix is never stored.
+//
+// Layout: the codebook is packed once per call into panels of kNR codewords, each [D][kNR] and
+// pre-scaled by -2 (exact: a power of two), with the panel's norms alongside (+inf for the padding
+// codewords past K). A register-blocked micro-kernel computes a kMR x kNR tile of scores,
+// acc = ||e||^2 then acc += z_d * (-2 e_d) for d = 0..D-1, the same operations in the same order for
+// every codeword, so identical codewords get bit-identical scores. The running minimum keeps one
+// slot per (row, panel column); a strict '<' keeps the lowest index within a slot, and the final
+// per-row reduction over slots breaks ties by the lowest index.
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include <omp.h>
+
 #include "common.h"
 
 namespace mmxai {
-void register_vq(pybind11::module_& m) {}
+namespace {
+
+// Register blocking: kMR rows x kNR codewords of accumulators. For float, 6 x 64 is 24 AVX-512
+// registers (plus 4 for the codebook row and 1 broadcast, out of 32); double has half the lanes.
+constexpr int kMR = 6;
+template <typename T> struct Blocking;
+template <> struct Blocking<float> { static constexpr int NR = 64; };
+template <> struct Blocking<double> { static constexpr int NR = 32; };
+constexpr int kRowGroups = 8;              // row groups of kMR per block: 48 rows of z stay in L1
+constexpr int kBlockRows = kMR * kRowGroups;
+
+template <typename T> struct AlignedFree { void operator()(T* p) const { std::free(p); } };
+template <typename T> using AlignedBuffer = std::unique_ptr<T[], AlignedFree<T>>;
+
+template <typename T>
+AlignedBuffer<T> aligned_buffer(int64_t count) {
+  const size_t bytes = (((size_t)std::max<int64_t>(count, 1) * sizeof(T)) + 63) / 64 * 64;
+  T* p = static_cast<T*>(std::aligned_alloc(64, bytes));
+  if (!p) throw std::bad_alloc();
+  return AlignedBuffer<T>(p);
+}
+
+template <typename In, typename T> inline T load(const In* p, int64_t i) { return (T)to_double(p[i]); }
+template <> inline float load<float, float>(const float* p, int64_t i) { return p[i]; }
+template <> inline float load<half_t, float>(const half_t* p, int64_t i) { return half_to_float(p[i].bits); }
+template <> inline float load<bfloat16_t, float>(const bfloat16_t* p, int64_t i) { return bf16_to_float(p[i].bits); }
+
+// Scratch memory kept by the calling thread between calls: small lookups (N = 1) would otherwise
+// spend more time on fresh pages of a new buffer than on the search. Buffers above kKeepBytes
+// are freed after the call.
+constexpr size_t kKeepBytes = size_t(4) << 20;
+
+template <typename T>
+class ReusedBuffer {
+ public:
+  explicit ReusedBuffer(int64_t count) : bytes_(((size_t)std::max<int64_t>(count, 1) * sizeof(T) + 63) / 64 * 64) {
+    Cache& c = cache();
+    if (c.bytes < bytes_) {
+      c.data.reset();
+      c.data = AlignedBuffer<unsigned char>(static_cast<unsigned char*>(std::aligned_alloc(64, bytes_)));
+      if (!c.data) throw std::bad_alloc();
+      c.bytes = bytes_;
+    }
+  }
+  ~ReusedBuffer() {
+    Cache& c = cache();
+    if (c.bytes > kKeepBytes) { c.data.reset(); c.bytes = 0; }
+  }
+  T* get() const { return reinterpret_cast<T*>(cache().data.get()); }
+
+ private:
+  struct Cache { AlignedBuffer<unsigned char> data; size_t bytes = 0; };
+  static Cache& cache() { static thread_local Cache c; return c; }
+  size_t bytes_;
+};
+
+// The codebook as panels [P][D][NR] of -2 e, then norms [P][NR]; padding codewords have norm +inf,
+// so their score is +inf and never wins a strict '<'.
+template <typename T>
+struct PackedCodebook {
+  static constexpr int NR = Blocking<T>::NR;
+  int64_t panels = 0, D = 0;
+  ReusedBuffer<T> buffer;
+  T* values;
+  T* norms;
+
+  template <typename In>
+  PackedCodebook(const In* e, int64_t K, int64_t D_) : panels((K + NR - 1) / NR), D(D_),
+      buffer(panels * (D_ + 1) * NR), values(buffer.get()), norms(buffer.get() + panels * D_ * NR) {
+    for (int64_t p = 0; p < panels; ++p) {
+      // d outer, codewords inner: each norm is still summed over d in order, but the NR sums are
+      // independent and vectorise instead of forming one long dependency chain.
+      T* __restrict panel = values + p * D * NR;
+      const In* rows = e + p * NR * D;
+      const int valid = (int)std::min<int64_t>(NR, K - p * NR);
+      T norm[NR] = {};
+      T column[NR] = {};  // codeword values at feature d; zero past K
+      for (int64_t d = 0; d < D; ++d) {
+        for (int j = 0; j < valid; ++j) column[j] = load<In, T>(rows, j * D + d);
+        T* __restrict out = panel + d * NR;
+        for (int j = 0; j < NR; ++j) {
+          norm[j] += column[j] * column[j];
+          out[j] = T(-2) * column[j];
+        }
+      }
+      for (int j = 0; j < NR; ++j) norms[p * NR + j] = j < valid ? norm[j] : std::numeric_limits<T>::infinity();
+    }
+  }
+  const T* panel(int64_t p) const { return values + p * D * NR; }
+  const T* panel_norms(int64_t p) const { return norms + p * NR; }
+};
+
+// Scores of kMR rows of z (rows of `z` at stride D) against one panel, folded into the running
+// per-slot minimum best[r][j] / best_idx[r][j] (slot j of the panel holds codeword p * NR + j).
+template <typename T, typename Idx, int NR>
+inline void micro_kernel(const T* __restrict z, int64_t D, const T* __restrict panel,
+                         const T* __restrict norms, Idx first_index, T* __restrict best,
+                         Idx* __restrict best_idx) {
+  T acc[kMR][NR];
+  for (int r = 0; r < kMR; ++r)
+    for (int j = 0; j < NR; ++j) acc[r][j] = norms[j];
+  for (int64_t d = 0; d < D; ++d) {
+    const T* __restrict e = panel + d * NR;
+    for (int r = 0; r < kMR; ++r) {
+      const T zr = z[r * D + d];
+      for (int j = 0; j < NR; ++j) acc[r][j] += zr * e[j];
+    }
+  }
+  for (int r = 0; r < kMR; ++r) {
+    T* __restrict b = best + r * NR;
+    Idx* __restrict bi = best_idx + r * NR;
+    for (int j = 0; j < NR; ++j) {
+      const bool better = acc[r][j] < b[j];
+      b[j] = better ? acc[r][j] : b[j];
+      bi[j] = better ? first_index + (Idx)j : bi[j];
+    }
+  }
+}
+
+// Per-thread scratch for one block of kBlockRows rows: the rows of z converted to T (zero rows
+// past N), and the running per-slot minimum.
+template <typename T, typename Idx>
+struct RowBlockScratch {
+  static constexpr int NR = Blocking<T>::NR;
+  AlignedBuffer<T> z, best;
+  AlignedBuffer<Idx> best_idx;
+  explicit RowBlockScratch(int64_t D) : z(aligned_buffer<T>(kBlockRows * D)),
+      best(aligned_buffer<T>(kBlockRows * NR)), best_idx(aligned_buffer<Idx>(kBlockRows * NR)) {}
+};
+
+// Lowest-index minimum over the NR slots of one row.
+template <typename T, typename Idx>
+inline void reduce_slots(const T* best, const Idx* best_idx, int nr, T& value, int64_t& index) {
+  value = best[0];
+  Idx idx = best_idx[0];
+  for (int j = 1; j < nr; ++j) {
+    if (best[j] < value || (best[j] == value && best_idx[j] < idx)) {
+      value = best[j];
+      idx = best_idx[j];
+    }
+  }
+  index = (int64_t)idx;
+}
+
+template <typename In, typename T>
+void vq_nearest_kernel(const In* z, const In* e, int64_t N, int64_t K, int64_t D,
+                       int64_t* out_idx, In* out_dist) {
+  // Slot indices fit the lane width of T (int32 next to float) so the compare-and-blend of the
+  // running minimum vectorises; K < 2^31 is checked by the caller.
+  using Idx = typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type;
+  constexpr int NR = Blocking<T>::NR;
+  const PackedCodebook<T> code(e, K, D);
+  const int64_t n_blocks = (N + kBlockRows - 1) / kBlockRows;
+#pragma omp parallel if (n_blocks > 1)
+  {
+    RowBlockScratch<T, Idx> s(D);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      const int64_t row0 = blk * kBlockRows;
+      const int64_t rows = std::min<int64_t>(kBlockRows, N - row0);
+      for (int64_t r = 0; r < kBlockRows; ++r)
+        for (int64_t d = 0; d < D; ++d)
+          s.z.get()[r * D + d] = r < rows ? load<In, T>(z, (row0 + r) * D + d) : T(0);
+      std::fill(s.best.get(), s.best.get() + kBlockRows * NR, std::numeric_limits<T>::infinity());
+      std::fill(s.best_idx.get(), s.best_idx.get() + kBlockRows * NR, Idx(0));
+      const int groups = (int)((rows + kMR - 1) / kMR);
+      for (int64_t p = 0; p < code.panels; ++p) {
+        for (int g = 0; g < groups; ++g) {
+          micro_kernel<T, Idx, NR>(s.z.get() + g * kMR * D, D, code.panel(p), code.panel_norms(p),
+                                   (Idx)(p * NR), s.best.get() + g * kMR * NR,
+                                   s.best_idx.get() + g * kMR * NR);
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        T score;
+        reduce_slots(s.best.get() + r * NR, s.best_idx.get() + r * NR, NR, score, out_idx[row0 + r]);
+        const T* zr = s.z.get() + r * D;
+        T z_norm = T(0);
+        for (int64_t d = 0; d < D; ++d) z_norm += zr[d] * zr[d];
+        const T dist = z_norm + score;
+        out_dist[row0 + r] = from_float<In>(dist > T(0) ? dist : T(0));
+      }
+    }
+  }
+}
+
+void vq_nearest(uintptr_t z, uintptr_t codebook, const std::string& dtype, int64_t N, int64_t K,
+                int64_t D, uintptr_t out_idx, uintptr_t out_dist) {
+  if (K < 1 || D < 1 || N < 0) throw std::invalid_argument("vq_nearest: need K >= 1, D >= 1, N >= 0");
+  if (K >= (int64_t(1) << 31) - Blocking<float>::NR) throw std::invalid_argument("vq_nearest: K must be < 2^31");
+  if (N == 0) return;
+  int64_t* idx = ptr<int64_t>(out_idx);
+  switch (parse_dtype(dtype)) {
+    case DType::f32:
+      return vq_nearest_kernel<float, float>(ptr<const float>(z), ptr<const float>(codebook), N, K, D, idx,
+                                             ptr<float>(out_dist));
+    case DType::f64:
+      return vq_nearest_kernel<double, double>(ptr<const double>(z), ptr<const double>(codebook), N, K, D,
+                                               idx, ptr<double>(out_dist));
+    case DType::f16:
+      return vq_nearest_kernel<half_t, float>(ptr<const half_t>(z), ptr<const half_t>(codebook), N, K, D,
+                                              idx, ptr<half_t>(out_dist));
+    case DType::bf16:
+      return vq_nearest_kernel<bfloat16_t, float>(ptr<const bfloat16_t>(z), ptr<const bfloat16_t>(codebook),
+                                                  N, K, D, idx, ptr<bfloat16_t>(out_dist));
+    default: throw std::invalid_argument("vq_nearest: z and codebook must be floating, got " + dtype);
+  }
+}
+
+// Histogram of codeword indices: out[b, k] = #{i : idx[b, i] == k}, idx viewed as [B, L].
+// Each thread counts a contiguous range of the flattened indices into a local histogram and
+// adds it to the output row whenever its range crosses into the next batch (and at the end);
+// only rows shared by two threads' ranges see concurrent adds, hence the atomics.
+template <typename I>
+void histogram_kernel(const I* idx, int64_t B, int64_t L, int64_t K, int64_t* out) {
+  std::fill(out, out + B * K, int64_t(0));
+  const int64_t total = B * L;
+#pragma omp parallel if (total > 32768)
+  {
+    const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t begin = total * t / threads, end = total * (t + 1) / threads;
+    std::vector<int64_t> local(K, 0);
+    auto flush = [&](int64_t b) {
+      int64_t* row = out + b * K;
+      for (int64_t k = 0; k < K; ++k) {
+        if (local[k]) {
+#pragma omp atomic
+          row[k] += local[k];
+          local[k] = 0;
+        }
+      }
+    };
+    int64_t i = begin;
+    while (i < end) {
+      const int64_t b = i / L;
+      const int64_t stop = std::min(end, (b + 1) * L);
+      for (; i < stop; ++i) {
+        const int64_t v = (int64_t)idx[i];
+        if (v >= 0 && v < K) ++local[v];  // the caller has checked the range; never write outside
+      }
+      flush(b);
+    }
+  }
+}
+
+void codeword_histogram(uintptr_t indices, const std::string& dtype, int64_t B, int64_t L, int64_t K,
+                        uintptr_t out) {
+  if (B < 0 || L < 0 || K < 1) throw std::invalid_argument("codeword_histogram: need B >= 0, L >= 0, K >= 1");
+  switch (parse_dtype(dtype)) {
+    case DType::i64: return histogram_kernel(ptr<const int64_t>(indices), B, L, K, ptr<int64_t>(out));
+    case DType::i32: return histogram_kernel(ptr<const int32_t>(indices), B, L, K, ptr<int64_t>(out));
+    default: throw std::invalid_argument("codeword_histogram: indices must be int32 or int64, got " + dtype);
+  }
+}
+
+}  // namespace
+
+void register_vq(pybind11::module_& m) {
+  m.def("vq_nearest", &vq_nearest, pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "vq_nearest(z_ptr, codebook_ptr, dtype, N, K, D, idx_ptr, dist_ptr): contiguous z [N, D] and "
+        "codebook [K, D] of one dtype -> int64 indices [N], squared distances [N] in that dtype");
+  m.def("codeword_histogram", &codeword_histogram, pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "codeword_histogram(idx_ptr, idx_dtype, B, L, K, out_ptr): contiguous indices [B, L] in [0, K) "
+        "-> int64 counts [B, K]");
+}
+
 }  // namespace mmxai

@@ -1,0 +1,446 @@
+"""Support kernels for Shapley value sampling (Strumbelj & Kononenko; Captum ``ShapleyValueSampling``).
+
+Shapley value sampling walks random feature permutations. For permutation ``perms[p]`` the model
+is evaluated on the coalitions made of its first ``j`` features, ``j = 0 .. F`` (``j = 0``: every
+feature removed, i.e. the baseline; ``j = F``: the unperturbed input), and feature ``perms[p, j]``
+is credited with the marginal ``f(first j + 1) - f(first j)``. Averaged over permutations, the
+marginals estimate the Shapley values.
+
+Captum evaluates the baseline once and then adds the features of each permutation one at a time;
+the ops here fit that walk:
+
+- :func:`random_permutations`: ``[P, F]`` permutations, optionally antithetic (each permutation
+  followed by its reverse, a cheap variance reduction).
+- :func:`shapley_prefix_rows`: the ``(perm_index, prefix_size)`` rows of the walk, in Captum's
+  order (permutation-major, prefix size ascending).
+- :func:`shapley_coalitions`: the ``[R, F]`` keep masks of those rows (which features come from
+  the input, the others come from the baseline), for batched model evaluation.
+- :func:`shapley_accumulate`: running sums (and sums of squares) of the marginals per feature,
+  from the ``[P, F + 1, *T]`` model outputs; deterministic (one owner per feature, no atomics).
+- :func:`shapley_stats`: mean and standard error from the running sums.
+
+Naming chain per kernel op: ``*_reference`` (oracle and fallback), ``_*_cpu`` (C++ in
+``csrc/cpu/shapley_cpu.cpp``), ``_*_triton`` (``kernels/triton/shapley.py``), the registered
+``torch.ops.mmxai_fast.*`` and the public function.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple, Union
+
+import torch
+
+from .._backends import compiled_module, resolve_backend
+from .._kernels import cpu_supports, dtype_code, triton_module
+from .._validation import require_floating, require_integer, require_ndim, require_same_device, require_tensor
+
+__all__ = [
+    "random_permutations",
+    "shapley_prefix_rows",
+    "shapley_coalitions",
+    "shapley_coalitions_reference",
+    "shapley_accumulate",
+    "shapley_accumulate_reference",
+    "shapley_stats",
+]
+
+
+# ----------------------------------------------------------------------------- permutations
+
+
+def _non_negative_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return value
+
+
+def random_permutations(num_permutations: int, num_features: int, *,
+                        generator: Optional[torch.Generator] = None,
+                        device: Union[str, torch.device, None] = None,
+                        antithetic: bool = False) -> torch.Tensor:
+    """Uniformly random permutations of ``0 .. num_features - 1``, drawn on the device.
+
+    Each row is the argsort of float64 uniform noise (ties, which would bias the draw, have
+    probability about ``F**2 / 2**54``).
+
+    Args:
+        num_permutations: ``P >= 0``, the number of rows.
+        num_features: ``F >= 1``.
+        generator: optional ``torch.Generator``; it must live on ``device``.
+        device: where to draw; default the generator's device, else CPU.
+        antithetic: if True, rows ``2k + 1`` are rows ``2k`` reversed (``P`` must be even).
+
+    Returns:
+        ``[P, F]`` int64 tensor, each row a permutation.
+
+    Raises:
+        ValueError: negative ``P``, ``F < 1``, odd ``P`` with ``antithetic``, or a generator on
+            another device.
+    """
+    _non_negative_int(num_permutations, "num_permutations")
+    _non_negative_int(num_features, "num_features")
+    if num_features < 1:
+        raise ValueError(f"num_features must be >= 1, got {num_features}")
+    if antithetic and num_permutations % 2:
+        raise ValueError(f"num_permutations must be even with antithetic=True, got {num_permutations}")
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    device = torch.device(device)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device}, but device is {device}")
+    draws = num_permutations // 2 if antithetic else num_permutations
+    noise = torch.rand((draws, num_features), generator=generator, device=device, dtype=torch.float64)
+    perms = noise.argsort(dim=1)
+    if antithetic:
+        perms = torch.stack((perms, perms.flip(1)), dim=1).reshape(num_permutations, num_features)
+    return perms
+
+
+def shapley_prefix_rows(num_permutations: int, num_features: int, include_empty: bool = False,
+                        include_full: bool = True, *,
+                        device: Union[str, torch.device, None] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``(perm_index, prefix_size)`` rows of a permutation walk, in Captum's order.
+
+    Captum evaluates the baseline (prefix 0) once, then for every permutation the prefixes
+    ``1 .. F``: rows are permutation-major, prefix size ascending. Prefix 0 (all features
+    removed) and prefix ``F`` (none removed) are the same coalition for every permutation; leave
+    them out (``include_empty=False``, ``include_full=False``) to evaluate them once yourself.
+
+    Args:
+        num_permutations: ``P >= 0``.
+        num_features: ``F >= 1``.
+        include_empty: include prefix size 0 for each permutation.
+        include_full: include prefix size ``F`` for each permutation.
+        device: device of the returned tensors (default CPU).
+
+    Returns:
+        ``(perm_index, prefix_size)``, two int64 tensors of length
+        ``R = P * (F - 1 + include_empty + include_full)``.
+
+    Raises:
+        ValueError: negative ``P`` or ``F < 1``.
+    """
+    _non_negative_int(num_permutations, "num_permutations")
+    _non_negative_int(num_features, "num_features")
+    if num_features < 1:
+        raise ValueError(f"num_features must be >= 1, got {num_features}")
+    first = 0 if include_empty else 1
+    last = num_features if include_full else num_features - 1
+    sizes = torch.arange(first, last + 1, dtype=torch.int64, device=device)
+    perm_index = torch.arange(num_permutations, dtype=torch.int64, device=device).repeat_interleave(sizes.numel())
+    return perm_index, sizes.repeat(num_permutations)
+
+
+def _ranks_reference(perms: torch.Tensor) -> torch.Tensor:
+    """rank[p, perms[p, j]] = j. Zero-initialised so a row that is not a permutation stays in range."""
+    num_features = perms.shape[1]
+    positions = torch.arange(num_features, dtype=torch.int64, device=perms.device).expand_as(perms)
+    return torch.zeros_like(perms, dtype=torch.int64).scatter_(1, perms.long(), positions)
+
+
+def _check_perms(perms: torch.Tensor, full: bool) -> None:
+    """Data-dependent checks, run inside the custom op bodies (before any kernel)."""
+    if perms.numel() == 0:
+        return
+    num_features = perms.shape[1]
+    low, high = int(perms.min()), int(perms.max())
+    if low < 0 or high >= num_features:
+        raise ValueError(f"perms values must be in [0, {num_features}), got min {low} and max {high}")
+    if full:
+        seen = torch.zeros(perms.shape, dtype=torch.bool, device=perms.device).scatter_(1, perms.long(), True)
+        bad = (~seen.all(dim=1)).nonzero()
+        if bad.numel():
+            raise ValueError(f"perms rows must be permutations of 0..{num_features - 1}; "
+                             f"row {int(bad[0, 0])} repeats a value")
+
+
+# ----------------------------------------------------------------------------- coalitions
+
+
+def shapley_coalitions_reference(perms: torch.Tensor, perm_index: torch.Tensor,
+                                 prefix_size: torch.Tensor) -> torch.Tensor:
+    """Plain-PyTorch oracle: ``keep[r, f] = rank_{perm_index[r]}(f) < prefix_size[r]``.
+
+    Materialises an ``[R, F]`` int64 gather of the ranks (8x the output), fine for an oracle.
+    """
+    ranks = _ranks_reference(perms)
+    return ranks[perm_index.long()] < prefix_size.long().unsqueeze(1)
+
+
+def _index_vectors(perm_index, prefix_size):
+    return perm_index.long().contiguous(), prefix_size.long().contiguous()
+
+
+def _shapley_coalitions_cpu(perms, perm_index, prefix_size):
+    perms = perms.long().contiguous()
+    perm_index, prefix_size = _index_vectors(perm_index, prefix_size)
+    num_perms, num_features = perms.shape
+    out = torch.empty((perm_index.numel(), num_features), dtype=torch.bool)
+    if out.numel():
+        compiled_module().shapley_coalitions(perms.data_ptr(), num_perms, num_features, perm_index.data_ptr(),
+                                             prefix_size.data_ptr(), perm_index.numel(), out.data_ptr())
+    return out
+
+
+def _shapley_coalitions_triton(perms, perm_index, prefix_size):
+    perms = perms.long().contiguous()
+    perm_index, prefix_size = _index_vectors(perm_index, prefix_size)
+    out = torch.empty((perm_index.numel(), perms.shape[1]), dtype=torch.bool, device=perms.device)
+    if out.numel():
+        kernels = triton_module("shapley")
+        kernels.shapley_coalitions_forward(kernels.shapley_ranks(perms), perm_index, prefix_size,
+                                           out.view(torch.uint8))
+    return out
+
+
+_COALITION_IMPLS = {"reference": shapley_coalitions_reference, "cpu": _shapley_coalitions_cpu,
+                    "triton": _shapley_coalitions_triton}
+
+
+@torch.library.custom_op("mmxai_fast::shapley_coalitions", mutates_args=())
+def _shapley_coalitions_op(perms: torch.Tensor, perm_index: torch.Tensor, prefix_size: torch.Tensor,
+                           check_permutations: bool, backend: str) -> torch.Tensor:
+    _check_perms(perms, check_permutations)
+    num_perms, num_features = perms.shape
+    if perm_index.numel():
+        low, high = int(perm_index.min()), int(perm_index.max())
+        if low < 0 or high >= num_perms:
+            raise ValueError(f"perm_index values must be in [0, {num_perms}), got min {low} and max {high}")
+        low, high = int(prefix_size.min()), int(prefix_size.max())
+        if low < 0 or high > num_features:
+            raise ValueError(f"prefix_size values must be in [0, {num_features}], got min {low} and max {high}")
+    # The backend is resolved here, at run time, so torch.compile never traces the selection.
+    chosen = resolve_backend("shapley_coalitions", backend, perms.device, _COALITION_IMPLS)
+    return _COALITION_IMPLS[chosen](perms, perm_index, prefix_size)
+
+
+@_shapley_coalitions_op.register_fake
+def _(perms, perm_index, prefix_size, check_permutations, backend):
+    return perms.new_empty((perm_index.shape[0], perms.shape[1]), dtype=torch.bool)
+
+
+def _require_perms(perms) -> None:
+    require_tensor(perms, "perms")
+    require_integer(perms, "perms")
+    require_ndim(perms, "perms", 2, "[P, F]")
+
+
+def shapley_coalitions(perms: torch.Tensor, perm_index: torch.Tensor, prefix_size: torch.Tensor, *,
+                       check_permutations: bool = False, backend: Optional[str] = None) -> torch.Tensor:
+    """Keep masks of permutation prefixes: row ``r`` keeps the first ``prefix_size[r]`` features
+    of permutation ``perm_index[r]``.
+
+    ``keep[r, f] = rank_{perm_index[r]}(f) < prefix_size[r]`` where ``rank_p`` is the inverse of
+    ``perms[p]``; the ranks are computed once per call and each output row is one vectorised
+    comparison (no Python loop, no memory beyond ``[P, F]`` ranks and the ``[R, F]`` output).
+
+    Args:
+        perms: ``[P, F]`` integer tensor, each row a permutation of ``0 .. F - 1``. Values are
+            always checked to lie in ``[0, F)``; rows that repeat a value give unspecified
+            (but in-bounds) masks unless ``check_permutations`` is set.
+        perm_index: ``[R]`` integer tensor, values in ``[0, P)``.
+        prefix_size: ``[R]`` integer tensor, values in ``[0, F]``.
+        check_permutations: also check that every row of ``perms`` is a permutation (O(P F)).
+        backend: ``None``/``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
+
+    Returns:
+        ``[R, F]`` bool tensor on ``perms``' device; True = the feature is present (taken from the
+        input), False = removed (taken from the baseline).
+
+    Raises:
+        TypeError: non-tensor or non-integer arguments.
+        ValueError: wrong ranks or lengths, different devices, values out of range, or (with
+            ``check_permutations``) a row that is not a permutation.
+        BackendUnavailableError: an explicitly requested backend cannot run.
+    """
+    _require_perms(perms)
+    for name, vec in (("perm_index", perm_index), ("prefix_size", prefix_size)):
+        require_tensor(vec, name)
+        require_integer(vec, name)
+        require_ndim(vec, name, 1, "[R]")
+        require_same_device("perms", perms, name, vec)
+    if perm_index.shape[0] != prefix_size.shape[0]:
+        raise ValueError(f"perm_index and prefix_size must have the same length, got "
+                         f"{perm_index.shape[0]} and {prefix_size.shape[0]}")
+    return torch.ops.mmxai_fast.shapley_coalitions(perms, perm_index, prefix_size, bool(check_permutations),
+                                                   backend or "")
+
+
+# ----------------------------------------------------------------------------- accumulation
+
+
+def _compute_dtype(outputs_dtype: torch.dtype, sums_dtype: torch.dtype) -> torch.dtype:
+    """Marginals are formed in float64 if either side is float64, else float32."""
+    return torch.float64 if torch.float64 in (outputs_dtype, sums_dtype) else torch.float32
+
+
+def shapley_accumulate_reference(outputs: torch.Tensor, perms: torch.Tensor, sums: torch.Tensor,
+                                 sumsq: Optional[torch.Tensor] = None) -> None:
+    """Plain-PyTorch oracle: ``sums.index_add_(0, perms.flatten(), marginals)`` (and ``sumsq``
+    with the squared marginals), in place."""
+    compute = _compute_dtype(outputs.dtype, sums.dtype)
+    values = outputs.to(compute)
+    marginals = (values[:, 1:] - values[:, :-1]).flatten(0, 1)
+    index = perms.long().flatten()
+    sums.index_add_(0, index, marginals.to(sums.dtype))
+    if sumsq is not None:
+        sumsq.index_add_(0, index, (marginals * marginals).to(sumsq.dtype))
+
+
+def _flat_accumulators(sums, sumsq):
+    """Contiguous ``[F, Tn]`` views of the accumulators (copies when they are not contiguous)."""
+    flat = [None if t is None else t.contiguous().view(t.shape[0], math.prod(t.shape[1:])) for t in (sums, sumsq)]
+    return flat[0], flat[1]
+
+
+def _copy_back(sums, sumsq, flat_sums, flat_sumsq):
+    for target, flat in ((sums, flat_sums), (sumsq, flat_sumsq)):
+        if target is not None and flat.data_ptr() != target.data_ptr():
+            target.copy_(flat.view(target.shape))
+
+
+def _shapley_accumulate_cpu(outputs, perms, sums, sumsq):
+    outputs = outputs.contiguous()
+    perms = perms.long().contiguous()
+    flat_sums, flat_sumsq = _flat_accumulators(sums, sumsq)
+    num_perms, num_features = perms.shape
+    if num_perms and flat_sums.numel():
+        compiled_module().shapley_accumulate(
+            outputs.data_ptr(), dtype_code(outputs.dtype), perms.data_ptr(), num_perms, num_features,
+            flat_sums.shape[1], flat_sums.data_ptr(), dtype_code(sums.dtype),
+            0 if flat_sumsq is None else flat_sumsq.data_ptr())
+    _copy_back(sums, sumsq, flat_sums, flat_sumsq)
+
+
+def _shapley_accumulate_triton(outputs, perms, sums, sumsq):
+    outputs = outputs.contiguous()
+    perms = perms.long().contiguous()
+    flat_sums, flat_sumsq = _flat_accumulators(sums, sumsq)
+    if perms.shape[0] and flat_sums.numel():
+        kernels = triton_module("shapley")
+        kernels.shapley_accumulate_forward(outputs.view(perms.shape[0], perms.shape[1] + 1, flat_sums.shape[1]),
+                                           kernels.shapley_ranks(perms), flat_sums, flat_sumsq)
+    _copy_back(sums, sumsq, flat_sums, flat_sumsq)
+
+
+_ACCUMULATE_IMPLS = {"reference": shapley_accumulate_reference, "cpu": _shapley_accumulate_cpu,
+                     "triton": _shapley_accumulate_triton}
+
+
+@torch.library.custom_op("mmxai_fast::shapley_accumulate", mutates_args=("sums", "sumsq"))
+def _shapley_accumulate_op(outputs: torch.Tensor, perms: torch.Tensor, sums: torch.Tensor,
+                           sumsq: Optional[torch.Tensor], check_permutations: bool, backend: str) -> None:
+    _check_perms(perms, check_permutations)
+    if sumsq is not None and sumsq.numel() and sumsq.data_ptr() == sums.data_ptr():
+        raise ValueError("sumsq must not be the same tensor (memory) as sums")
+
+    def reasons(name: str) -> List[str]:
+        if name == "cpu" and not (cpu_supports(outputs.dtype) and cpu_supports(sums.dtype)):
+            return [f"cpu kernel does not handle {outputs.dtype} -> {sums.dtype}"]
+        return []
+
+    chosen = resolve_backend("shapley_accumulate", backend, outputs.device, _ACCUMULATE_IMPLS, reasons)
+    _ACCUMULATE_IMPLS[chosen](outputs, perms, sums, sumsq)
+
+
+@_shapley_accumulate_op.register_fake
+def _(outputs, perms, sums, sumsq, check_permutations, backend):
+    return None
+
+
+def _check_accumulate_args(outputs, perms, sums, sumsq) -> None:
+    require_tensor(outputs, "outputs")
+    require_floating(outputs, "outputs")
+    _require_perms(perms)
+    num_perms, num_features = perms.shape
+    if outputs.dim() < 2 or tuple(outputs.shape[:2]) != (num_perms, num_features + 1):
+        raise ValueError(f"outputs must have shape [P, F + 1, *T] = [{num_perms}, {num_features + 1}, *T] "
+                         f"(column 0: all features removed), got {tuple(outputs.shape)}")
+    target = (num_features,) + tuple(outputs.shape[2:])
+    for name, acc in (("sums", sums), ("sumsq", sumsq)):
+        if acc is None and name == "sumsq":
+            continue
+        require_tensor(acc, name)
+        require_floating(acc, name)
+        if tuple(acc.shape) != target:
+            raise ValueError(f"{name} must have shape [F, *T] = {list(target)}, got {tuple(acc.shape)}")
+        require_same_device("outputs", outputs, name, acc)
+    require_same_device("outputs", outputs, "perms", perms)
+    if sumsq is not None:
+        if sumsq.dtype != sums.dtype:
+            raise TypeError(f"sumsq must have the dtype of sums ({sums.dtype}), got {sumsq.dtype}")
+
+
+def shapley_accumulate(outputs: torch.Tensor, perms: torch.Tensor, sums: torch.Tensor,
+                       sumsq: Optional[torch.Tensor] = None, *, check_permutations: bool = False,
+                       backend: Optional[str] = None) -> None:
+    """Add each feature's marginal contributions along the permutations to running sums, in place.
+
+    ``sums[perms[p, j]] += outputs[p, j + 1] - outputs[p, j]`` for every ``p, j``, and likewise
+    ``sumsq`` with the squared marginal. Each feature is owned by one program that reads its rank
+    in every permutation and adds the marginals in permutation order: deterministic, no atomics.
+    Marginals are formed in float64 if ``outputs`` or ``sums`` is float64, else float32, and
+    summed in that precision before one addition into ``sums`` (so float64 sums of float32
+    outputs are exact per marginal).
+
+    Args:
+        outputs: ``[P, F + 1, *T]`` floating; ``outputs[p, j]`` is the model output on the
+            coalition of the first ``j`` features of ``perms[p]`` (column 0: all removed, i.e. the
+            baseline; column ``F``: the full input). ``T`` may be empty.
+        perms: ``[P, F]`` integer tensor, each row a permutation of ``0 .. F - 1`` (values are
+            checked to lie in ``[0, F)``; the full check is ``check_permutations``).
+        sums: ``[F, *T]`` floating accumulator, updated in place; any floating dtype.
+        sumsq: optional ``[F, *T]`` accumulator of squared marginals, dtype of ``sums``.
+        check_permutations: also check that every row of ``perms`` is a permutation (O(P F)).
+        backend: ``None``/``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
+
+    Raises:
+        TypeError: non-tensor arguments, non-floating ``outputs``/``sums``, integer-less ``perms``,
+            or ``sumsq`` of another dtype than ``sums``.
+        ValueError: shape mismatches, different devices, ``sumsq`` aliasing ``sums``, or ``perms``
+            values out of range.
+        BackendUnavailableError: an explicitly requested backend cannot run.
+    """
+    _check_accumulate_args(outputs, perms, sums, sumsq)
+    torch.ops.mmxai_fast.shapley_accumulate(outputs, perms, sums, sumsq, bool(check_permutations), backend or "")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def shapley_stats(sums: torch.Tensor, sumsq: torch.Tensor, count: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Shapley value estimates and their standard errors from the running sums.
+
+    ``mean = sums / count``; ``stderr = sqrt(max(var, 0) / count)`` with the unbiased sample
+    variance ``var = (sumsq - sums * mean) / (count - 1)``. The clamp absorbs the rounding that
+    can make ``var`` slightly negative; keep the sums in float64 when the marginals are large
+    compared with their spread (the one-pass formula cancels). With ``count == 1`` the variance
+    is undefined and ``stderr`` is ``inf`` everywhere.
+
+    With antithetic permutations the marginals of a pair are not independent; the i.i.d.
+    standard error then overstates the uncertainty when the pair is negatively correlated.
+
+    Args:
+        sums: ``[F, *T]`` floating sums of the marginals.
+        sumsq: ``[F, *T]`` floating sums of the squared marginals.
+        count: number of permutations accumulated, ``>= 1``.
+
+    Returns:
+        ``(mean, stderr)``, both ``[F, *T]`` in the promoted dtype of ``sums`` and ``sumsq``.
+
+    Raises:
+        TypeError: non-tensor or non-floating ``sums``/``sumsq``.
+        ValueError: shape mismatch or ``count < 1``.
+    """
+    for name, acc in (("sums", sums), ("sumsq", sumsq)):
+        require_tensor(acc, name)
+        require_floating(acc, name)
+    if sums.shape != sumsq.shape:
+        raise ValueError(f"sumsq must have the shape of sums {tuple(sums.shape)}, got {tuple(sumsq.shape)}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an int >= 1, got {count!r}")
+    mean = sums / count
+    if count == 1:
+        return mean, torch.full_like(mean, math.inf)
+    var = (sumsq - sums * mean) / (count - 1)
+    return mean, (var.clamp(min=0) / count).sqrt()

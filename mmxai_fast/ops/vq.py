@@ -1,0 +1,272 @@
+"""Vector quantisation: ``vq_nearest`` and ``codeword_histogram`` (deep radiomics, Kobayashi et al.).
+
+A VQ-VAE encoder maps a volume to ``z_e`` of ``D`` features per position; each position is
+replaced by its nearest codeword of a learned codebook ``[K, D]``, and the histogram of codeword
+indices over a volume is the deep-radiomics feature vector.
+
+``vq_nearest`` compares the expanded squared distance::
+
+    ||z - e_k||^2 = ||z||^2 + ||e_k||^2 - 2 z . e_k
+
+(``||z||^2`` is the same for every k, so only ``||e_k||^2 - 2 z . e_k`` is compared), fused with a
+running argmin so the ``N x K`` distance matrix is never stored. Ties go to the lowest index on
+every backend. The expansion loses precision when ``||z - e||^2`` is much smaller than
+``||z||^2 + ||e||^2``: the distance error is of the order of ``eps * (||z||^2 + ||e_k||^2)`` where
+``eps`` is float32's for float16/bfloat16/float32 inputs (computed in float32) and float64's for
+float64.
+
+Naming chain: ``vq_nearest_reference`` / ``codeword_histogram_reference`` (oracles and fallbacks),
+``_vq_nearest_cpu`` / ``_codeword_histogram_cpu`` (C++), ``_vq_nearest_triton`` /
+``_codeword_histogram_triton`` (``kernels/triton/vq.py``), the registered
+``torch.ops.mmxai_fast.vq_nearest`` / ``torch.ops.mmxai_fast.codeword_histogram`` and the public
+``vq_nearest`` / ``codeword_histogram``.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from .._backends import compiled_module, resolve_backend
+from .._kernels import dtype_code, triton_module
+from .._validation import require_integer, require_ndim, require_same_device, require_tensor
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The reference materialises at most this many float64 differences at once (64 MiB).
+_REFERENCE_CHUNK_ELEMENTS = 1 << 23
+_MAX_CODEWORDS = (1 << 31) - 128  # the C++ kernel keeps slot indices in int32 next to float32
+
+
+# ---------------------------------------------------------------------------------------------
+# vq_nearest
+# ---------------------------------------------------------------------------------------------
+
+
+def vq_nearest_reference(z: torch.Tensor, codebook: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Plain-PyTorch oracle: direct differences ``((z_n - e_k) ** 2).sum()`` in float64.
+
+    Rows of ``z`` and codewords are taken in chunks so that at most about 8M float64 differences
+    exist at once; across codeword chunks the running minimum is replaced only by a strictly
+    smaller one, so the result is the first (lowest-index) minimum, as ``torch.argmin``.
+
+    Args:
+        z: ``(N, D)`` floating.
+        codebook: ``(K, D)`` floating, ``K >= 1``.
+
+    Returns:
+        ``(indices, sq_dist)``: int64 ``(N,)`` and ``(N,)`` in ``z.dtype``.
+    """
+    n, d = z.shape
+    k = codebook.shape[0]
+    e = codebook.to(torch.float64)
+    k_chunk = max(1, min(k, _REFERENCE_CHUNK_ELEMENTS // max(d, 1)))
+    n_chunk = max(1, _REFERENCE_CHUNK_ELEMENTS // (k_chunk * max(d, 1)))
+    indices = torch.empty(n, dtype=torch.int64, device=z.device)
+    dist = torch.empty(n, dtype=torch.float64, device=z.device)
+    for n0 in range(0, n, n_chunk):
+        zc = z[n0:n0 + n_chunk].to(torch.float64)
+        best = torch.full((zc.shape[0],), float("inf"), dtype=torch.float64, device=z.device)
+        best_idx = torch.zeros(zc.shape[0], dtype=torch.int64, device=z.device)
+        for k0 in range(0, k, k_chunk):
+            sq = ((zc[:, None, :] - e[None, k0:k0 + k_chunk, :]) ** 2).sum(-1)
+            chunk_idx = sq.argmin(1)  # documented to return the first minimum
+            chunk_min = sq.gather(1, chunk_idx[:, None])[:, 0]
+            better = chunk_min < best
+            best = torch.where(better, chunk_min, best)
+            best_idx = torch.where(better, chunk_idx + k0, best_idx)
+        indices[n0:n0 + n_chunk] = best_idx
+        dist[n0:n0 + n_chunk] = best
+    return indices, dist.to(z.dtype)
+
+
+def _vq_nearest_cpu(z, codebook):
+    z, codebook = z.contiguous(), codebook.contiguous()
+    n, d = z.shape
+    indices = torch.empty(n, dtype=torch.int64)
+    dist = torch.empty(n, dtype=z.dtype)
+    if n:
+        compiled_module().vq_nearest(z.data_ptr(), codebook.data_ptr(), dtype_code(z.dtype), n,
+                                     codebook.shape[0], d, indices.data_ptr(), dist.data_ptr())
+    return indices, dist
+
+
+def _vq_nearest_triton(z, codebook):
+    n = z.shape[0]
+    indices = torch.empty(n, dtype=torch.int64, device=z.device)
+    dist = torch.empty(n, dtype=z.dtype, device=z.device)
+    if n:
+        triton_module("vq").vq_nearest_forward(z, codebook, indices, dist)
+    return indices, dist
+
+
+_VQ_IMPLS = {"reference": vq_nearest_reference, "cpu": _vq_nearest_cpu, "triton": _vq_nearest_triton}
+
+
+def _vq_input_reasons(codebook):
+    def reasons(backend: str) -> List[str]:
+        if backend == "cpu" and codebook.shape[0] > _MAX_CODEWORDS:
+            return [f"cpu kernel takes at most {_MAX_CODEWORDS} codewords, got {codebook.shape[0]}"]
+        return []
+    return reasons
+
+
+@torch.library.custom_op("mmxai_fast::vq_nearest", mutates_args=())
+def _vq_nearest_op(z: torch.Tensor, codebook: torch.Tensor, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    # The backend is resolved here, at run time, so torch.compile never traces the selection.
+    chosen = resolve_backend("vq_nearest", backend, z.device, _VQ_IMPLS, _vq_input_reasons(codebook))
+    return _VQ_IMPLS[chosen](z, codebook)
+
+
+@_vq_nearest_op.register_fake
+def _(z, codebook, backend):
+    n = z.shape[0]
+    return z.new_empty((n,), dtype=torch.int64), z.new_empty((n,))
+
+
+def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *, backend: str = None
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Nearest codeword of every row of ``z`` (VQ-VAE quantisation lookup).
+
+    Args:
+        z: ``(N, D)`` encoder outputs, float16/bfloat16/float32/float64, any strides; ``N`` may be 0.
+        codebook: ``(K, D)`` codewords, same dtype and device as ``z``, ``K >= 1``.
+        backend: ``None``/``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
+
+    Returns:
+        ``(indices, sq_dist)``: int64 ``(N,)`` with ``argmin_k ||z_n - e_k||^2`` (ties to the lowest
+        index), and ``(N,)`` squared distances in ``z.dtype``, clamped at 0.
+
+    Raises:
+        TypeError: ``z`` or ``codebook`` is not a tensor, not of a supported floating dtype, or
+            their dtypes differ.
+        ValueError: wrong number of dims, feature sizes differ, ``K == 0`` or ``D == 0``,
+            different devices.
+        BackendUnavailableError: an explicitly requested backend cannot run.
+    """
+    require_tensor(z, "z")
+    require_tensor(codebook, "codebook")
+    for name, t in (("z", z), ("codebook", codebook)):
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if z.dtype != codebook.dtype:
+        raise TypeError(f"codebook must have the dtype of z ({z.dtype}), got {codebook.dtype}")
+    require_ndim(z, "z", 2, "(N, D)")
+    require_ndim(codebook, "codebook", 2, "(K, D)")
+    require_same_device("z", z, "codebook", codebook)
+    if codebook.shape[0] < 1:
+        raise ValueError(f"codebook must hold at least one codeword (K >= 1), got shape {tuple(codebook.shape)}")
+    if codebook.shape[1] < 1:
+        raise ValueError(f"codebook feature size D must be >= 1, got shape {tuple(codebook.shape)}")
+    if z.shape[1] != codebook.shape[1]:
+        raise ValueError(f"z feature size must match codebook's D={codebook.shape[1]}, got z of shape {tuple(z.shape)}")
+    return torch.ops.mmxai_fast.vq_nearest(z, codebook, backend or "")
+
+
+# ---------------------------------------------------------------------------------------------
+# codeword_histogram
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_batches(indices: torch.Tensor, batch_dims: int) -> torch.Tensor:
+    """``indices`` as ``[B, L]`` (``B = 1`` when ``batch_dims == 0``)."""
+    batch = indices.shape[0] if batch_dims else 1
+    return indices.reshape(batch, -1) if indices.numel() else indices.new_zeros((batch, 0))
+
+
+def codeword_histogram_reference(indices: torch.Tensor, num_codewords: int, batch_dims: int = 0) -> torch.Tensor:
+    """Plain-PyTorch oracle: ``scatter_add`` of ones into ``[B, K]`` counts.
+
+    Args:
+        indices: integer, values in ``[0, num_codewords)``; ``(B, ...)`` when ``batch_dims == 1``.
+        num_codewords: ``K``.
+        batch_dims: 0 or 1.
+
+    Returns:
+        int64 ``(K,)`` (``batch_dims == 0``) or ``(B, K)``.
+    """
+    flat = _as_batches(indices, batch_dims).to(torch.int64)
+    counts = torch.zeros((flat.shape[0], num_codewords), dtype=torch.int64, device=indices.device)
+    counts.scatter_add_(1, flat, torch.ones_like(flat))
+    return counts if batch_dims else counts[0]
+
+
+def _histogram_kernel_input(indices, batch_dims):
+    flat = _as_batches(indices, batch_dims)
+    if flat.dtype not in (torch.int32, torch.int64):
+        flat = flat.to(torch.int64)
+    return flat.contiguous()
+
+
+def _codeword_histogram_cpu(indices, num_codewords, batch_dims):
+    flat = _histogram_kernel_input(indices, batch_dims)
+    counts = torch.empty((flat.shape[0], num_codewords), dtype=torch.int64)
+    compiled_module().codeword_histogram(flat.data_ptr(), dtype_code(flat.dtype), flat.shape[0],
+                                         flat.shape[1], num_codewords, counts.data_ptr())
+    return counts if batch_dims else counts[0]
+
+
+def _codeword_histogram_triton(indices, num_codewords, batch_dims):
+    flat = _histogram_kernel_input(indices, batch_dims)
+    counts = torch.zeros((flat.shape[0], num_codewords), dtype=torch.int64, device=indices.device)
+    if flat.numel():
+        triton_module("vq").codeword_histogram_forward(flat, counts)
+    return counts if batch_dims else counts[0]
+
+
+_HIST_IMPLS = {"reference": codeword_histogram_reference, "cpu": _codeword_histogram_cpu,
+               "triton": _codeword_histogram_triton}
+
+
+def _check_index_range(indices: torch.Tensor, num_codewords: int) -> None:
+    if indices.numel() == 0:
+        return
+    low, high = torch.aminmax(indices)
+    low, high = int(low), int(high)
+    if low < 0 or high >= num_codewords:
+        raise ValueError(f"indices must be in [0, {num_codewords}) (num_codewords), got min {low} and max {high}")
+
+
+@torch.library.custom_op("mmxai_fast::codeword_histogram", mutates_args=())
+def _codeword_histogram_op(indices: torch.Tensor, num_codewords: int, batch_dims: int, backend: str) -> torch.Tensor:
+    # Data-dependent check here rather than in the public function, so torch.compile does not
+    # graph-break; it runs before any counting on every backend.
+    _check_index_range(indices, num_codewords)
+    chosen = resolve_backend("codeword_histogram", backend, indices.device, _HIST_IMPLS)
+    return _HIST_IMPLS[chosen](indices, num_codewords, batch_dims)
+
+
+@_codeword_histogram_op.register_fake
+def _(indices, num_codewords, batch_dims, backend):
+    shape = (indices.shape[0], num_codewords) if batch_dims else (num_codewords,)
+    return indices.new_empty(shape, dtype=torch.int64)
+
+
+def codeword_histogram(indices: torch.Tensor, num_codewords: int, *, batch_dims: int = 0,
+                       backend: str = None) -> torch.Tensor:
+    """Counts of each codeword index (deep-radiomics feature vector).
+
+    Args:
+        indices: integer codeword indices in ``[0, num_codewords)``, any shape; with
+            ``batch_dims=1`` the first dim is the batch (one histogram per volume), ``(B, ...)``.
+        num_codewords: ``K >= 1``, the number of bins.
+        batch_dims: 0 (one histogram over everything) or 1 (one per entry of the first dim).
+        backend: ``None``/``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
+
+    Returns:
+        int64 ``(K,)`` when ``batch_dims == 0``, ``(B, K)`` when ``batch_dims == 1``.
+
+    Raises:
+        TypeError: ``indices`` is not an integer tensor.
+        ValueError: ``num_codewords < 1``, ``batch_dims`` not 0 or 1, ``batch_dims=1`` with 0-dim
+            ``indices``, or an index outside ``[0, num_codewords)``.
+        BackendUnavailableError: an explicitly requested backend cannot run.
+    """
+    require_tensor(indices, "indices")
+    require_integer(indices, "indices")
+    if isinstance(num_codewords, bool) or not isinstance(num_codewords, int) or num_codewords < 1:
+        raise ValueError(f"num_codewords must be an int >= 1, got {num_codewords!r}")
+    if isinstance(batch_dims, bool) or batch_dims not in (0, 1):
+        raise ValueError(f"batch_dims must be 0 or 1, got {batch_dims!r}")
+    if batch_dims == 1 and indices.dim() == 0:
+        raise ValueError("indices must have a batch dim (B, ...) when batch_dims=1, got a 0-dim tensor")
+    return torch.ops.mmxai_fast.codeword_histogram(indices, num_codewords, batch_dims, backend or "")
