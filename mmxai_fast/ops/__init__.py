@@ -3,6 +3,17 @@
 Each op has a plain-PyTorch ``*_reference`` oracle, a C++ CPU kernel and a Triton kernel; the
 backend is chosen automatically from the tensors' device or forced with ``backend=``.
 """
+from .perturbation import perturb, perturb_reference
+from .shapley import (random_permutations, shapley_accumulate, shapley_accumulate_reference,
+                      shapley_coalitions, shapley_coalitions_reference, shapley_prefix_rows,
+                      shapley_stats)
+from .vq import codeword_histogram, codeword_histogram_reference, vq_nearest, vq_nearest_reference
 from .windows import HU_WINDOW_PRESETS, HUWindow, hu_window, hu_window_reference
 
-__all__ = ["HU_WINDOW_PRESETS", "HUWindow", "hu_window", "hu_window_reference"]
+__all__ = [
+    "perturb", "perturb_reference",
+    "random_permutations", "shapley_prefix_rows", "shapley_coalitions", "shapley_coalitions_reference",
+    "shapley_accumulate", "shapley_accumulate_reference", "shapley_stats",
+    "vq_nearest", "vq_nearest_reference", "codeword_histogram", "codeword_histogram_reference",
+    "HU_WINDOW_PRESETS", "HUWindow", "hu_window", "hu_window_reference",
+]
