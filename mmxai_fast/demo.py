@@ -41,7 +41,7 @@ def _cases(size: int, device: torch.device) -> List[Tuple[str, str, Callable[[st
     perms = random_permutations(8, 200, generator=g).to(device)
     perm_index, prefix = shapley_prefix_rows(8, 200)
     outputs = torch.randn(8, 201, 2, generator=g).to(device)
-    z = torch.randn(16384, 64, generator=g).to(device)
+    z = torch.randn(4096, 64, generator=g).to(device)
     codebook = torch.randn(512, 64, generator=g).to(device)
     indices = torch.randint(0, 512, (155, 64), generator=g).to(device)
 
@@ -58,7 +58,7 @@ def _cases(size: int, device: torch.device) -> List[Tuple[str, str, Callable[[st
         ("shapley_coalitions", f"P=8, F=200", lambda b: shapley_coalitions(perms, perm_index, prefix, backend=b)),
         ("shapley_accumulate", f"P=8, F=200, T=2", accumulate),
         ("hu_window", f"3 windows, {shape(ct)} int16", lambda b: hu_window(ct, ["brain", "lung", "bone"], backend=b)),
-        ("vq_nearest", "N=16384, K=512, D=64", lambda b: vq_nearest(z, codebook, backend=b)),
+        ("vq_nearest", "N=4096, K=512, D=64", lambda b: vq_nearest(z, codebook, backend=b)),
         ("codeword_histogram", "155x64 -> 512", lambda b: codeword_histogram(indices, 512, backend=b)),
     ]
 

@@ -3,6 +3,8 @@
 Each op has a plain-PyTorch ``*_reference`` oracle, a C++ CPU kernel and a Triton kernel; the
 backend is chosen automatically from the tensors' device or forced with ``backend=``.
 """
+from .occlusion import (OcclusionWindows, occlusion_attribution, occlusion_attribution_reference,
+                        occlusion_batch, occlusion_batch_reference)
 from .perturbation import perturb, perturb_reference
 from .shapley import (random_permutations, shapley_accumulate, shapley_accumulate_reference,
                       shapley_coalitions, shapley_coalitions_reference, shapley_prefix_rows,
@@ -11,6 +13,8 @@ from .vq import codeword_histogram, codeword_histogram_reference, vq_nearest, vq
 from .windows import HU_WINDOW_PRESETS, HUWindow, hu_window, hu_window_reference
 
 __all__ = [
+    "OcclusionWindows", "occlusion_batch", "occlusion_batch_reference", "occlusion_attribution",
+    "occlusion_attribution_reference",
     "perturb", "perturb_reference",
     "random_permutations", "shapley_prefix_rows", "shapley_coalitions", "shapley_coalitions_reference",
     "shapley_accumulate", "shapley_accumulate_reference", "shapley_stats",
