@@ -129,6 +129,13 @@ def _lowers_and_inverses(levels, widths):
     return [l - w / 2 for l, w in zip(levels, widths)], [1.0 / w for w in widths]
 
 
+def _window_tensors(levels, widths, device):
+    """Window lower bounds and inverse widths as float64 tensors on ``device`` (GPU kernels)."""
+    lowers, inverses = _lowers_and_inverses(levels, widths)
+    return (torch.tensor(lowers, dtype=torch.float64, device=device),
+            torch.tensor(inverses, dtype=torch.float64, device=device))
+
+
 def _hu_window_cpu(volume, levels, widths, out_dtype):
     volume = volume.contiguous()
     out = torch.empty((len(levels),) + tuple(volume.shape), dtype=out_dtype)
@@ -143,10 +150,8 @@ def _hu_window_triton(volume, levels, widths, out_dtype):
     volume = volume.contiguous()
     out = torch.empty((len(levels),) + tuple(volume.shape), dtype=out_dtype, device=volume.device)
     if volume.numel() and len(levels):
-        lowers, inverses = _lowers_and_inverses(levels, widths)
-        as_tensor = lambda vals: torch.tensor(vals, dtype=torch.float64, device=volume.device)  # noqa: E731
-        triton_module("hu_window").hu_window_forward(
-            volume.view(-1), as_tensor(lowers), as_tensor(inverses), out.view(len(levels), -1))
+        lowers, inverses = _window_tensors(levels, widths, volume.device)
+        triton_module("hu_window").hu_window_forward(volume.view(-1), lowers, inverses, out.view(len(levels), -1))
     return out
 
 
@@ -158,13 +163,11 @@ def _hu_window_cuda(volume, levels, widths, out_dtype):
     volume = volume.contiguous()
     out = torch.empty((len(levels),) + tuple(volume.shape), dtype=out_dtype, device=volume.device)
     if volume.numel() and len(levels):
-        lowers, inverses = _lowers_and_inverses(levels, widths)
-        as_tensor = lambda vals: torch.tensor(vals, dtype=torch.float64, device=volume.device)  # noqa: E731
+        lowers, inverses = _window_tensors(levels, widths, volume.device)
         kernel = f"hu_window_kernel<{CUDA_TYPE_NAMES[volume.dtype]}, {CUDA_TYPE_NAMES[out_dtype]}>"
         blocks = min(65535, (volume.numel() + 255) // 256)
         launch("hu_window", kernel, (blocks,), (256,),
-               (volume, np.int64(volume.numel()), as_tensor(lowers), as_tensor(inverses),
-                np.int32(len(levels)), out))
+               (volume, np.int64(volume.numel()), lowers, inverses, np.int32(len(levels)), out))
     return out
 
 
