@@ -1,0 +1,2 @@
+class ShapleyValues: pass
+class ShapleyValueSampling: pass
