@@ -169,3 +169,16 @@ def test_nan_output_names_first_batch():
 
     with pytest.raises(AttributionInputError, match="NaN, first at model call 2"):
         _bad(forward, perturbations_per_eval=5)
+
+
+@pytest.mark.parametrize("target", [(1, 2), [(0, 1), (1, 0), (1, 2)], torch.tensor(2)])
+def test_tuple_and_scalar_tensor_targets(target):
+    conv = ConvNet()
+    forward = lambda x: torch.stack((conv(x), -conv(x)), dim=1)  # noqa: E731  [N, 2, 3]
+    if isinstance(target, torch.Tensor):
+        forward = conv
+    x = torch.randn(3, 1, 3, 4, 4)
+    mask = torch.arange(48).view(1, 1, 3, 4, 4) // 4
+    kwargs = dict(target=target, feature_mask=mask, perturbations_per_eval=5)
+    _assert_close(FeatureAblation(forward).attribute(x, **kwargs),
+                  ca.FeatureAblation(forward).attribute(x, **kwargs))
