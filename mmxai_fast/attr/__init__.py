@@ -1,0 +1,20 @@
+"""Captum-compatible attribution classes running on the mmxai_fast engine.
+
+Perturbation methods (:class:`FeatureAblation`, :class:`ShapleyValueSampling`,
+:class:`ShapleyValues`) are re-implemented on :class:`~mmxai_fast.attr._engine.PerturbationEngine`
+with Captum 0.9's constructors, ``attribute`` signatures and results. Gradient methods are
+Captum's own classes, re-exported unchanged so one import serves both.
+"""
+from captum.attr import (DeepLift, Deconvolution, GradientShap, GuidedBackprop, GuidedGradCam,
+                         InputXGradient, IntegratedGradients, LayerGradCam, NoiseTunnel, Saliency)
+
+from ._engine import AttributionInputError, PerturbationEngine
+from .feature_ablation import FeatureAblation
+from .shapley_value import ShapleyValues, ShapleyValueSampling
+
+__all__ = [
+    "FeatureAblation", "ShapleyValueSampling", "ShapleyValues",
+    "AttributionInputError", "PerturbationEngine",
+    "Saliency", "Deconvolution", "GuidedBackprop", "NoiseTunnel", "InputXGradient",
+    "IntegratedGradients", "DeepLift", "GradientShap", "LayerGradCam", "GuidedGradCam",
+]

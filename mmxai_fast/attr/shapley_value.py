@@ -1,0 +1,308 @@
+"""Captum-compatible :class:`ShapleyValueSampling` and :class:`ShapleyValues` on the engine.
+
+The permutation walk (baseline, then the features of each permutation added one at a time) is
+evaluated in chunks of coalition rows that may span permutations: the keep rows come from
+:func:`mmxai_fast.ops.shapley_coalitions`, the marginals are summed per feature on the device
+by :func:`mmxai_fast.ops.shapley_accumulate` (float64 running sums and sums of squares), and
+the baseline and the full input are evaluated once per call rather than once per permutation.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+
+import torch
+from captum._utils.common import (_format_additional_forward_args, _format_feature_mask, _format_output,
+                                  _format_tensor_into_tuples, _is_tuple)
+from captum._utils.progress import progress
+from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
+from captum.attr import ShapleyValues as _CaptumShapleyValues
+from captum.attr import ShapleyValueSampling as _CaptumShapleyValueSampling
+from captum.attr._utils.common import _format_input_baseline
+from torch import Tensor
+
+from ..ops.shapley import shapley_accumulate, shapley_coalitions, shapley_prefix_rows, shapley_stats
+from ._engine import AttributionInputError, PerturbationEngine, check_perturbations_per_eval
+
+__all__ = ["ShapleyValueSampling", "ShapleyValues"]
+
+_MISSING_IDS_WARNING = ("Feature mask is missing some integers between 0 and num_features, for optimal "
+                        "performance, make sure each consecutive integer corresponds to a feature.")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise AttributionInputError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _positive_float(value: Any, name: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise AttributionInputError(f"{name} must be a positive number or None, got {value!r}")
+    return float(value)
+
+
+class ShapleyValueSampling(_CaptumShapleyValueSampling):
+    """Drop-in for ``captum.attr.ShapleyValueSampling`` (Captum 0.9), batched on the engine.
+
+    Same constructor, same :meth:`attribute` arguments and defaults, and the same permutations:
+    ``self.permutation_generator(num_features, n_samples)`` (Captum's, i.e. one
+    ``torch.randperm(num_features)`` per sample), so with the same torch seed the result equals
+    Captum's up to float32 rounding. A subclass of Captum's class.
+
+    Opt-in extensions (keyword-only; the defaults keep Captum's behaviour):
+
+    - ``antithetic=True``: each drawn permutation is also walked in reverse (``n_samples``
+      counts both, so it must be even); a variance reduction at equal model evaluations.
+    - ``target_stderr`` / ``target_relative_stderr`` with ``max_samples``: sample in rounds of
+      ``n_samples`` permutations until every attribution's standard error is at most
+      ``target_stderr`` (absolute) and/or at most ``target_relative_stderr`` times the largest
+      absolute attribution of the same output element (relative), or ``max_samples``
+      permutations were used (default ``10 * n_samples``).
+
+    After :meth:`attribute`, ``self.last_stderr`` holds the standard errors of the attributions
+    (same shapes and format; ``inf`` with a single permutation; with ``antithetic`` computed over
+    the pair means) and ``self.last_n_samples`` the number of permutations used.
+
+    Other differences: ``perturbations_per_eval="auto"``; chunks span permutations; invalid
+    arguments and NaN outputs raise :class:`AttributionInputError` (a ``ValueError`` that is also
+    an ``AssertionError``).
+    """
+
+    def __init__(self, forward_func: Callable[..., Union[int, float, Tensor]]) -> None:
+        super().__init__(forward_func)
+        self.last_stderr: Optional[TensorOrTupleOfTensorsGeneric] = None
+        self.last_n_samples: Optional[int] = None
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        baselines: BaselineType = None,
+        target: TargetType = None,
+        additional_forward_args: Optional[Tuple[object, ...]] = None,
+        feature_mask: Union[None, TensorOrTupleOfTensorsGeneric] = None,
+        n_samples: int = 25,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
+        *,
+        antithetic: bool = False,
+        target_stderr: Optional[float] = None,
+        target_relative_stderr: Optional[float] = None,
+        max_samples: Optional[int] = None,
+    ) -> TensorOrTupleOfTensorsGeneric:
+        """Shapley value estimates, as ``captum.attr.ShapleyValueSampling.attribute``.
+
+        Args:
+            inputs: tensor or tuple of tensors, first dim ``N`` (examples).
+            baselines: None (zeros), a number, a tensor broadcastable to the input, or a tuple.
+            target: Captum target (int, tuple, tensor, list or None).
+            additional_forward_args: extra arguments for ``forward_func``.
+            feature_mask: integer tensor or tuple, broadcastable to the inputs, ids ``0 .. F - 1``
+                shared across the tuple; None: every scalar is a feature.
+            n_samples: permutations (with a stopping rule: per round).
+            perturbations_per_eval: coalitions per model call (int >= 1) or ``"auto"``.
+            show_progress: tqdm progress bar ("Shapley Value Sampling attribution").
+            antithetic: also walk every permutation reversed (``n_samples`` must be even).
+            target_stderr: stop once every standard error is at most this.
+            target_relative_stderr: stop once every standard error is at most this times the
+                largest absolute attribution of its output element.
+            max_samples: cap on permutations with a stopping rule (default ``10 * n_samples``).
+
+        Returns:
+            float32 attributions shaped ``[*output_shape, *inputs[i].shape[1:]]`` per input
+            (``output_shape`` is the model's output shape on the baseline, a scalar read as
+            ``(1,)``); a tuple when ``inputs`` is a tuple.
+
+        Raises:
+            AttributionInputError: invalid arguments or model outputs.
+        """
+        is_inputs_tuple = _is_tuple(inputs)
+        inputs_tuple, baselines = _format_input_baseline(inputs, baselines)
+        formatted_args = _format_additional_forward_args(additional_forward_args)
+        formatted_mask = _format_feature_mask(feature_mask, inputs_tuple)
+        check_perturbations_per_eval(perturbations_per_eval)
+        plan = self._sampling_plan(n_samples, antithetic, target_stderr, target_relative_stderr, max_samples)
+        bar = None
+        with torch.no_grad():
+            engine = PerturbationEngine(self.forward_func, inputs_tuple, baselines, formatted_mask, target,
+                                        formatted_args, perturbations_per_eval, compact_ids=False)
+            self._warn_missing_ids(engine)
+            if show_progress:
+                bar = progress(desc=f"{self.get_name()} attribution", total=None)
+                bar.update(0)
+                engine.progress = bar
+            try:
+                mean, stderr, count = self._walk(engine, plan, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            attributions = engine.to_input_shapes(mean.float())
+            self.last_stderr = _format_output(is_inputs_tuple, engine.to_input_shapes(stderr.float()))
+            self.last_n_samples = count
+        return _format_output(is_inputs_tuple, attributions)
+
+    # ------------------------------------------------------------------ planning
+
+    def _sampling_plan(self, n_samples, antithetic, target_stderr, target_relative_stderr, max_samples):
+        _positive_int(n_samples, "n_samples")
+        if antithetic and n_samples % 2:
+            raise AttributionInputError(f"n_samples must be even with antithetic=True, got {n_samples}")
+        target_stderr = _positive_float(target_stderr, "target_stderr")
+        target_relative_stderr = _positive_float(target_relative_stderr, "target_relative_stderr")
+        adaptive = target_stderr is not None or target_relative_stderr is not None
+        if max_samples is not None:
+            if not adaptive:
+                raise AttributionInputError(
+                    "max_samples needs a stopping rule (target_stderr or target_relative_stderr)")
+            _positive_int(max_samples, "max_samples")
+            if max_samples < n_samples:
+                raise AttributionInputError(f"max_samples must be >= n_samples ({n_samples}), got {max_samples}")
+        elif adaptive:
+            max_samples = 10 * n_samples
+        return dict(n_samples=n_samples, antithetic=bool(antithetic), target_stderr=target_stderr,
+                    target_relative_stderr=target_relative_stderr, adaptive=adaptive,
+                    max_samples=max_samples)
+
+    def _num_permutations(self, num_features: int, n_samples: int) -> int:
+        """Permutations the generator yields (``n_samples``; ``F!`` for exact Shapley values)."""
+        return n_samples
+
+    @staticmethod
+    def _warn_missing_ids(engine: PerturbationEngine) -> None:
+        present = torch.zeros(engine.num_features, dtype=torch.bool)
+        for mask in engine.masks:
+            if mask.numel():
+                present[torch.unique(mask).cpu()] = True
+        if not bool(present.all()):
+            warnings.warn(_MISSING_IDS_WARNING, stacklevel=3)
+
+    def _rounds(self, num_features: int, plan) -> Iterator[Tensor]:
+        """Yield ``[P, F]`` int64 permutation blocks, drawn lazily from the generator."""
+        per_draw = 2 if plan["antithetic"] else 1
+        total = self._num_permutations(num_features, plan["max_samples"] or plan["n_samples"])
+        draws = iter(self.permutation_generator(num_features, total // per_draw))
+        while True:
+            block = list(itertools.islice(draws, plan["n_samples"] // per_draw))
+            if not block:
+                return
+            perms = torch.tensor([list(p) for p in block], dtype=torch.int64)
+            if plan["antithetic"]:
+                perms = torch.stack((perms, perms.flip(1)), dim=1).reshape(-1, num_features)
+            yield perms
+
+    # ------------------------------------------------------------------ the walk
+
+    def _walk(self, engine: PerturbationEngine, plan, bar) -> Tuple[Tensor, Tensor, int]:
+        num_features = engine.num_features
+        device = engine.inputs[0].device
+        base = engine.initialize(torch.zeros(num_features, dtype=torch.bool, device=device))
+        output_shape = tuple(base.shape) or (1,)
+        full = engine.evaluate(torch.ones((1, num_features), dtype=torch.bool, device=device))
+        if bar is not None:
+            perms_total = self._num_permutations(num_features, plan["max_samples"] or plan["n_samples"])
+            bar.total = 2 + math.ceil(perms_total * (num_features - 1) / engine.rows_per_eval)
+        dtype = base.dtype if base.is_floating_point() else torch.float64
+        base = base.reshape(output_shape).to(dtype)
+        full = full.reshape(output_shape).to(dtype)
+        out_device = base.device
+        sums = torch.zeros((num_features,) + output_shape, dtype=torch.float64, device=out_device)
+        sumsq = torch.zeros_like(sums)
+        units = count = 0
+        for perms in self._rounds(num_features, plan):
+            num_perms = perms.shape[0]
+            outputs = self._walk_outputs(engine, perms.to(device), base, full, output_shape)
+            if plan["antithetic"]:
+                self._accumulate_pairs(outputs, perms.to(out_device), sums, sumsq)
+                units += num_perms // 2
+            else:
+                shapley_accumulate(outputs, perms.to(out_device), sums, sumsq)
+                units += num_perms
+            count += num_perms
+            if plan["adaptive"]:
+                if count >= plan["max_samples"]:
+                    break
+                if units >= 2 and self._converged(*shapley_stats(sums, sumsq, units), plan):
+                    break
+        if count == 0:
+            raise AttributionInputError("permutation_generator yielded no permutations")
+        mean, stderr = shapley_stats(sums, sumsq, units)
+        return mean, stderr, count
+
+    @staticmethod
+    def _walk_outputs(engine, perms: Tensor, base: Tensor, full: Tensor, output_shape) -> Tensor:
+        """``[P, F + 1, *T]`` outputs of the prefixes ``0 .. F`` of every permutation."""
+        num_perms, num_features = perms.shape
+        ends = (base.expand((num_perms, 1) + output_shape), full.expand((num_perms, 1) + output_shape))
+        if num_features == 1:
+            return torch.cat(ends, dim=1)
+        perm_index, prefix_size = shapley_prefix_rows(num_perms, num_features, include_empty=False,
+                                                      include_full=False, device=perms.device)
+        middle = engine.evaluate_chunks(
+            perm_index.numel(),
+            lambda a, b: shapley_coalitions(perms, perm_index[a:b], prefix_size[a:b]))
+        middle = middle.reshape((num_perms, num_features - 1) + output_shape).to(base)
+        return torch.cat((ends[0], middle, ends[1]), dim=1)
+
+    @staticmethod
+    def _accumulate_pairs(outputs: Tensor, perms: Tensor, sums: Tensor, sumsq: Tensor) -> None:
+        """Antithetic pairs: accumulate the pair-mean marginals (one sample per pair)."""
+        num_perms, num_features = perms.shape
+        values = outputs.to(torch.float64)
+        marginals = values[:, 1:] - values[:, :-1]  # [P, F, *T], by position in the walk
+        ranks = perms.argsort(dim=1)
+        index = ranks.reshape((num_perms, num_features) + (1,) * (marginals.dim() - 2)).expand_as(marginals)
+        per_feature = torch.gather(marginals, 1, index)
+        pairs = per_feature.reshape((num_perms // 2, 2) + tuple(per_feature.shape[1:])).mean(dim=1)
+        sums += pairs.sum(dim=0)
+        sumsq += (pairs * pairs).sum(dim=0)
+
+    @staticmethod
+    def _converged(mean: Tensor, stderr: Tensor, plan) -> bool:
+        ok = True
+        if plan["target_stderr"] is not None:
+            ok = ok and bool((stderr <= plan["target_stderr"]).all())
+        if plan["target_relative_stderr"] is not None:
+            scale = mean.abs().amax(dim=0, keepdim=True)
+            ok = ok and bool((stderr <= plan["target_relative_stderr"] * scale).all())
+        return ok
+
+
+class ShapleyValues(ShapleyValueSampling, _CaptumShapleyValues):
+    """Drop-in for ``captum.attr.ShapleyValues``: exact Shapley values over all ``F!``
+    permutations (Captum's class and generator), evaluated in batched chunks on the engine.
+    Only sensible for a handful of features (Captum warns from 10 on; so does this class)."""
+
+    def __init__(self, forward_func: Callable[..., Union[int, float, Tensor]]) -> None:
+        ShapleyValueSampling.__init__(self, forward_func)
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        baselines: BaselineType = None,
+        target: TargetType = None,
+        additional_forward_args: Optional[object] = None,
+        feature_mask: Union[None, TensorOrTupleOfTensorsGeneric] = None,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
+    ) -> TensorOrTupleOfTensorsGeneric:
+        """Exact Shapley values; arguments as :meth:`ShapleyValueSampling.attribute`."""
+        if feature_mask is None:
+            total_features = sum(torch.numel(inp[0]) for inp in _format_tensor_into_tuples(inputs))
+        else:
+            total_features = int(max(torch.max(m).item() for m in _format_tensor_into_tuples(feature_mask))) + 1
+        if total_features >= 10:
+            warnings.warn("You are attempting to compute Shapley Values with at least 10 features, which will "
+                          "likely be very computationally expensive.Consider using Shapley Value Sampling "
+                          "instead.", stacklevel=2)
+        # n_samples only sets the round size here: the generator yields all F! permutations.
+        return ShapleyValueSampling.attribute(
+            self, inputs, baselines=baselines, target=target, additional_forward_args=additional_forward_args,
+            feature_mask=feature_mask, n_samples=math.factorial(min(total_features, 6)),
+            perturbations_per_eval=perturbations_per_eval, show_progress=show_progress)
+
+    def _num_permutations(self, num_features: int, n_samples: int) -> int:
+        return math.factorial(num_features)
