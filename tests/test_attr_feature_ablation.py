@@ -8,19 +8,9 @@ import torch
 import mmxai_fast.attr as ma
 from mmxai_fast.attr import AttributionInputError, FeatureAblation
 
+from attr_models import ConvNet
+
 ATOL, RTOL = 1e-5, 1e-4
-
-
-class ConvNet(torch.nn.Module):
-    """Small 3D conv net: [N, 1, 3, 4, 4] -> [N, 3]."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
-        self.fc = torch.nn.Linear(2 * 3 * 4 * 4, 3)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
 class TupleMLP(torch.nn.Module):
