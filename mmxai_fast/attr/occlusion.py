@@ -8,7 +8,6 @@ occluded copies with :func:`~mmxai_fast.ops.occlusion.occlusion_batch` (a box co
 no full-size mask), and the per-window output differences become attributions through
 :func:`~mmxai_fast.ops.occlusion.occlusion_attribution` (mean over the covering windows).
 """
-from __future__ import annotations
 
 import math
 import operator
