@@ -11,11 +11,12 @@ from captum.attr import (DeepLift, Deconvolution, GradientShap, GuidedBackprop, 
 from ._engine import AttributionInputError, PerturbationEngine
 from .feature_ablation import FeatureAblation
 from .occlusion import Occlusion
+from ._patch import patch_captum, unpatch_captum
 from .shapley_value import ShapleyValues, ShapleyValueSampling
 
 __all__ = [
     "FeatureAblation", "Occlusion", "ShapleyValueSampling", "ShapleyValues",
-    "AttributionInputError", "PerturbationEngine",
+    "AttributionInputError", "PerturbationEngine", "patch_captum", "unpatch_captum",
     "Saliency", "Deconvolution", "GuidedBackprop", "NoiseTunnel", "InputXGradient",
     "IntegratedGradients", "DeepLift", "GradientShap", "LayerGradCam", "GuidedGradCam",
 ]
