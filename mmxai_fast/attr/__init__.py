@@ -1,7 +1,7 @@
 """Captum-compatible attribution classes running on the mmxai_fast engine.
 
-Perturbation methods (:class:`FeatureAblation`, :class:`ShapleyValueSampling`,
-:class:`ShapleyValues`) are re-implemented on :class:`~mmxai_fast.attr._engine.PerturbationEngine`
+Perturbation methods (:class:`FeatureAblation`, :class:`Occlusion`,
+:class:`ShapleyValueSampling`, :class:`ShapleyValues`) are re-implemented on :class:`~mmxai_fast.attr._engine.PerturbationEngine`
 with Captum 0.9's constructors, ``attribute`` signatures and results. Gradient methods are
 Captum's own classes, re-exported unchanged so one import serves both.
 """
@@ -10,11 +10,13 @@ from captum.attr import (DeepLift, Deconvolution, GradientShap, GuidedBackprop, 
 
 from ._engine import AttributionInputError, PerturbationEngine
 from .feature_ablation import FeatureAblation
+from .occlusion import Occlusion
+from ._patch import patch_captum, unpatch_captum
 from .shapley_value import ShapleyValues, ShapleyValueSampling
 
 __all__ = [
-    "FeatureAblation", "ShapleyValueSampling", "ShapleyValues",
-    "AttributionInputError", "PerturbationEngine",
+    "FeatureAblation", "Occlusion", "ShapleyValueSampling", "ShapleyValues",
+    "AttributionInputError", "PerturbationEngine", "patch_captum", "unpatch_captum",
     "Saliency", "Deconvolution", "GuidedBackprop", "NoiseTunnel", "InputXGradient",
     "IntegratedGradients", "DeepLift", "GradientShap", "LayerGradCam", "GuidedGradCam",
 ]

@@ -1,0 +1,241 @@
+"""Captum-compatible :class:`Occlusion` running on the perturbation engine.
+
+Windows are enumerated like Captum 0.9: all windows of ``inputs[0]`` (first trailing dim varying
+fastest, see :mod:`mmxai_fast.ops.occlusion`), then those of ``inputs[1]``, ...; a model call
+may hold windows of several tensors. Each coalition row of the engine is one **global window
+id**; :class:`_OcclusionEngine` overrides :meth:`PerturbationEngine.run_rows` to build the
+occluded copies with :func:`~mmxai_fast.ops.occlusion.occlusion_batch` (a box copy per window,
+no full-size mask), and the per-window output differences become attributions through
+:func:`~mmxai_fast.ops.occlusion.occlusion_attribution` (mean over the covering windows).
+"""
+
+import math
+import operator
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+import torch
+from captum._utils.common import _format_additional_forward_args, _format_output, _is_tuple
+from captum._utils.progress import progress
+from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
+from captum.attr import Occlusion as _CaptumOcclusion
+from captum.attr._utils.common import _format_input_baseline
+from torch import Tensor
+
+from ..ops.occlusion import OcclusionWindows, occlusion_attribution, occlusion_batch, occlusion_batch_reference
+from ._engine import AttributionInputError, PerturbationEngine, check_perturbations_per_eval
+
+__all__ = ["Occlusion"]
+
+WindowArg = Union[Tuple[int, ...], Tuple[Tuple[int, ...], ...]]
+StrideArg = Union[None, int, Tuple[int, ...], Tuple[Union[int, Tuple[int, ...]], ...]]
+
+
+def _int_tuple(value: Any, name: str) -> Tuple[int, ...]:
+    if not isinstance(value, (tuple, list, torch.Size)):
+        raise AttributionInputError(f"{name} must be a tuple of ints, got {value!r}")
+    out = []
+    for k, v in enumerate(value):
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            out.append(operator.index(v))
+        except TypeError:
+            raise AttributionInputError(f"{name}[{k}] must be an int, got {v!r}") from None
+    return tuple(out)
+
+
+def _format_windows(sliding_window_shapes: Any, inputs: Tuple[Tensor, ...]) -> Tuple[Tuple[int, ...], ...]:
+    """Captum's ``_format_and_verify_sliding_window_shapes`` with errors naming the argument."""
+    shapes = sliding_window_shapes
+    if isinstance(shapes, (tuple, list)) and (not shapes or not isinstance(shapes[0], (tuple, list))):
+        shapes = (shapes,)
+    if not isinstance(shapes, (tuple, list)) or len(shapes) != len(inputs):
+        raise AttributionInputError(
+            f"sliding_window_shapes must give one shape per input tensor ({len(inputs)}), got {sliding_window_shapes!r}")
+    out = []
+    for i, (shape, inp) in enumerate(zip(shapes, inputs)):
+        shape = _int_tuple(shape, f"sliding_window_shapes[{i}]")
+        if len(shape) != inp.dim() - 1:
+            raise AttributionInputError(
+                f"sliding_window_shapes[{i}] must have {inp.dim() - 1} dims (inputs[{i}] has shape "
+                f"{tuple(inp.shape)}), got {shape}")
+        out.append(shape)
+    return tuple(out)
+
+
+def _format_strides(strides: Any, inputs: Tuple[Tensor, ...]) -> Tuple[Tuple[int, ...], ...]:
+    """Captum's ``_format_and_verify_strides``, expanded to one int per trailing dim."""
+    if strides is None:
+        strides = (1,) * len(inputs)
+    if len(inputs) == 1 and not (isinstance(strides, tuple) and len(strides) == 1):
+        strides = (strides,)
+    if not isinstance(strides, tuple) or len(strides) != len(inputs):
+        raise AttributionInputError(f"strides must give one entry per input tensor ({len(inputs)}), got {strides!r}")
+    out = []
+    for i, (stride, inp) in enumerate(zip(strides, inputs)):
+        if isinstance(stride, int) and not isinstance(stride, bool):
+            stride = (stride,) * (inp.dim() - 1)
+        else:
+            stride = _int_tuple(stride, f"strides[{i}]")
+            if len(stride) != inp.dim() - 1:
+                raise AttributionInputError(
+                    f"strides[{i}] must be an int or a tuple of {inp.dim() - 1} ints (inputs[{i}] has shape "
+                    f"{tuple(inp.shape)}), got {stride}")
+        out.append(stride)
+    return tuple(out)
+
+
+def _make_windows(inputs, window_shapes, strides) -> Tuple[OcclusionWindows, ...]:
+    """One :class:`OcclusionWindows` per input, with Captum's checks (window <= input, stride <=
+    window where the window does not span the dim). 1-d inputs ``(N,)`` become ``(N, 1)``."""
+    result = []
+    for i, (inp, window, stride) in enumerate(zip(inputs, window_shapes, strides)):
+        shape = tuple(inp.shape[1:])
+        for k, (n, w, s) in enumerate(zip(shape, window, stride)):
+            if w < 1 or s < 1:
+                raise AttributionInputError(
+                    f"sliding_window_shapes[{i}] and strides[{i}] must be positive, got {window} and {stride}")
+            if w > n:
+                raise AttributionInputError(
+                    f"sliding_window_shapes[{i}] {window} cannot exceed the dims of inputs[{i}] {shape} "
+                    f"(dim {k}: {w} > {n})")
+            if n != w and s > w:
+                raise AttributionInputError(
+                    f"strides[{i}] {stride} cannot be larger than sliding_window_shapes[{i}] {window} "
+                    f"(dim {k}: {s} > {w}) where the window does not span the input")
+        result.append(OcclusionWindows(shape or (1,), window or (1,), stride or (1,)))
+    return tuple(result)
+
+
+class _OcclusionEngine(PerturbationEngine):
+    """Engine whose coalition rows are global window ids ``[rows]`` (int64, CPU)."""
+
+    def __init__(self, forward_func, inputs, baselines, windows, target, additional_forward_args,
+                 perturbations_per_eval, progress=None):
+        # One constant feature per input: the engine only serves validation, forward and chunking.
+        masks = tuple(torch.zeros((1,) * inp.dim(), dtype=torch.int64, device=inp.device) for inp in inputs)
+        super().__init__(forward_func, inputs, baselines, masks, target, additional_forward_args,
+                         perturbations_per_eval, progress=progress)
+        self.windows = windows
+        counts = [w.num_windows for w in windows]
+        self.offsets = [0] + list(torch.tensor(counts).cumsum(0)[:-1].tolist())
+        self.total_windows = sum(counts)
+
+    def _occluded(self, i: int, ids: Tensor) -> Tensor:
+        """``[rows, *inputs[i].shape]``: row ``r`` occludes local window ``ids[r]`` of input ``i``
+        (ids outside ``[0, num_windows)`` leave that row unperturbed)."""
+        x, windows, base = self.inputs[i], self.windows[i], self.baselines[i]
+        view = x.reshape(tuple(x.shape[:1]) + windows.input_shape)  # 1-d inputs: (N,) -> (N, 1)
+        rows = ids.numel()
+        inside = (ids >= 0) & (ids < windows.num_windows)
+        if isinstance(base, Tensor) and x.dim() == 1 and base.dim() == 1:
+            base = base.unsqueeze(-1)  # (N,) or (1,) against the (N, 1) view
+        batch = occlusion_batch if x.is_floating_point() else occlusion_batch_reference
+        if bool(inside.all()):
+            out = batch(view, windows, ids.to(x.device), base)
+        else:
+            out = view.unsqueeze(0).repeat((rows,) + (1,) * view.dim())
+            if bool(inside.any()):
+                out[inside.to(x.device)] = batch(view, windows, ids[inside].to(x.device), base)
+        return out.reshape((rows,) + tuple(x.shape))
+
+    def run_rows(self, keep: Tensor, previous_keep: Optional[Tensor]) -> Tensor:
+        rows = keep.shape[0]
+        batches = tuple(self._occluded(i, keep - offset).reshape((rows * x.shape[0],) + tuple(x.shape[1:]))
+                        for i, (x, offset) in enumerate(zip(self.inputs, self.offsets)))
+        return self._forward(batches, rows)
+
+
+class Occlusion(_CaptumOcclusion):
+    """Drop-in for ``captum.attr.Occlusion`` (Captum 0.9), batched on the engine.
+
+    Same constructor, same :meth:`attribute` arguments and defaults, same results: a window
+    (hyperrectangle) slides over each input tensor; each position is replaced by the baseline
+    and credited with ``f(input) - f(occluded input)``; an element's attribution is the mean
+    over the windows covering it. Occluded copies are box copies (no full-size mask per window)
+    and the averaging is one pass over the per-window differences. A subclass of Captum's class,
+    so ``isinstance`` checks keep working.
+
+    Differences (extensions): ``perturbations_per_eval="auto"`` picks the chunk from a memory
+    budget and halves it on ``torch.OutOfMemoryError``; bad arguments, model outputs that do not
+    grow with the batch and NaN outputs raise :class:`AttributionInputError` (a ``ValueError``
+    that is also an ``AssertionError``, like Captum's asserts); occluded inputs keep the input
+    dtype (Captum promotes to the baseline's); the progress bar counts windows, not elements.
+    """
+
+    def __init__(self, forward_func: Callable[..., Tensor]) -> None:
+        super().__init__(forward_func)
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        sliding_window_shapes: WindowArg,
+        strides: StrideArg = None,
+        baselines: BaselineType = None,
+        target: TargetType = None,
+        additional_forward_args: Optional[object] = None,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
+    ) -> TensorOrTupleOfTensorsGeneric:
+        """Occlusion attributions, as ``captum.attr.Occlusion.attribute``.
+
+        Args:
+            inputs: tensor or tuple of tensors, first dim ``N`` (examples).
+            sliding_window_shapes: window shape over ``inputs.shape[1:]``, or one per input.
+            strides: None (1), an int, a tuple per dim, or (tuple inputs) one int/tuple per input.
+                A stride may not exceed its window unless the window spans the dim.
+            baselines: None (zeros), a number, a tensor broadcastable to the input, or a tuple of
+                those (one per input tensor).
+            target: Captum target: int, tuple, tensor, list or None (scalar output per example).
+            additional_forward_args: extra arguments for ``forward_func`` (tensors are repeated
+                along dim 0 per perturbation).
+            perturbations_per_eval: windows per model call (int >= 1) or ``"auto"``.
+            show_progress: tqdm progress bar ("Occlusion attribution").
+
+        Returns:
+            float32 attributions shaped ``[n_outputs, *inputs[i].shape[1:]]`` per input
+            (``n_outputs = N`` for a scalar per example); a tuple when ``inputs`` is a tuple.
+
+        Raises:
+            AttributionInputError: invalid arguments or model outputs.
+        """
+        is_inputs_tuple = _is_tuple(inputs)
+        formatted_inputs, baselines = _format_input_baseline(inputs, baselines)
+        formatted_args = _format_additional_forward_args(additional_forward_args)
+        check_perturbations_per_eval(perturbations_per_eval)
+        PerturbationEngine._check_inputs(formatted_inputs)
+        windows = _make_windows(formatted_inputs, _format_windows(sliding_window_shapes, formatted_inputs),
+                                _format_strides(strides, formatted_inputs))
+        bar = None
+        with torch.no_grad():
+            engine = _OcclusionEngine(self.forward_func, formatted_inputs, baselines, windows, target,
+                                      formatted_args, perturbations_per_eval)
+            num_rows = engine.total_windows
+            if show_progress:
+                bar = progress(desc=f"{self.get_name()} attribution", total=None)
+                bar.update(0)
+                engine.progress = bar
+            try:
+                initial = engine.initialize()
+                if bar is not None:
+                    bar.total = math.ceil(num_rows / engine.rows_per_eval) + 1
+                outputs = engine.evaluate_chunks(num_rows, lambda a, b: torch.arange(a, b))
+                attributions = self._to_attributions(engine, initial, outputs)
+            finally:
+                if bar is not None:
+                    bar.close()
+        return _format_output(is_inputs_tuple, attributions)
+
+    @staticmethod
+    def _to_attributions(engine: _OcclusionEngine, initial: Tensor, outputs: Tensor) -> Tuple[Tensor, ...]:
+        flat_initial = initial.reshape(1, -1)
+        diffs = flat_initial - outputs.reshape(outputs.shape[0], -1).to(flat_initial.device)
+        # Captum sums in the output dtype and returns float32; sum in float64 unless outputs are.
+        diffs = diffs.to(torch.float64 if diffs.dtype == torch.float64 or not diffs.is_floating_point()
+                         else torch.float32)
+        result: List[Tensor] = []
+        for x, windows, offset in zip(engine.inputs, engine.windows, engine.offsets):
+            per_window = diffs[offset:offset + windows.num_windows].t().to(x.device)  # [n_outputs, W]
+            attr = occlusion_attribution(per_window, windows)
+            result.append(attr.reshape((attr.shape[0],) + tuple(x.shape[1:])).float())
+        return tuple(result)
