@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -45,8 +45,8 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    packages=["mmxai_fast", "mmxai_fast.ops", "mmxai_fast.kernels",
-              "mmxai_fast.kernels.triton", "mmxai_fast.kernels.cuda"],
+    packages=find_packages(include=["mmxai_fast", "mmxai_fast.*"])
+    + ["mmxai_fast.kernels", "mmxai_fast.kernels.triton", "mmxai_fast.kernels.cuda"],
     package_dir={"mmxai_fast": "mmxai_fast", "mmxai_fast.kernels": "kernels"},
     package_data={"mmxai_fast.kernels.cuda": ["*.cu", "*.cuh"]},
     ext_modules=[CMakeExtension("mmxai_fast._C", ROOT)],
