@@ -45,11 +45,13 @@ model "what changed where" instead of (or besides) the flattened perturbed input
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum._utils.common import _expand_additional_forward_args, _expand_target, _run_forward
+from captum._utils.progress import progress as captum_progress
 from torch import Tensor
 
 from ..ops.perturbation import MASK_DTYPES, perturb
@@ -232,6 +234,24 @@ class PerturbationEngine:
                         else _expand_additional_forward_args(self.additional_forward_args, rows))
                 self._expanded[rows] = (_expand_target(self.target, rows), args)
         return self._expanded[rows]
+
+    @contextlib.contextmanager
+    def progress_bar(self, show: bool, desc: str):
+        """Captum's progress bar (same description text), ticked once per model call while the
+        block runs; its total is set later with :meth:`set_progress_total`."""
+        if not show:
+            yield
+            return
+        self.progress = captum_progress(desc=desc, total=None)
+        self.progress.update(0)
+        try:
+            yield
+        finally:
+            self.progress.close()
+
+    def set_progress_total(self, model_calls: int) -> None:
+        if self.progress is not None:
+            self.progress.total = model_calls
 
     def _forward(self, model_inputs: Tuple[Tensor, ...], rows: int) -> Tensor:
         target, args = self._expanded_args(rows)

@@ -7,7 +7,6 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from captum._utils.common import (_format_additional_forward_args, _format_feature_mask, _format_output,
                                   _is_tuple)
-from captum._utils.progress import progress
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import FeatureAblation as _CaptumFeatureAblation
 from captum.attr._utils.common import _format_input_baseline
@@ -78,20 +77,14 @@ class FeatureAblation(_CaptumFeatureAblation):
         formatted_args = _format_additional_forward_args(additional_forward_args)
         formatted_mask = _format_feature_mask(feature_mask, formatted_inputs)
         check_perturbations_per_eval(perturbations_per_eval)
-        bar = None
         with torch.no_grad():
             engine = PerturbationEngine(self.forward_func, formatted_inputs, baselines, formatted_mask, target,
                                         formatted_args, perturbations_per_eval, compact_ids=True)
             order = engine.feature_order
             num_rows = order.numel()
-            if show_progress:
-                bar = progress(desc=f"{self.get_name()} attribution", total=None)
-                bar.update(0)
-                engine.progress = bar
-            try:
+            with engine.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 initial = engine.initialize()
-                if bar is not None:
-                    bar.total = math.ceil(num_rows / engine.rows_per_eval) + 1
+                engine.set_progress_total(math.ceil(num_rows / engine.rows_per_eval) + 1)
                 order_dev = order.to(formatted_inputs[0].device)
 
                 def make_keep(start: int, stop: int) -> Tensor:
@@ -106,7 +99,4 @@ class FeatureAblation(_CaptumFeatureAblation):
                                     device=flat_initial.device)
                 table[order.to(table.device)] = diff.to(table.dtype)
                 attributions = engine.to_input_shapes(table)
-            finally:
-                if bar is not None:
-                    bar.close()
         return _format_output(is_inputs_tuple, attributions)

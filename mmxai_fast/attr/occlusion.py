@@ -15,7 +15,6 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 from captum._utils.common import _format_additional_forward_args, _format_output, _is_tuple
-from captum._utils.progress import progress
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import Occlusion as _CaptumOcclusion
 from captum.attr._utils.common import _format_input_baseline
@@ -206,24 +205,15 @@ class Occlusion(_CaptumOcclusion):
         PerturbationEngine._check_inputs(formatted_inputs)
         windows = _make_windows(formatted_inputs, _format_windows(sliding_window_shapes, formatted_inputs),
                                 _format_strides(strides, formatted_inputs))
-        bar = None
         with torch.no_grad():
             engine = _OcclusionEngine(self.forward_func, formatted_inputs, baselines, windows, target,
                                       formatted_args, perturbations_per_eval)
             num_rows = engine.total_windows
-            if show_progress:
-                bar = progress(desc=f"{self.get_name()} attribution", total=None)
-                bar.update(0)
-                engine.progress = bar
-            try:
+            with engine.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 initial = engine.initialize()
-                if bar is not None:
-                    bar.total = math.ceil(num_rows / engine.rows_per_eval) + 1
+                engine.set_progress_total(math.ceil(num_rows / engine.rows_per_eval) + 1)
                 outputs = engine.evaluate_chunks(num_rows, lambda a, b: torch.arange(a, b))
                 attributions = self._to_attributions(engine, initial, outputs)
-            finally:
-                if bar is not None:
-                    bar.close()
         return _format_output(is_inputs_tuple, attributions)
 
     @staticmethod

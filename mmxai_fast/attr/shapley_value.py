@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 import torch
 from captum._utils.common import (_format_additional_forward_args, _format_feature_mask, _format_output,
                                   _format_tensor_into_tuples, _is_tuple)
-from captum._utils.progress import progress
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import ShapleyValues as _CaptumShapleyValues
 from captum.attr import ShapleyValueSampling as _CaptumShapleyValueSampling
@@ -126,20 +125,12 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         formatted_mask = _format_feature_mask(feature_mask, inputs_tuple)
         check_perturbations_per_eval(perturbations_per_eval)
         plan = self._sampling_plan(n_samples, antithetic, target_stderr, target_relative_stderr, max_samples)
-        bar = None
         with torch.no_grad():
             engine = PerturbationEngine(self.forward_func, inputs_tuple, baselines, formatted_mask, target,
                                         formatted_args, perturbations_per_eval, compact_ids=False)
             self._warn_missing_ids(engine)
-            if show_progress:
-                bar = progress(desc=f"{self.get_name()} attribution", total=None)
-                bar.update(0)
-                engine.progress = bar
-            try:
-                mean, stderr, count = self._walk(engine, plan, bar)
-            finally:
-                if bar is not None:
-                    bar.close()
+            with engine.progress_bar(show_progress, f"{self.get_name()} attribution"):
+                mean, stderr, count = self._walk(engine, plan)
             attributions = engine.to_input_shapes(mean.float())
             self.last_stderr = _format_output(is_inputs_tuple, engine.to_input_shapes(stderr.float()))
             self.last_n_samples = count
@@ -196,15 +187,14 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
 
     # ------------------------------------------------------------------ the walk
 
-    def _walk(self, engine: PerturbationEngine, plan, bar) -> Tuple[Tensor, Tensor, int]:
+    def _walk(self, engine: PerturbationEngine, plan) -> Tuple[Tensor, Tensor, int]:
         num_features = engine.num_features
         device = engine.inputs[0].device
         base = engine.initialize(torch.zeros(num_features, dtype=torch.bool, device=device))
         output_shape = tuple(base.shape) or (1,)
         full = engine.evaluate(torch.ones((1, num_features), dtype=torch.bool, device=device))
-        if bar is not None:
-            perms_total = self._num_permutations(num_features, plan["max_samples"] or plan["n_samples"])
-            bar.total = 2 + math.ceil(perms_total * (num_features - 1) / engine.rows_per_eval)
+        perms_total = self._num_permutations(num_features, plan["max_samples"] or plan["n_samples"])
+        engine.set_progress_total(2 + math.ceil(perms_total * (num_features - 1) / engine.rows_per_eval))
         dtype = base.dtype if base.is_floating_point() else torch.float64
         base = base.reshape(output_shape).to(dtype)
         full = full.reshape(output_shape).to(dtype)
