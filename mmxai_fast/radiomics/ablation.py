@@ -85,7 +85,9 @@ def _check_ablation_args(indices, codebook, codewords, background):
         raise ValueError(f"indices must have shape (B, *latent) (at least 2 dims), got shape {tuple(indices.shape)}")
     num_codewords = codebook.shape[0]
     _check_range(indices, "indices", num_codewords, "codebook size K")
-    codewords = torch.as_tensor(codewords, device=indices.device)
+    if not isinstance(codewords, Tensor):
+        codewords = torch.as_tensor(codewords, dtype=None if len(codewords) else torch.int64)
+    codewords = codewords.to(indices.device)
     if codewords.dim() != 1 or codewords.is_floating_point() or codewords.dtype == torch.bool:
         raise ValueError(f"codewords must be a 1-D sequence of integer codeword ids, got {codewords.dtype} "
                          f"of shape {tuple(codewords.shape)}")
