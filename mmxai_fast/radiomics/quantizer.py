@@ -114,11 +114,15 @@ class VectorQuantizer(nn.Module):
         (the decoder input for given indices, e.g. after latent feature ablation)."""
         return F.embedding(indices, self.codebook).movedim(-1, 1)
 
+    def _flatten(self, z: Tensor) -> Tensor:
+        # (N, D) rows in the codebook's dtype: a copy for a channel-first z, a view for a
+        # channels-last one; kept in the autograd graph (the loss is taken on these rows).
+        return z.movedim(1, -1).reshape(-1, self.dim).to(self.codebook.dtype)
+
     def quantize(self, z: Tensor) -> Tensor:
         """Nearest-codeword indices ``(B, *spatial)`` of ``z`` ``(B, D, *spatial)``; no loss, no update."""
         self._check_input(z)
-        flat = z.detach().movedim(1, -1).reshape(-1, self.dim).to(self.codebook.dtype)
-        indices, _ = vq_nearest(flat, self.codebook.detach(), backend=self.backend)
+        indices, _ = vq_nearest(self._flatten(z.detach()), self.codebook.detach(), backend=self.backend)
         return indices.view((z.shape[0],) + z.shape[2:])
 
     def forward(self, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -128,25 +132,58 @@ class VectorQuantizer(nn.Module):
             TypeError: ``z`` is not a floating tensor.
             ValueError: ``z`` is not ``(B, D, *spatial)`` with this quantizer's ``D``.
         """
-        indices = self.quantize(z)
-        codebook = self.codebook
-        z_q = F.embedding(indices, codebook).movedim(-1, 1).to(z.dtype)
-        if self.ema_decay is not None and self.training:
-            self._ema_update(z, indices)
-        commitment = F.mse_loss(z, z_q.detach())
-        if self.ema_decay is None:
-            loss = F.mse_loss(z_q, z.detach()) + self.beta * commitment
-        else:
-            loss = self.beta * commitment
-        z_q = z + (z_q - z).detach()
-        return z_q, indices, loss
+        self._check_input(z)
+        flat = self._flatten(z)
+        flat_indices, _ = vq_nearest(flat.detach(), self.codebook.detach(), backend=self.backend)
+        e = F.embedding(flat_indices, self.codebook)  # (N, D); carries the codebook gradient
+        learn_codebook = self.ema_decay is None
+        if not learn_codebook and self.training:
+            self._ema_update(flat.detach(), flat_indices)
+        loss = _VQLoss.apply(flat, e, self.beta, learn_codebook)
+        spatial_shape = (z.shape[0],) + z.shape[2:]
+        z_q = _StraightThrough.apply(z, e.detach().view(spatial_shape + (self.dim,)).movedim(-1, 1).to(z.dtype))
+        return z_q, flat_indices.view(spatial_shape), loss
 
     @torch.no_grad()
-    def _ema_update(self, z: Tensor, indices: Tensor) -> None:
-        flat = z.detach().movedim(1, -1).reshape(-1, self.dim).to(self.codebook.dtype)
-        flat_indices = indices.reshape(-1)
+    def _ema_update(self, flat: Tensor, flat_indices: Tensor) -> None:
         counts = codeword_histogram(flat_indices, self.num_codewords, backend=self.backend)
         sums = torch.zeros_like(self.codebook).index_add_(0, flat_indices, flat)
         new = ema_codebook_update(self.ema_cluster_size, self.ema_cluster_sum, counts, sums,
                                   self.ema_decay, self.ema_epsilon)
         self.codebook.copy_(new)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``z_q`` exactly; backward: the gradient goes to ``z`` unchanged (the value of
+    ``z + sg[z_q - z]`` without its two extra passes and rounding)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, z_q: Tensor) -> Tensor:
+        return z_q
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+
+class _VQLoss(torch.autograd.Function):
+    """``mean((sg[z] - e)^2) + beta * mean((z - sg[e])^2)`` (``learn_codebook``) or the commitment
+    term alone, from one difference: both terms have the value ``m = mean((z - e)^2)``, so the
+    loss is ``(1 + beta) m`` (or ``beta m``) with ``dL/dz = 2 beta (z - e) / n`` and
+    ``dL/de = 2 (e - z) / n`` (zero without ``learn_codebook``)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, e: Tensor, beta: float, learn_codebook: bool) -> Tensor:
+        diff = (z - e).reshape(-1)  # z and e are contiguous (N, D) rows
+        ctx.save_for_backward(diff)
+        ctx.beta, ctx.learn_codebook, ctx.row_shape = beta, learn_codebook, z.shape
+        mean_sq = torch.dot(diff, diff) / diff.numel()  # one pass (square + mean is two)
+        return mean_sq * ((1 + beta) if learn_codebook else beta)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (diff,) = ctx.saved_tensors
+        scaled = (diff * (grad * 2 / diff.numel())).view(ctx.row_shape)
+        grad_z = scaled * ctx.beta if ctx.needs_input_grad[0] else None
+        grad_e = -scaled if ctx.learn_codebook and ctx.needs_input_grad[1] else None
+        return grad_z, grad_e, None, None
