@@ -70,9 +70,11 @@ class VectorQuantizer(nn.Module):
 
     Shape:
         ``z``: ``(B, D, *spatial)``, any number of spatial dims (0 included), floating.
-        Returns ``(z_q, indices, loss)``: ``z_q`` like ``z`` (straight-through: its gradient
-        flows to ``z`` unchanged), int64 ``indices`` ``(B, *spatial)``, scalar ``loss`` (squared
-        errors averaged over all ``B * D * prod(spatial)`` elements, as ``F.mse_loss``).
+        Returns ``(z_q, indices, loss)``: ``z_q`` of ``z``'s shape and dtype holding exactly the
+        codewords ``e_{k_i}`` (channel-last strides, a view of the ``(N, D)`` rows), whose
+        gradient flows to ``z`` unchanged (straight-through); int64 ``indices``
+        ``(B, *spatial)``; scalar ``loss`` (squared errors averaged over all
+        ``B * D * prod(spatial)`` elements, as ``F.mse_loss``).
 
     The nearest codeword is found in the codebook's dtype (``z`` is cast if it differs, e.g. under
     autocast) and ties go to the lowest index. Works under ``torch.compile(fullgraph=True)``:
