@@ -249,6 +249,9 @@ class Lime(_CaptumLime):
                 and self.perturb_func is _captum_lime.default_perturb_func
                 and exp_kernel_params(self.similarity_func) is not None)
 
+    def _check_num_features(self, num_features: int) -> None:
+        """Hook: reject a feature count before any model call (KernelShap needs 2)."""
+
     # ------------------------------------------------------------------ shared pipeline
 
     def _attribute_on_engine(self, inputs, baselines, target, additional_forward_args, feature_mask, n_samples,
@@ -266,6 +269,7 @@ class Lime(_CaptumLime):
         _positive_int(n_samples, "n_samples")
         check_perturbations_per_eval(perturbations_per_eval)
         masks, num_features = interpretable_masks(feature_mask, formatted_inputs)
+        self._check_num_features(num_features)
         if num_features > 10000:
             warnings.warn(_MANY_FEATURES_WARNING, stacklevel=3)
         n = formatted_inputs[0].shape[0]
