@@ -20,7 +20,8 @@ from captum.attr import FeaturePermutation as _CaptumFeaturePermutation
 from captum.attr._core.feature_permutation import _permute_feature
 from torch import Tensor
 
-from ._engine import PerturbationEngine, check_perturbations_per_eval
+from ._engine import AttributionInputError, PerturbationEngine, check_perturbations_per_eval
+from ._target_check import initialize_checked
 from .feature_ablation import FeatureAblation
 
 __all__ = ["FeaturePermutation"]
@@ -151,6 +152,9 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
         formatted_inputs = _format_tensor_into_tuples(inputs)
         formatted_args = _format_additional_forward_args(additional_forward_args)
         formatted_mask = _format_feature_mask(feature_mask, formatted_inputs)
+        for i, mask in enumerate(formatted_mask):
+            if isinstance(mask, Tensor) and (mask.is_floating_point() or mask.is_complex()):
+                raise AttributionInputError(f"feature_mask[{i}] must be an integer tensor, got {mask.dtype}")
         with torch.no_grad():
             engine = _PermutationEngine(self.forward_func, formatted_inputs, (0.0,) * len(formatted_inputs),
                                         formatted_mask, target, formatted_args, perturbations_per_eval,
@@ -158,7 +162,7 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
             order = engine.feature_order
             num_rows = order.numel()
             with engine.progress_bar(show_progress, f"{self.get_name()} attribution"):
-                initial = engine.initialize()
+                initial = initialize_checked(engine)
                 flat_initial = initial.reshape(1, -1)
                 table = torch.zeros((engine.num_features, flat_initial.shape[1]), dtype=flat_initial.dtype,
                                     device=flat_initial.device)

@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from ._engine import AttributionInputError, PerturbationEngine, _broadcastable, check_perturbations_per_eval
+from ._target_check import initialize_checked
 
 __all__ = ["Lime"]
 
@@ -295,7 +296,7 @@ class Lime(_CaptumLime):
         n = engine.num_examples
         device = engine.inputs[0].device
         if n > 1:  # Captum's first call on the batch: one output per example or one per batch?
-            reference = engine.initialize()
+            reference = initialize_checked(engine)
             if reference.numel() == n:
                 groups = n
                 warnings.warn(_PER_EXAMPLE_WARNING, stacklevel=4)
@@ -312,7 +313,7 @@ class Lime(_CaptumLime):
             todo = rows[:, 1:] if first_is_input else rows
         else:
             rows = draw_rows(1, n_samples, num_features, device)
-            first = engine.initialize(rows[:, 0].reshape(1, -1))
+            first = initialize_checked(engine, rows[:, 0].reshape(1, -1))
             if first.numel() != 1:
                 raise AttributionInputError(
                     "Number of outputs is not appropriate, must return one output per perturbed input: "
