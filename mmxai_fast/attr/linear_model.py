@@ -123,6 +123,11 @@ class TorchWeightedLinearRegression(Model):
         self._bias = intercept.reshape(-1)
         return self
 
+    def __call__(self, x: Tensor) -> Tensor:
+        """Predictions ``(M, K)`` for samples ``x`` ``(M, F)`` (float32)."""
+        weight = self.representation()
+        return x.to(weight) @ weight.t() + self.bias().to(weight.device)
+
     def representation(self) -> Tensor:
         """``(K, F)`` float32 weights (``K = 1`` for a scalar target), on the data's device."""
         if self._weight is None:
