@@ -182,3 +182,16 @@ def test_bad_model_outputs():
     with pytest.raises(AttributionInputError, match="NaN, first at model call 2"):
         FeaturePermutation(lambda t: model(t) if torch.equal(t, x) else model(t) * float("nan")).attribute(
             x, target=0, feature_mask=GRID)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA twin of the CPU tests above")
+def test_cuda_same_permutations_as_cpu():
+    model = ConvNet()
+    x = torch.randn(4, 1, 3, 4, 4)
+    torch.manual_seed(3)
+    cpu = FeaturePermutation(model).attribute(x, target=1, feature_mask=GRID, perturbations_per_eval=3)
+    torch.manual_seed(3)  # permutations come from the CPU generator, like Captum's
+    cuda = FeaturePermutation(model.cuda()).attribute(x.cuda(), target=1, feature_mask=GRID.cuda(),
+                                                      perturbations_per_eval=3)
+    assert cuda.device.type == "cuda"
+    torch.testing.assert_close(cuda.cpu(), cpu, atol=ATOL, rtol=RTOL)

@@ -159,6 +159,25 @@ def test_per_example_coefficients_and_batched_calls():
     assert calls == [3, 96, 93]  # the batch (= the full coalition), then 32 + 31 coalitions x 3 examples
     exact = ShapleyValues(model).attribute(x, target=[0, 1, 2], feature_mask=GRID)
     torch.testing.assert_close(coefs, exact.flatten(1)[:, [0, 2, 16, 18, 32, 34]], atol=EXACT_ATOL, rtol=EXACT_RTOL)
+    single = KernelShap(model).attribute(x[:1], target=0, feature_mask=GRID, return_input_shape=False, exact=True)
+    assert single.shape == (1, 6)
+    torch.testing.assert_close(single, coefs[:1], atol=EXACT_ATOL, rtol=EXACT_RTOL)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA twin of the CPU tests above")
+def test_cuda_matches_cpu():
+    model = ConvNet()
+    x = torch.randn(2, 1, 3, 4, 4)
+    kwargs = dict(target=[0, 2], feature_mask=GRID, baselines=0.1)
+    cpu = _quiet(KernelShap(model).attribute, x, exact=True, **kwargs)
+    cuda = _quiet(KernelShap(model.cuda()).attribute, x.cuda(), exact=True, perturbations_per_eval="auto",
+                  **{**kwargs, "feature_mask": GRID.cuda()})
+    assert cuda.device.type == "cuda"
+    torch.testing.assert_close(cuda.cpu(), cpu, atol=EXACT_ATOL, rtol=EXACT_RTOL)
+    torch.manual_seed(0)
+    paired = _quiet(KernelShap(model).attribute, x.cuda(), paired=True, n_samples=200, **{**kwargs,
+                    "feature_mask": GRID.cuda()})
+    assert (paired.cpu() - cpu).abs().max() < 0.2 * cpu.abs().max()
 
 
 def test_signature_hierarchy_progress_and_patch(capsys):
@@ -210,6 +229,7 @@ def test_bad_arguments_before_model_calls(inputs, kwargs, match):
     assert not calls
 
 
+@pytest.mark.filterwarnings("ignore:You are providing multiple inputs")
 def test_bad_model_outputs():
     model = ConvNet()
     x = torch.randn(2, 1, 3, 4, 4)

@@ -260,3 +260,24 @@ def test_weighted_least_squares_batched_and_model_object():
         weighted_least_squares(x[0], y[0], -w[0])
     with pytest.raises(AttributionInputError, match="sample_weight must have shape"):
         weighted_least_squares(x[0], y[0], w[0, :5])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA twin of the CPU tests above")
+def test_cuda_per_example_exact_on_linear_model():
+    model, x, weight = _linear_problem(2)
+    base = torch.randn(1, 1, 3, 4, 4, dtype=torch.float64)
+    scale = torch.ones(2, 1, dtype=torch.float64)
+    kwargs = dict(target=[1, 2], feature_mask=GRID, baselines=base, additional_forward_args=(scale,), n_samples=40)
+    cpu = _quiet_lime(model, x, **kwargs)
+    gpu_model = lambda t, s: model(t.cpu(), s.cpu()).cuda()  # noqa: E731  (the weights stay on the CPU)
+    cuda = _quiet_lime(gpu_model, x.cuda(), **{**kwargs, "feature_mask": GRID.cuda(), "baselines": base.cuda(),
+                                                "additional_forward_args": (scale.cuda(),),
+                                                "perturbations_per_eval": "auto"})
+    assert cuda.device.type == "cuda"
+    torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-5, rtol=1e-5)
+
+
+def _quiet_lime(model, x, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Lime(model, interpretable_model=TorchWeightedLinearRegression()).attribute(x, **kwargs)

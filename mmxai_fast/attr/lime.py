@@ -282,7 +282,7 @@ class Lime(_CaptumLime):
                 rows, outputs = self._evaluate_samples(engine, num_features, n_samples, draw_rows)
             weights = weigh(engine, rows)
             if solve is not None:
-                coefs = list(solve(rows, outputs, weights).float())
+                coefs = [c.reshape(1, -1) for c in solve(rows, outputs, weights).float()]  # [1, F] like Captum's
             else:
                 coefs = self._fit_interpretable_model(rows, outputs, weights)
         per_example = rows.shape[0] > 1
