@@ -127,10 +127,10 @@ def test_sampling_converges_and_torch_solver_matches_sklearn():
     x = torch.randn(1, 1, 3, 4, 4)
     exact = ShapleyValues(model).attribute(x, target=2, feature_mask=GRID)
     torch.manual_seed(1)
-    sklearn = KernelShap(model).attribute(x, target=2, feature_mask=GRID, n_samples=400, perturbations_per_eval="auto")
+    kwargs = dict(target=2, feature_mask=GRID, n_samples=400, perturbations_per_eval="auto")
+    sklearn = KernelShap(model).attribute(x, **kwargs)
     torch.manual_seed(1)
-    on_device = KernelShap(model).attribute(x, target=2, feature_mask=GRID, n_samples=400, perturbations_per_eval="auto",
-                                            solver="torch")
+    on_device = KernelShap(model).attribute(x, solver="torch", **kwargs)
     assert (sklearn - exact).abs().max() < 0.15 * exact.abs().max()
     # Same samples; 10^6 end weights versus exact constraints: equal to ~1e-6 relative.
     torch.testing.assert_close(on_device, sklearn, atol=1e-5, rtol=1e-4)
