@@ -148,7 +148,7 @@ def test_batched_model_calls():
         warnings.simplefilter("ignore")
         Lime(forward).attribute(torch.randn(3, 1, 3, 4, 4), target=0, feature_mask=GRID, n_samples=25,
                                 perturbations_per_eval=10)
-        assert calls == [3, 30, 30, 15]  # the batch, then 10 + 10 + 5 samples of all 3 examples
+        assert calls == [3] + [9] * 8 + [3]  # the batch, then 3 samples of all 3 examples per call (<= ppe)
         calls.clear()
         Lime(forward).attribute(torch.randn(1, 1, 3, 4, 4), target=0, n_samples=25, perturbations_per_eval=10)
     assert calls == [1, 10, 10, 4]  # the first sample, then the other 24

@@ -12,8 +12,9 @@ of the perturbed input to the original. Here a sample **is** an engine coalition
    distributed, samples);
 2. a batch of ``N > 1`` examples with one output each is explained in one pass: every example
    gets its own feature ids (``id + n * F``), so one engine row carries a different sample for
-   every example and each model call covers ``perturbations_per_eval`` samples of all examples
-   (Captum loops over the examples);
+   every example (Captum loops over the examples); a model call holds
+   ``max(perturbations_per_eval // N, 1)`` rows, i.e. about ``perturbations_per_eval`` samples as
+   in Captum (``"auto"``: as many rows as the memory budget allows);
 3. the default similarity (exponential kernel of the cosine or euclidean distance) is computed
    from per-feature sums ``sum x^2``, ``sum x b``, ``sum b^2`` (one pass over the input) and the
    sample matrix, never from the perturbed inputs.
@@ -300,6 +301,8 @@ class Lime(_CaptumLime):
             if reference.numel() == n:
                 groups = n
                 warnings.warn(_PER_EXAMPLE_WARNING, stacklevel=4)
+                if engine.perturbations_per_eval != "auto":  # Captum's calls hold ppe samples: so do ours
+                    engine.rows_per_eval = max(1, engine.perturbations_per_eval // n)
             elif reference.numel() == 1:
                 groups = 1
             else:
