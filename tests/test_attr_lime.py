@@ -90,6 +90,12 @@ def test_tuple_inputs_args_and_baselines_same_as_captum(mask):
     _assert_close(ours, theirs)
 
 
+def test_tuple_target_same_as_captum():
+    net = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Unflatten(1, (2, 3)))
+    ours, theirs = _both(net, torch.randn(1, 6), target=(1, 2), n_samples=30, perturbations_per_eval=3)
+    _assert_close(ours, theirs)
+
+
 def test_scalar_per_batch_model_same_as_captum():
     model = ConvNet()
     x = torch.randn(3, 1, 3, 4, 4)
