@@ -134,9 +134,9 @@ def exp_kernel_weights(engine: PerturbationEngine, rows: Tensor, distance_mode: 
         xd = x.to(torch.float64)
         bd = torch.as_tensor(base, device=x.device).to(torch.float64).expand(x.shape)
         flat_ids = ids.expand(x.shape).reshape(-1).to(device)
-        terms = {"xx": xd * xd, "xb": xd * bd, "bb": bd * bd, "dd": (xd - bd) ** 2}
+        terms = {"xx": lambda: xd * xd, "xb": lambda: xd * bd, "bb": lambda: bd * bd, "dd": lambda: (xd - bd) ** 2}
         for name in names:
-            sums[name].index_add_(0, flat_ids, terms[name].reshape(-1).to(device))
+            sums[name].index_add_(0, flat_ids, terms[name]().reshape(-1).to(device))
     per_group = {}
     for name, values in sums.items():
         values = values.reshape(n, num_features)
