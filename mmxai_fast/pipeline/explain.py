@@ -29,7 +29,7 @@ GRADIENT_METHODS = ("Saliency", "Deconvolution", "GuidedBackprop", "SmoothGrad",
                     "IntegratedGradients", "DeepLift", "GradientShap", "LayerGradCam", "GuidedGradCam")
 METHODS = PERTURBATION_METHODS + GRADIENT_METHODS
 # Methods that need module hooks (impossible on TorchScript, broken by in-place ReLUs).
-_HOOK_METHODS = ("Deconvolution", "GuidedBackprop", "DeepLift", "LayerGradCam", "GuidedGradCam")
+HOOK_METHODS = ("Deconvolution", "GuidedBackprop", "DeepLift", "LayerGradCam", "GuidedGradCam")
 _SUPERPIXEL_METHODS = ("FeatureAblation", "FeaturePermutation", "Lime", "ShapleyValueSampling", "KernelShap")
 _ALIASES = {
     "shapley": "ShapleyValueSampling", "svs": "ShapleyValueSampling", "ablation": "FeatureAblation",
@@ -367,7 +367,7 @@ def explain(model: nn.Module, case: Case, method: str = "ShapleyValueSampling", 
         raise ValueError(f"baseline must be a Baseline, got {type(baseline).__name__}")
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if name in _HOOK_METHODS and isinstance(model, torch.jit.ScriptModule):
+    if name in HOOK_METHODS and isinstance(model, torch.jit.ScriptModule):
         raise ValueError(f"method {name} needs module hooks, which TorchScript models do not support; "
                          f"load the model from a state dict and factory instead")
     kwargs = dict(method_kwargs or {})
@@ -387,7 +387,7 @@ def explain(model: nn.Module, case: Case, method: str = "ShapleyValueSampling", 
         mask = None
         if name in _SUPERPIXEL_METHODS:
             mask = superpixel_mask(case, superpixels, show_progress=show_progress)
-        hooks = _no_inplace(model) if name in _HOOK_METHODS else contextlib.nullcontext()
+        hooks = _no_inplace(model) if name in HOOK_METHODS else contextlib.nullcontext()
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), hooks:
             torch.manual_seed(seed)
