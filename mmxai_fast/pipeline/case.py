@@ -136,8 +136,9 @@ def derive_foreground(image: Tensor) -> Tensor:
 
     Per modality: when at least 5% of the voxels hold exactly the minimum (skull-stripped or
     zero-padded data such as BraTS) the foreground is every other voxel, the rule nnU-Net uses;
-    otherwise (noisy background) it is the voxels above ``min + 10% of (99th percentile - min)``.
-    The union over modalities is taken and enclosed holes are filled (ventricles).
+    otherwise (noisy background) it is the largest connected region of voxels above
+    ``min + 10% of (99th percentile - min)`` (noise speckles dropped). The union over modalities
+    is taken and enclosed holes are filled (ventricles).
 
     Returns:
         bool ``[*S]``.
@@ -152,7 +153,11 @@ def derive_foreground(image: Tensor) -> Tensor:
             masks.append(~at_min)
         else:
             high = np.percentile(channel, 99)
-            masks.append(channel > low + 0.1 * (high - low))
+            bright, count = ndimage.label(channel > low + 0.1 * (high - low))
+            if count > 1:
+                sizes = np.bincount(bright.ravel())[1:]
+                bright = bright == 1 + int(sizes.argmax())
+            masks.append(bright > 0)
     foreground = ndimage.binary_fill_holes(np.logical_or.reduce(masks))
     return torch.from_numpy(np.ascontiguousarray(foreground))
 

@@ -13,6 +13,7 @@ the background gets no attribution.
 from __future__ import annotations
 
 import importlib
+import types
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -68,7 +69,8 @@ def _slic_function(backend: str) -> Callable:
 
         return slic
     try:
-        return importlib.import_module("mmxai_fast.ops").slic
+        slic = importlib.import_module("mmxai_fast.ops").slic
+        return slic.slic if isinstance(slic, types.ModuleType) else slic  # the module or its function
     except AttributeError:
         raise ValueError("Superpixels.backend='mmxai' needs mmxai_fast.ops.slic, which this install "
                          "lacks; use backend='skimage'") from None
