@@ -270,7 +270,7 @@ def _run_gradient(name, model, x, base, target, layer, kwargs):
     if name == "SmoothGrad":
         kwargs.setdefault("nt_samples", 10)
         # SmoothGrad's noise level: 15% of the input range (Smilkov et al. 2017 suggest 10-20%).
-        kwargs.setdefault("stdevs", 0.15 * float(x.max() - x.min()) or 1.0)
+        kwargs.setdefault("stdevs", 0.15 * float(x.detach().max() - x.detach().min()) or 1.0)
         kwargs.setdefault("nt_samples_batch_size", _gradient_batch(x))
         return ca.NoiseTunnel(ca.Saliency(model)).attribute(x, nt_type="smoothgrad", target=target, **kwargs)
     if name == "IntegratedGradients":
