@@ -14,6 +14,7 @@ from typing import Dict, List
 
 __all__ = ["add_explain_parser", "run_explain"]
 
+DEFAULT_WINDOWS = ("brain", "subdural", "bone")
 # The sampling-count argument of each method, set by --n-samples.
 _SAMPLE_ARG = {"ShapleyValueSampling": "n_samples", "Lime": "n_samples", "KernelShap": "n_samples",
                "GradientShap": "n_samples", "SmoothGrad": "nt_samples", "IntegratedGradients": "n_steps"}
@@ -29,7 +30,7 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
     src.add_argument("--image", metavar="PATH", help="one 4D NIfTI, modalities on the last axis")
     src.add_argument("--ct", metavar="PATH", help="CT volume in HU, expanded into --windows channels")
     case.add_argument("--names", nargs="+", metavar="NAME", help="modality names for --image")
-    case.add_argument("--windows", nargs="+", metavar="WINDOW", default=["brain", "subdural", "bone"],
+    case.add_argument("--windows", nargs="+", metavar="WINDOW",
                       help="CT windows: preset names or LEVEL:WIDTH (default: brain subdural bone)")
     case.add_argument("--roi", metavar="PATH", help="tumour/ROI mask (chooses the figure's slice)")
     case.add_argument("--foreground", metavar="PATH", help="brain/body mask (default: derived from the intensities)")
@@ -114,6 +115,10 @@ def _check_args(args, parser) -> dict:
         parser.error(f"--method: {exc}")
     if args.names and not args.image:
         parser.error("--names: only with --image")
+    if args.windows and not args.ct:
+        parser.error("--windows: only with --ct")
+    if args.normalize and args.ct:
+        parser.error("--normalize: not with --ct (CT windows are already in [0, 1])")
     if args.state_dict and not args.factory:
         parser.error("--factory: required with --state-dict (e.g. mmxai_fast.models:VGG3D)")
     if (args.factory or args.factory_kwargs) and not args.state_dict:
@@ -149,7 +154,7 @@ def _check_args(args, parser) -> dict:
         if device.type == "cuda" and not torch.cuda.is_available():
             parser.error(f"--device: {args.device!r} requested but no CUDA device is available")
     checked["modalities"] = _modalities(args.modality, parser) if args.modality else None
-    checked["windows"] = _windows(args.windows, parser) if args.ct else None
+    checked["windows"] = _windows(args.windows or list(DEFAULT_WINDOWS), parser) if args.ct else None
     files = [("--image", args.image), ("--ct", args.ct), ("--roi", args.roi), ("--foreground", args.foreground),
              ("--model", args.model), ("--state-dict", args.state_dict)]
     files += [(f"--modality {name}", path) for name, path in (checked["modalities"] or {}).items()]
