@@ -207,3 +207,16 @@ def test_2d_case():
     for method in ("FeatureAblation", "LayerGradCam", "GuidedGradCam"):
         exp = explain(model, case, method=method, superpixels=SP, show_progress=False)
         assert exp.attributions.shape == (2, 16, 12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CPU twin: every test above)")
+@pytest.mark.parametrize("method", ["FeatureAblation", "ShapleyValueSampling", "IntegratedGradients", "LayerGradCam"])
+def test_cuda_matches_cpu(case, method):
+    kwargs = FAST_KWARGS.get(method)
+    cpu = explain(small_model(), case, method=method, superpixels=SP, target=0, method_kwargs=kwargs,
+                  show_progress=False)
+    gpu = explain(small_model(), case, method=method, superpixels=SP, target=0, method_kwargs=kwargs,
+                  device="cuda", show_progress=False)
+    assert gpu.attributions.device.type == "cpu"
+    torch.testing.assert_close(gpu.attributions, cpu.attributions, rtol=1e-3, atol=1e-5)
