@@ -157,6 +157,10 @@ def test_argument_validation(case):
         explain(model, case, baseline=0.0)
     with pytest.raises(ValueError, match="superpixels must be a Superpixels"):
         explain(model, case, superpixels=10)
+    with pytest.raises(ValueError, match="IntegratedGradients takes no argument 'steps'"):
+        explain(model, case, method="ig", method_kwargs={"steps": 3})
+    with pytest.raises(ValueError, match="'baselines' is set by explain"):
+        explain(model, case, method="ig", method_kwargs={"baselines": 0})
     with pytest.raises(ValueError, match="permutation_batch"):
         explain(model, case, method="FeaturePermutation", superpixels=SP, method_kwargs={"permutation_batch": 1},
                 show_progress=False)
