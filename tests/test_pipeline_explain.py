@@ -138,6 +138,16 @@ def test_gradcam_is_upsampled_trilinearly_and_shared_by_modalities(case):
         explain(model, case, method="gradcam", layer="head", show_progress=False)
 
 
+def test_constructor_arguments_reach_the_constructor(case):
+    weight = torch.randn((1,) + tuple(case.image.shape))
+    plain = explain(LinearProbe(weight), case, method="ig", target=0, method_kwargs={"n_steps": 4}, show_progress=False)
+    global_ig = explain(LinearProbe(weight), case, method="ig", target=0, show_progress=False,
+                        method_kwargs={"n_steps": 4, "multiply_by_inputs": False})
+    # without the multiplier IG is the mean gradient: the weight itself, not weight * input
+    torch.testing.assert_close(global_ig.attributions, weight[0], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain.attributions, global_ig.attributions)
+
+
 def test_target_validation_and_choice(case):
     model = small_model()
     logits = model(case.image[None])[0]

@@ -259,6 +259,9 @@ def check_method_kwargs(method: str, method_kwargs: Optional[Mapping[str, Any]])
             raise ValueError(f"method_kwargs: {key!r} is set by explain() itself (use its own argument)")
         if key not in accepted:
             raise ValueError(f"method_kwargs: {name} takes no argument {key!r}; it takes {sorted(accepted)}")
+    size = method_kwargs.get("permutation_batch", 2)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise ValueError(f"method_kwargs['permutation_batch'] must be an int >= 2, got {size!r}")
     return dict(method_kwargs)
 
 
@@ -281,8 +284,6 @@ def _run_perturbation(name, model, x, base, target, mask, kwargs, show_progress,
         # Permutation swaps a feature between the examples of a batch: the case is batched with
         # baseline draws (the paper used batches of 4), so a permuted feature takes a baseline value.
         size = kwargs.pop("permutation_batch", 4)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-            raise ValueError(f"method_kwargs['permutation_batch'] must be an int >= 2, got {size!r}")
         draws = [base] + [_baseline_input(case, Baseline.gaussian(baseline.seed + i) if baseline.kind == "gaussian"
                                           else baseline)[None].to(x.device) for i in range(1, size - 1)]
         batch = torch.cat([x] + draws)
@@ -306,29 +307,30 @@ def _run_gradient(name, model, x, base, target, layer, kwargs):
 
     kwargs = dict(kwargs)
     mode = "trilinear" if x.dim() == 5 else "bilinear"
-    if name == "Saliency":
-        return ca.Saliency(model).attribute(x, target=target, **kwargs)
-    if name in ("Deconvolution", "GuidedBackprop", "InputXGradient"):
-        return getattr(ca, name)(model).attribute(x, target=target, **kwargs)
+
+    def build(cls, *args):
+        return cls(*args, **_constructor_kwargs(cls, kwargs))
+
     if name == "SmoothGrad":
         kwargs.setdefault("nt_samples", 10)
         # SmoothGrad's noise level: 15% of the input range (Smilkov et al. 2017 suggest 10-20%).
         kwargs.setdefault("stdevs", 0.15 * float(x.detach().max() - x.detach().min()) or 1.0)
         kwargs.setdefault("nt_samples_batch_size", _gradient_batch(x))
-        return ca.NoiseTunnel(ca.Saliency(model)).attribute(x, nt_type="smoothgrad", target=target, **kwargs)
-    if name == "IntegratedGradients":
-        kwargs.setdefault("internal_batch_size", _gradient_batch(x))
-        return ca.IntegratedGradients(model).attribute(x, baselines=base, target=target, **kwargs)
-    if name == "DeepLift":
-        return ca.DeepLift(model).attribute(x, baselines=base, target=target, **kwargs)
-    if name == "GradientShap":
-        return ca.GradientShap(model).attribute(x, baselines=base, target=target, **kwargs)
+        return build(ca.NoiseTunnel, build(ca.Saliency, model)).attribute(x, nt_type="smoothgrad", target=target,
+                                                                          **kwargs)
+    if name in ("IntegratedGradients", "DeepLift", "GradientShap"):
+        if name == "IntegratedGradients":
+            kwargs.setdefault("internal_batch_size", _gradient_batch(x))
+        return build(getattr(ca, name), model).attribute(x, baselines=base, target=target, **kwargs)
     if name == "LayerGradCam":
-        cam = ca.LayerGradCam(model, layer).attribute(x, target=target, **kwargs)
+        cam = build(ca.LayerGradCam, model, layer).attribute(x, target=target, **kwargs)
         cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode=mode)
         return cam.expand_as(x)
-    kwargs.setdefault("interpolate_mode", mode)
-    return ca.GuidedGradCam(model, layer).attribute(x, target=target, **kwargs)
+    if name == "GuidedGradCam":
+        kwargs.setdefault("interpolate_mode", mode)
+        return build(ca.GuidedGradCam, model, layer).attribute(x, target=target, **kwargs)
+    # Saliency, Deconvolution, GuidedBackprop, InputXGradient
+    return build(getattr(ca, name), model).attribute(x, target=target, **kwargs)
 
 
 def _predict_target(model: nn.Module, x: Tensor) -> Optional[int]:
