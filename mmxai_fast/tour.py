@@ -1,6 +1,6 @@
 """A tour of the engine's kernels: each op on every backend usable here, with timings.
 
-Run with ``mmxai-fast demo``. Each row is checked against the plain-PyTorch reference before it
+Run with ``mmxai-fast tour``. Each row is checked against the plain-PyTorch reference before it
 is timed, so the table also proves the compiled kernels agree on this machine.
 """
 from __future__ import annotations
