@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MODALITIES", "TISSUES", "GRADES", "BrainPhantom", "make_brain_phantom", "make_phantom_dataset"]
+__all__ = ["MODALITIES", "TISSUES", "GRADES", "BrainPhantom", "make_brain_phantom", "make_phantom_dataset",
+           "mni152_anatomy"]
 
 MODALITIES: Tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 
@@ -97,8 +98,9 @@ def _folded_radius(direction: np.ndarray, rng: np.random.Generator, amplitude: f
     """``1 + amplitude * (sum of random plane waves over the unit direction)``: a lumpy sphere."""
     out = np.zeros(direction.shape[1:], np.float32)
     for _ in range(waves):
-        k = rng.normal(size=3) / np.sqrt(3) * rng.uniform(*frequency)
-        out += np.cos(np.tensordot(k, direction, axes=1) + rng.uniform(0, 2 * np.pi)).astype(np.float32)
+        k = (rng.normal(size=3) / np.sqrt(3) * rng.uniform(*frequency)).astype(np.float32)
+        phase = np.float32(rng.uniform(0, 2 * np.pi))
+        out += np.cos(k[0] * direction[0] + k[1] * direction[1] + k[2] * direction[2] + phase)
     return 1.0 + amplitude * out / np.sqrt(waves)
 
 
@@ -111,34 +113,13 @@ def _bias_field(grid: np.ndarray, rng: np.random.Generator, strength: float) -> 
     return np.exp(log_field).astype(np.float32)
 
 
-def make_brain_phantom(shape: Sequence[int] = (48, 48, 48), grade: Optional[str] = "high", seed: int = 0,
-                       noise: float = 0.03, bias: float = 0.15) -> BrainPhantom:
-    """Draw one synthetic brain MRI case (T1, T1ce, T2, FLAIR) with or without a glioma.
+def _synthetic_head(grid: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Tissue labels of an ellipsoidal head with a random size, offset and cortical folding.
 
-    Args:
-        shape: volume size ``(X, Y, Z)``, each >= 16 (the head fills about 90% of it).
-        grade: ``"high"`` (enhancing rim in T1ce), ``"low"`` (same lesion, no enhancement) or None
-            (no tumour).
-        seed: seeds everything random (anatomy, lesion, contrasts, bias field, noise).
-        noise: Rician noise level (standard deviation of each Gaussian component).
-        bias: strength of the multiplicative bias field (0 disables it).
-
-    Returns:
-        :class:`BrainPhantom` (float32 image ``[4, X, Y, Z]``, bool masks ``[X, Y, Z]``).
-
-    Raises:
-        ValueError: bad ``shape``, ``grade``, ``noise`` or ``bias``.
+    Returns ``(labels, rel, vox)``: ``rel`` are coordinates scaled so that the head's surface is the
+    unit sphere, ``vox`` one voxel in those units.
     """
-    shape = _check_shape(shape)
-    if grade not in (None, *GRADES):
-        raise ValueError(f"grade must be 'high', 'low' or None, got {grade!r}")
-    if not noise >= 0 or not bias >= 0:
-        raise ValueError(f"noise and bias must be >= 0, got noise={noise!r}, bias={bias!r}")
-    rng = np.random.default_rng(seed)
-
-    # Normalised coordinates in [-1, 1]; the head is an ellipsoid with a random size and offset.
-    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"))
+    shape = grid.shape[1:]
     centre = rng.uniform(-0.04, 0.04, 3).astype(np.float32)
     semi = np.array([0.86, 0.94, 0.86], np.float32) * rng.uniform(0.95, 1.04, 3).astype(np.float32)
     rel = (grid - centre[:, None, None, None]) / semi[:, None, None, None]
@@ -146,7 +127,7 @@ def make_brain_phantom(shape: Sequence[int] = (48, 48, 48), grade: Optional[str]
     direction = rel / r
 
     labels = np.zeros(shape, np.uint8)
-    vox = 2.0 / min(shape) / float(semi.min())  # one voxel in units of r
+    vox = 2.0 / min(shape) / float(semi.min())
     labels[r <= 1.0] = TISSUES["scalp"]
     labels[r <= 1.0 - 1.8 * vox] = TISSUES["skull"]
     brain_r = 1.0 - 3.4 * vox
@@ -159,6 +140,59 @@ def make_brain_phantom(shape: Sequence[int] = (48, 48, 48), grade: Optional[str]
         v = (rel - np.array([0.13 * side, 0.05, 0.08], np.float32)[:, None, None, None]) / \
             np.array([0.07, 0.28, 0.14], np.float32)[:, None, None, None]
         labels[(v ** 2).sum(0) <= 1.0] = TISSUES["csf"]
+    return labels, rel, vox
+
+
+def _given_head(anatomy, grid: np.ndarray, shape) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Like :func:`_synthetic_head` for fixed tissue labels (e.g. :func:`mni152_anatomy`)."""
+    labels = np.array(anatomy, dtype=np.uint8, copy=True)
+    if labels.shape != tuple(shape):
+        raise ValueError(f"anatomy must have shape {tuple(shape)}, got {labels.shape}")
+    if not (labels == TISSUES["white_matter"]).any():
+        raise ValueError("anatomy must contain white matter (label "
+                         f"{TISSUES['white_matter']}) to place a tumour in")
+    if labels.max() >= TISSUES["oedema"]:
+        raise ValueError(f"anatomy labels must be below {TISSUES['oedema']} (no lesion), got max {labels.max()}")
+    head = labels > 0
+    coords = grid[:, head]
+    centre = (coords.max(1) + coords.min(1)) / 2
+    semi = (coords.max(1) - coords.min(1)) / 2
+    rel = (grid - centre[:, None, None, None]) / semi[:, None, None, None]
+    return labels, rel.astype(np.float32), 2.0 / min(shape) / float(semi.min())
+
+
+def make_brain_phantom(shape: Sequence[int] = (48, 48, 48), grade: Optional[str] = "high", seed: int = 0,
+                       noise: float = 0.03, bias: float = 0.15, anatomy=None) -> BrainPhantom:
+    """Draw one synthetic brain MRI case (T1, T1ce, T2, FLAIR) with or without a glioma.
+
+    Args:
+        shape: volume size ``(X, Y, Z)``, each >= 16 (the head fills about 90% of it).
+        grade: ``"high"`` (enhancing rim in T1ce), ``"low"`` (same lesion, no enhancement) or None
+            (no tumour).
+        seed: seeds everything random (anatomy, lesion, contrasts, bias field, noise).
+        noise: Rician noise level (standard deviation of each Gaussian component).
+        bias: strength of the multiplicative bias field (0 disables it).
+        anatomy: optional uint8 tissue labels ``[X, Y, Z]`` (values of :data:`TISSUES` up to
+            white matter) used instead of the random synthetic head, e.g. :func:`mni152_anatomy`.
+
+    Returns:
+        :class:`BrainPhantom` (float32 image ``[4, X, Y, Z]``, bool masks ``[X, Y, Z]``).
+
+    Raises:
+        ValueError: bad ``shape``, ``grade``, ``noise``, ``bias`` or ``anatomy``.
+    """
+    shape = _check_shape(shape)
+    if grade not in (None, *GRADES):
+        raise ValueError(f"grade must be 'high', 'low' or None, got {grade!r}")
+    if not noise >= 0 or not bias >= 0:
+        raise ValueError(f"noise and bias must be >= 0, got noise={noise!r}, bias={bias!r}")
+    rng = np.random.default_rng(seed)
+    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"))  # normalised coordinates in [-1, 1]
+    if anatomy is None:
+        labels, rel, vox = _synthetic_head(grid, rng)
+    else:
+        labels, rel, vox = _given_head(anatomy, grid, shape)
     brain = labels >= TISSUES["csf"]
 
     if grade is not None:
@@ -169,15 +203,19 @@ def make_brain_phantom(shape: Sequence[int] = (48, 48, 48), grade: Optional[str]
     contrast *= rng.uniform(0.92, 1.08, (1, 4)).astype(np.float32)  # scanner-to-scanner gain
     if grade == "high":
         contrast[TISSUES["tumour_rim"], 1] = _ENHANCING_RIM_T1CE * rng.uniform(0.9, 1.1)
-    image = contrast[labels].transpose(3, 0, 1, 2)  # [4, X, Y, Z]
+    image = np.stack([contrast[:, c][labels] for c in range(len(MODALITIES))])  # [4, X, Y, Z]
     # Within-tissue texture (mild), the bias field (shared by the sequences) and Rician noise.
-    image = image * (1 + 0.03 * rng.standard_normal(image.shape, dtype=np.float32))
+    texture = rng.standard_normal(image.shape, dtype=np.float32)
+    texture *= 0.03
+    texture += 1
     if bias > 0:
-        image = image * _bias_field(grid, rng, bias)
+        texture *= _bias_field(grid, rng, bias)
+    image *= texture
     if noise > 0:
-        real = image + noise * rng.standard_normal(image.shape, dtype=np.float32)
-        imag = noise * rng.standard_normal(image.shape, dtype=np.float32)
-        image = np.sqrt(real * real + imag * imag)
+        image += noise * rng.standard_normal(image.shape, dtype=np.float32)
+        imag = rng.standard_normal(image.shape, dtype=np.float32)
+        imag *= noise
+        np.sqrt(image * image + imag * imag, out=image)
     return BrainPhantom(image=torch.from_numpy(np.ascontiguousarray(image, np.float32)), modalities=MODALITIES,
                         brain=torch.from_numpy(brain), tumour=torch.from_numpy(tumour),
                         labels=torch.from_numpy(labels), grade=grade)
@@ -206,7 +244,7 @@ def _add_glioma(labels: np.ndarray, rel: np.ndarray, rng: np.random.Generator, v
 
 
 def make_phantom_dataset(n: int, shape: Sequence[int] = (48, 48, 48), seed: int = 0,
-                         grades: Sequence[Optional[str]] = GRADES, show_progress: bool = False
+                         grades: Sequence[Optional[str]] = GRADES, anatomy=None, show_progress: bool = False
                          ) -> Tuple[Tensor, Tensor, list]:
     """``n`` phantoms with the grades taken in turn from ``grades`` (balanced classes).
 
@@ -215,6 +253,7 @@ def make_phantom_dataset(n: int, shape: Sequence[int] = (48, 48, 48), seed: int 
         shape: volume size ``(X, Y, Z)``.
         seed: case ``i`` uses seed ``seed * 1_000_003 + i`` (disjoint sets for distinct seeds).
         grades: the classes, in label order (label ``k`` is ``grades[k]``).
+        anatomy: optional fixed tissue labels (see :func:`make_brain_phantom`).
         show_progress: tqdm progress bar.
 
     Returns:
@@ -224,8 +263,50 @@ def make_phantom_dataset(n: int, shape: Sequence[int] = (48, 48, 48), seed: int 
         raise ValueError(f"n must be a positive int, got {n!r}")
     from tqdm.auto import tqdm
 
-    phantoms = [make_brain_phantom(shape, grade=grades[i % len(grades)], seed=seed * 1_000_003 + i)
+    phantoms = [make_brain_phantom(shape, grade=grades[i % len(grades)], seed=seed * 1_000_003 + i,
+                                  anatomy=anatomy)
                 for i in tqdm(range(n), desc="phantoms", disable=not show_progress, leave=False)]
     images = torch.stack([p.image for p in phantoms])
     targets = torch.tensor([i % len(grades) for i in range(n)], dtype=torch.int64)
     return images, targets, phantoms
+
+
+def mni152_anatomy(shape: Sequence[int] = (48, 48, 48)) -> np.ndarray:
+    """Tissue labels from the MNI152 (ICBM 2009) templates that ship inside nilearn (no download).
+
+    Grey and white matter are where their template probability is the larger one and above 0.3,
+    the rest of the brain mask is CSF; scalp and skull are shells grown around the brain (the
+    templates are skull-stripped). The volume is cropped to the head and resampled to ``shape``.
+
+    Args:
+        shape: output size ``(X, Y, Z)`` (RAS axes, axial = last).
+
+    Returns:
+        uint8 ``[X, Y, Z]`` labels for :func:`make_brain_phantom`'s ``anatomy``.
+
+    Raises:
+        ImportError: nilearn is not installed (``pip install nilearn``).
+    """
+    shape = _check_shape(shape)
+    try:
+        from nilearn import datasets
+    except ImportError as err:  # optional: nilearn pulls pandas, scikit-learn, joblib...
+        raise ImportError("anatomy 'mni152' needs nilearn, which ships the MNI152 templates: "
+                          "pip install nilearn (or use the default synthetic anatomy)") from err
+    from scipy import ndimage
+
+    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=2).get_fdata()) > 0.5
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=2).get_fdata(), np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=2).get_fdata(), np.float32)
+    labels = np.zeros(brain.shape, np.uint8)
+    # Scalp and skull as shells of about 3 and 2.5 mm around the brain (2 mm voxels).
+    head = ndimage.binary_dilation(brain, iterations=3)
+    labels[head] = TISSUES["scalp"]
+    labels[ndimage.binary_dilation(brain, iterations=2)] = TISSUES["skull"]
+    labels[brain] = TISSUES["csf"]
+    labels[brain & (gm >= wm) & (gm > 0.3)] = TISSUES["grey_matter"]
+    labels[brain & (wm > gm) & (wm > 0.3)] = TISSUES["white_matter"]
+    box = tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(head))
+    labels = labels[box]
+    zoom = [s / n for s, n in zip(shape, labels.shape)]
+    return ndimage.zoom(labels, zoom, order=0, grid_mode=True, mode="nearest")[:shape[0], :shape[1], :shape[2]]
