@@ -77,6 +77,11 @@ class BrainPhantom:
     grade: Optional[str]
 
     @property
+    def head(self) -> Tensor:
+        """bool ``[X, Y, Z]``: the head (everything but the air around it), the foreground."""
+        return self.labels > 0
+
+    @property
     def enhancing(self) -> Tensor:
         """bool ``[X, Y, Z]``: the enhancing rim (empty unless ``grade == "high"``)."""
         if self.grade != "high":
@@ -232,9 +237,11 @@ def _add_glioma(labels: np.ndarray, rel: np.ndarray, rng: np.random.Generator, v
     d = rel - centre[:, None, None, None]
     dist = np.sqrt((d ** 2).sum(0)) + 1e-6
     direction = d / dist
-    core_r = rng.uniform(2.5, 4.5) * vox
-    rim_r = core_r + rng.uniform(1.5, 2.5) * vox
-    oedema_r = rim_r + rng.uniform(3.0, 6.0) * vox
+    # Sizes in head radii, so the lesion keeps its proportions at any resolution; the rim stays at
+    # least 1.5 voxels thick so that it is resolved.
+    core_r = rng.uniform(0.10, 0.17)
+    rim_r = core_r + max(1.5 * vox, rng.uniform(0.06, 0.09))
+    oedema_r = rim_r + rng.uniform(0.12, 0.22)
     parenchyma = (labels == TISSUES["grey_matter"]) | (labels == TISSUES["white_matter"])
     oedema = (dist <= oedema_r * _folded_radius(direction, rng, 0.15, 5)) & parenchyma
     lumpy = _folded_radius(direction, rng, 0.08, 4)
