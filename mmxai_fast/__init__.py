@@ -9,7 +9,11 @@ __version__ = "0.1.0"
 _ATTR_NAMES = ("FeatureAblation", "Occlusion", "ShapleyValueSampling", "ShapleyValues",
                "patch_captum", "unpatch_captum")
 
-__all__ = ["BACKEND_ENV", "BackendUnavailableError", "backends", "ops", "__version__", *_ATTR_NAMES]
+# The case-to-heatmap pipeline's entry point, mmxai_fast.explain (imports Captum, nibabel... on use).
+_PIPELINE_NAMES = ("explain",)
+
+__all__ = ["BACKEND_ENV", "BackendUnavailableError", "backends", "ops", "__version__", *_ATTR_NAMES,
+           *_PIPELINE_NAMES]
 
 
 def __getattr__(name):
@@ -17,4 +21,8 @@ def __getattr__(name):
         from . import attr
 
         return getattr(attr, name)
+    if name in _PIPELINE_NAMES:
+        from . import pipeline
+
+        return getattr(pipeline, name)
     raise AttributeError(f"module 'mmxai_fast' has no attribute {name!r}")

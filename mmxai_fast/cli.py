@@ -1,4 +1,5 @@
-"""Command line: ``mmxai-fast demo`` (a tour of the kernels) and ``mmxai-fast backends``."""
+"""Command line: ``mmxai-fast demo`` (a tour of the kernels), ``mmxai-fast backends`` and
+``mmxai-fast explain`` (NIfTI case + model -> heatmaps)."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,9 @@ def main(argv=None) -> int:
     demo.add_argument("--repeats", type=int, default=3, help="timed runs per row (median reported)")
     demo.set_defaults(func=_cmd_demo)
     sub.add_parser("backends", help="which backends are usable here, and why not").set_defaults(func=_cmd_backends)
+    from .pipeline.cli import add_explain_parser
+
+    add_explain_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
