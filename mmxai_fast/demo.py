@@ -19,10 +19,8 @@ scores about the tumour's volume fraction, a map confined to it scores 1.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -33,8 +31,8 @@ from torch import Tensor, nn
 from .models import VGG3D
 from .phantom import GRADES, BrainPhantom, make_phantom_dataset
 
-__all__ = ["DemoConfig", "TrainResult", "MethodResult", "DemoResult", "DEFAULT_METHODS",
-           "train_grade_classifier", "localisation_score", "modality_ranking", "run_demo"]
+__all__ = ["DemoConfig", "TrainResult", "MethodResult", "DemoResult", "DEFAULT_METHODS", "ANATOMIES",
+           "train_grade_classifier", "phantom_case", "localisation_score", "modality_ranking", "run_demo"]
 
 DEFAULT_METHODS = ("ShapleyValueSampling", "Occlusion", "IntegratedGradients")
 ANATOMIES = ("phantom", "mni152")
@@ -102,13 +100,15 @@ class MethodResult:
     case: str
     method: str
     wall_s: float
-    model_evaluations: int
+    model_inputs: int  # volumes passed through the model
+    model_calls: int  # forward calls (batches)
     model_s: float
     localisation: float
     tumour_fraction: float
     tumour_fraction_of_brain: float
-    modality_importance: Dict[str, float]
+    modality_importance: Dict[str, float]  # share of |attribution| per modality
     modality_ranking: List[str]
+    p_high: float  # the model's probability of "high grade" for the case
     files: Dict[str, str] = field(default_factory=dict)
 
 
@@ -233,138 +233,73 @@ def modality_ranking(importance: Dict[str, float]) -> List[str]:
     return sorted(importance, key=lambda name: -importance[name])
 
 
-class _TimedModel(nn.Module):
-    """Counts the examples the wrapped model sees and the seconds its forward passes take."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.evaluations = 0
-        self.seconds = 0.0
-
-    def forward(self, x: Tensor) -> Tensor:
-        start = time.perf_counter()
-        out = self.model(x.contiguous(memory_format=torch.channels_last_3d))
-        self.seconds += time.perf_counter() - start
-        self.evaluations += x.shape[0]
-        return out
 
 
-@dataclass
-class _Explanation:
-    attributions: Tensor  # [M, X, Y, Z]
-    modality_importance: Dict[str, float]
-    stats: Dict[str, float]
+def phantom_case(phantom: BrainPhantom, voxel_mm: float = 4.0) -> "Case":
+    """The phantom as a :class:`~mmxai_fast.pipeline.Case`: foreground = the head, roi = the tumour,
+    an isotropic ``voxel_mm`` grid centred on the origin (a 48^3 phantom at 4 mm is a 19 cm head box)."""
+    from .pipeline import Case
+
+    affine = np.diag([voxel_mm] * 3 + [1.0])
+    affine[:3, 3] = -voxel_mm * (np.asarray(phantom.image.shape[1:]) - 1) / 2
+    return Case(image=phantom.image, modalities=phantom.modalities, affine=affine, foreground=phantom.head,
+                roi=phantom.tumour, sources=tuple(f"phantom:{m}" for m in phantom.modalities))
 
 
-def _superpixel_mask(image: Tensor, foreground: Tensor, n_segments: int) -> Tensor:
-    """SLIC on the foreground (all modalities jointly), one copy of the segments per modality with
-    its own ids (Jin et al.), the background one more feature per modality: ``[M, X, Y, Z]``."""
-    from skimage.segmentation import slic
-
-    segments = slic(image.permute(1, 2, 3, 0).numpy().astype(np.float64), n_segments=n_segments,
-                    compactness=0.1, channel_axis=-1, mask=foreground.numpy(), start_label=1)
-    segments = torch.from_numpy(segments.astype(np.int64))
-    ids = torch.unique(segments, return_inverse=True)[1]  # consecutive, 0 = background
-    per_modality = int(ids.max()) + 1
-    return torch.stack([ids + m * per_modality for m in range(image.shape[0])])
+def _method_kwargs(method: str, config: DemoConfig) -> Dict[str, object]:
+    w, s = config.occlusion_window, config.occlusion_stride
+    return {
+        "ShapleyValueSampling": {"n_samples": config.shapley_samples, "perturbations_per_eval": config.batch_size},
+        "Occlusion": {"sliding_window_shapes": (1, w, w, w), "strides": (1, s, s, s),
+                      "perturbations_per_eval": config.batch_size},
+        "IntegratedGradients": {"n_steps": config.ig_steps, "internal_batch_size": config.batch_size},
+    }.get(method, {})
 
 
-def _explain(model: nn.Module, image: Tensor, foreground: Tensor, method: str, config: DemoConfig,
-             modalities: Sequence[str], target: int, show_progress: bool) -> _Explanation:
-    from .attr import IntegratedGradients, Occlusion, ShapleyValueSampling
+def _overview_figure(case, explanations: Dict[str, "Explanation"]):
+    """Rows = methods, columns = modalities on the axial slice with the largest tumour area: each
+    method's map scaled to [-1, 1] by its largest magnitude (red = evidence for high grade), the
+    tumour outlined; last column the modality importance."""
+    from matplotlib.figure import Figure
 
-    timed = _TimedModel(model)
-    x = image[None]
-    start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    if method == "ShapleyValueSampling":
-        mask = _superpixel_mask(image, foreground, config.n_segments)
-        attr = ShapleyValueSampling(timed).attribute(x, target=target, feature_mask=mask[None],
-                                                     n_samples=config.shapley_samples,
-                                                     perturbations_per_eval=config.batch_size,
-                                                     show_progress=show_progress)
-    elif method == "Occlusion":
-        w, s = config.occlusion_window, config.occlusion_stride
-        attr = Occlusion(timed).attribute(x, sliding_window_shapes=(1, w, w, w), strides=(1, s, s, s),
-                                          target=target, perturbations_per_eval=config.batch_size,
-                                          show_progress=show_progress)
-    elif method == "IntegratedGradients":
-        attr = IntegratedGradients(timed).attribute(x, target=target, n_steps=config.ig_steps,
-                                                    internal_batch_size=config.batch_size)
-    else:
-        raise ValueError(f"method must be one of {DEFAULT_METHODS}, got {method!r}")
-    wall = time.perf_counter() - start
-    attr = attr[0].detach().float()
-    sums = attr.double().flatten(1).sum(1)
-    scale = float(sums.abs().sum()) or 1.0
-    importance = {name: float(v) / scale for name, v in zip(modalities, sums)}
-    return _Explanation(attr, importance, {"method": method, "model_evaluations": timed.evaluations,
-                                           "wall_s": wall, "model_s": timed.seconds})
+    from .pipeline import choose_axial_slice, scale_signed
 
-
-def _atomic_path(path: Path):
-    """A temporary name beside ``path`` (same suffix, so writers that sniff it still work)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix="".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _write_text(path: Path, text: str) -> Path:
-    tmp = _atomic_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _write_case_figure(path: Path, phantom: BrainPhantom, explanations: Dict[str, _Explanation]) -> Path:
-    """Rows = methods, columns = modalities: the axial slice with the largest tumour area, the
-    attribution scaled to [-1, 1] by its largest magnitude (red positive, blue negative) and the
-    tumour outline."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    z = int(phantom.tumour.flatten(0, 1).sum(0).argmax())
-    tumour = phantom.tumour[:, :, z].numpy().T
-    rows = len(explanations)
-    fig, axes = plt.subplots(rows, len(phantom.modalities) + 1, figsize=(2.2 * (len(phantom.modalities) + 1), 2.3 * rows),
-                             squeeze=False, gridspec_kw={"width_ratios": [1] * len(phantom.modalities) + [0.9]})
+    z = choose_axial_slice(case.roi)
+    names = case.modalities
+    fig = Figure(figsize=(2.3 * len(names) + 2.4, 2.4 * len(explanations)), layout="constrained")
+    axes = fig.subplots(len(explanations), len(names) + 1, squeeze=False)
     for row, (method, explanation) in enumerate(explanations.items()):
-        attr = explanation.attributions
-        peak = float(attr.abs().max()) or 1.0
-        for col, name in enumerate(phantom.modalities):
+        heat = scale_signed(explanation.attributions)
+        for col, name in enumerate(names):
             ax = axes[row, col]
-            ax.imshow(phantom.image[col, :, :, z].numpy().T, cmap="gray", origin="lower")
-            heat = (attr[col, :, :, z] / peak).numpy().T
-            ax.imshow(heat, cmap="bwr", vmin=-1, vmax=1, origin="lower", alpha=np.clip(np.abs(heat) * 1.5, 0, 0.85))
-            ax.contour(tumour, levels=[0.5], colors="yellow", linewidths=0.6)
-            ax.set_xticks([]), ax.set_yticks([])
+            ax.imshow(case.image[col, :, :, z].numpy().T, cmap="gray", origin="lower")
+            values = heat[col, :, :, z].numpy().T
+            ax.imshow(values, cmap="bwr", vmin=-1, vmax=1, origin="lower", alpha=np.clip(np.abs(values) * 1.5, 0, 0.85))
+            ax.contour(case.roi[:, :, z].float().numpy().T, levels=[0.5], colors="lime", linewidths=0.7)
+            ax.set_xticks([])
+            ax.set_yticks([])
             if row == 0:
                 ax.set_title(name)
             if col == 0:
                 ax.set_ylabel(method, fontsize=8)
         ax = axes[row, -1]
-        names = list(explanation.modality_importance)
-        values = [explanation.modality_importance[n] for n in names]
-        ax.barh(names[::-1], values[::-1], color=["tab:red" if v > 0 else "tab:blue" for v in values[::-1]])
-        ax.axvline(0, color="black", linewidth=0.5)
+        shares = [100 * explanation.modality_importance[n] for n in names]
+        ax.barh(list(names)[::-1], shares[::-1], color="tab:red")
         ax.tick_params(labelsize=7)
-        if row == 0:
-            ax.set_title("modality importance", fontsize=8)
-    fig.suptitle(f"high-grade phantom, axial slice z={z}: attribution for 'high grade' (yellow: tumour)", fontsize=9)
-    fig.tight_layout()
-    tmp = _atomic_path(path)
-    try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+        ax.set_xlabel("% of |attribution|", fontsize=7)
+    fig.suptitle(f"high-grade case, axial slice {z}: evidence for 'high grade' (red), tumour outlined", fontsize=9)
+    return fig
+
+
+def _png_bytes(figure) -> bytes:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
 def _summary_markdown(result: "DemoResult") -> str:
@@ -372,22 +307,22 @@ def _summary_markdown(result: "DemoResult") -> str:
     lines = [
         "# mmxai-fast demo",
         "",
-        f"Task: high- vs low-grade glioma on {result.anatomy} anatomy {'x'.join(map(str, cfg.shape))} "
-        f"(T1, T1ce, T2, FLAIR); the grade shows only as the enhancing rim in T1ce.",
-        f"VGG3D widths {list(cfg.widths)}: trained on {cfg.n_train} cases for {cfg.epochs} epochs in "
-        f"{result.train_s:.1f} s; held-out accuracy {result.accuracy:.3f} on {cfg.n_val} cases.",
+        f"Task: high- vs low-grade glioma, {result.anatomy} anatomy, {'x'.join(map(str, cfg.shape))} voxels, "
+        f"T1/T1ce/T2/FLAIR; only the enhancing rim in T1ce tells the grades apart.",
+        f"VGG3D {list(cfg.widths)} trained on {cfg.n_train} cases, {cfg.epochs} epochs, in {result.train_s:.1f} s "
+        f"({torch.get_num_threads()} threads); held-out accuracy {result.accuracy:.3f} on {cfg.n_val} cases.",
         "",
-        "Localisation = share of the positive attribution inside the tumour (whole lesion); "
-        "tumour fraction = the tumour's share of the volume (of the brain).",
+        "localisation = share of the positive attribution inside the tumour (core, rim and oedema); "
+        "a map blind to the tumour scores about the tumour's volume fraction (in brackets: its share of the brain).",
         "",
-        "| case | method | wall s | model evals | time in model | localisation | tumour fraction | modality ranking |",
+        "| case | method | wall s | model inputs (calls) | time in model | localisation | tumour fraction | modality ranking |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in result.rows:
         share = row.model_s / row.wall_s if row.wall_s > 0 else 0.0
-        lines.append(f"| {row.case} | {row.method} | {row.wall_s:.2f} | {row.model_evaluations} | {share:.0%} | "
-                     f"{row.localisation:.3f} | {row.tumour_fraction:.3f} ({row.tumour_fraction_of_brain:.3f}) | "
-                     f"{' > '.join(row.modality_ranking)} |")
+        lines.append(f"| {row.case} | {row.method} | {row.wall_s:.2f} | {row.model_inputs} ({row.model_calls}) | "
+                     f"{share:.0%} | {row.localisation:.3f} | {row.tumour_fraction:.3f} "
+                     f"({row.tumour_fraction_of_brain:.3f}) | {' > '.join(row.modality_ranking)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -397,31 +332,34 @@ def run_demo(out_dir, config: Optional[DemoConfig] = None, anatomy: str = "phant
     """Train the grade classifier on phantoms, explain held-out high-grade cases, write the results.
 
     Args:
-        out_dir: output folder (created): ``case<i>.png`` per case, ``summary.md`` and ``summary.json``.
+        out_dir: output folder (created). Per explained case ``<case>/overview.png`` (every method
+            and modality) and ``<case>/<method>/`` (:func:`~mmxai_fast.pipeline.write_explanation`:
+            NIfTI heatmaps, importance/summary JSON, figures); ``summary.md`` and ``summary.json``.
         config: sizes (default :class:`DemoConfig`; :meth:`DemoConfig.quick` for a short run).
         anatomy: ``"phantom"`` or ``"mni152"`` (needs nilearn).
-        methods: attribution methods, from :data:`DEFAULT_METHODS`.
+        methods: attribution methods (names or aliases of :func:`~mmxai_fast.pipeline.explain`).
         show_progress: tqdm progress bars.
-        trained: reuse an already trained classifier (from :func:`train_grade_classifier` with the
-            same ``config`` and ``anatomy``) instead of training one.
+        trained: reuse a classifier from :func:`train_grade_classifier` (same ``config`` and
+            ``anatomy``) instead of training one.
         echo: print the summary table.
 
     Returns:
         :class:`DemoResult` with one :class:`MethodResult` per case and method.
 
     Raises:
-        ValueError: unknown ``anatomy`` or method, or no correctly classified high-grade case to explain.
+        ValueError: unknown ``anatomy`` or method, or no held-out high-grade case classified right.
         ImportError: ``anatomy="mni152"`` without nilearn.
     """
+    from .pipeline import Baseline, Superpixels, explain, resolve_method, write_explanation
+    from .pipeline.outputs import write_files_atomically
+
     config = config or DemoConfig()
-    methods = tuple(methods)
-    unknown = [m for m in methods if m not in DEFAULT_METHODS]
-    if unknown or not methods:
-        raise ValueError(f"methods must be a non-empty subset of {DEFAULT_METHODS}, got {list(methods)}")
+    if isinstance(methods, str) or not methods:
+        raise ValueError(f"methods must be a non-empty list of method names, got {methods!r}")
+    methods = tuple(resolve_method(m) for m in methods)
     if anatomy not in ANATOMIES:
         raise ValueError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     trained = trained or train_grade_classifier(config, anatomy=anatomy, show_progress=show_progress)
     model = trained.model
@@ -434,34 +372,39 @@ def run_demo(out_dir, config: Optional[DemoConfig] = None, anatomy: str = "phant
         raise ValueError("the classifier got no held-out high-grade case right; train longer (epochs, n_train)")
 
     rows, files = [], {}
+    superpixels = Superpixels(n_segments=config.n_segments)
     for i in picks:
         phantom = trained.val_phantoms[i]
-        case = f"case{i:03d}"
+        case, name = phantom_case(phantom), f"case{i:03d}"
         explanations = {}
         for method in methods:
-            explanation = _explain(model, phantom.image, phantom.head, method, config, phantom.modalities,
-                                   target=high, show_progress=show_progress)
+            explanation = explain(model, case, method, target=high, superpixels=superpixels,
+                                  baseline=Baseline.zeros(), method_kwargs=_method_kwargs(method, config),
+                                  show_progress=show_progress, seed=config.seed)
             explanations[method] = explanation
+            written = write_explanation(case, explanation, out_dir / name / method)
             stats = explanation.stats
             rows.append(MethodResult(
-                case=case, method=method, wall_s=stats["wall_s"], model_evaluations=stats["model_evaluations"],
-                model_s=stats["model_s"], localisation=localisation_score(explanation.attributions, phantom.tumour),
+                case=name, method=method, wall_s=stats.wall_s, model_inputs=stats.model_inputs,
+                model_calls=stats.model_evaluations, model_s=stats.model_s,
+                localisation=localisation_score(explanation.attributions, phantom.tumour),
                 tumour_fraction=float(phantom.tumour.float().mean()),
                 tumour_fraction_of_brain=float(phantom.tumour.sum() / phantom.brain.sum()),
                 modality_importance=explanation.modality_importance,
-                modality_ranking=modality_ranking(explanation.modality_importance)))
-        files[case] = str(_write_case_figure(out_dir / f"{case}.png", phantom, explanations))
+                modality_ranking=modality_ranking(explanation.modality_importance),
+                p_high=float(probs[i]), files={k: str(v) for k, v in written.items()}))
+        overview = write_files_atomically(out_dir / name, {"overview.png": _png_bytes(_overview_figure(case, explanations))})
+        files[f"{name}/overview.png"] = str(overview["overview.png"])
 
     result = DemoResult(config=config, anatomy=anatomy, accuracy=trained.accuracy, train_s=trained.train_s,
                         rows=rows, files=files)
     markdown = _summary_markdown(result)
-    files["summary.md"] = str(_write_text(out_dir / "summary.md", markdown))
     summary = {"config": asdict(config), "anatomy": anatomy, "accuracy": result.accuracy, "n_val": trained.n_val,
-               "train_s": result.train_s, "p_high": {f"case{i:03d}": float(probs[i]) for i in picks},
-               "rows": [asdict(r) for r in rows]}
-    files["summary.json"] = str(out_dir / "summary.json")
-    _write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+               "train_s": result.train_s, "threads": torch.get_num_threads(), "rows": [asdict(r) for r in rows]}
+    written = write_files_atomically(out_dir, {"summary.md": markdown.encode(),
+                                               "summary.json": (json.dumps(summary, indent=2) + "\n").encode()})
+    files.update({k: str(v) for k, v in written.items()})
     if echo:
         print(markdown)
-        print(f"figures and summary in {out_dir}")
+        print(f"figures and heatmaps in {out_dir}/")
     return result
