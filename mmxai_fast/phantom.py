@@ -206,8 +206,9 @@ def make_brain_phantom(shape: Sequence[int] = (48, 48, 48), grade: Optional[str]
 
     contrast = np.array([_CONTRAST[name] for name in TISSUES], np.float32)  # [tissues, 4]
     contrast *= rng.uniform(0.92, 1.08, (1, 4)).astype(np.float32)  # scanner-to-scanner gain
+    enhancement = _ENHANCING_RIM_T1CE * rng.uniform(0.9, 1.1)  # drawn for every grade: same seed, same case
     if grade == "high":
-        contrast[TISSUES["tumour_rim"], 1] = _ENHANCING_RIM_T1CE * rng.uniform(0.9, 1.1)
+        contrast[TISSUES["tumour_rim"], 1] = enhancement
     image = np.stack([contrast[:, c][labels] for c in range(len(MODALITIES))])  # [4, X, Y, Z]
     # Within-tissue texture (mild), the bias field (shared by the sequences) and Rician noise.
     texture = rng.standard_normal(image.shape, dtype=np.float32)
