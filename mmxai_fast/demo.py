@@ -63,7 +63,7 @@ class DemoConfig:
     learning_rate: float = 1e-2
     widths: Tuple[int, ...] = (8, 16, 32)
     n_cases: int = 2
-    n_segments: int = 60
+    n_segments: int = 150
     shapley_samples: int = 2
     occlusion_window: int = 8
     occlusion_stride: int = 8
@@ -73,7 +73,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
         """A smaller run (32^3 volumes, fewer cases and epochs, one explained case)."""
-        values = dict(shape=(32, 32, 32), n_train=96, n_val=32, epochs=5, n_cases=1, n_segments=40,
+        values = dict(shape=(32, 32, 32), n_train=96, n_val=32, epochs=5, n_cases=1, n_segments=100,
                       occlusion_window=6, occlusion_stride=6)
         values.update(overrides)
         return cls(**values)
