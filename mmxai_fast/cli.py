@@ -24,11 +24,20 @@ def _cmd_tour(args) -> int:
 
 def _cmd_demo(args) -> int:
     from .demo import DemoConfig, run_demo
+    from .pipeline import resolve_method
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("n_cases", args.cases), ("seed", args.seed))
                  if v is not None}
-    config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
-    run_demo(args.out, config, anatomy=args.anatomy, methods=args.methods, show_progress=not args.no_progress)
+    try:
+        config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+        for method in args.methods:
+            resolve_method(method)
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    try:
+        run_demo(args.out, config, anatomy=args.anatomy, methods=args.methods, show_progress=not args.no_progress)
+    except ImportError as exc:  # --anatomy mni152 without nilearn
+        args.parser.error(str(exc))
     return 0
 
 
@@ -53,7 +62,7 @@ def _add_demo_parser(sub) -> None:
     demo.add_argument("--cases", type=int, help="held-out high-grade cases to explain (default 2, --quick 1)")
     demo.add_argument("--seed", type=int, help="seed of data, model and training (default 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=_cmd_demo, parser=demo)
 
 
 def main(argv=None) -> int:

@@ -70,6 +70,20 @@ class DemoConfig:
     ig_steps: int = 16
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("n_train", "n_val", "epochs", "batch_size", "n_cases", "n_segments", "shapley_samples",
+                     "occlusion_window", "occlusion_stride", "ig_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DemoConfig.{name} must be an int >= 1, got {value!r}")
+        if (not isinstance(self.shape, tuple) or len(self.shape) != 3
+                or not all(isinstance(s, int) and s >= 16 for s in self.shape)):
+            raise ValueError(f"DemoConfig.shape must be three ints >= 16, got {self.shape!r}")
+        if not self.widths or not all(isinstance(w, int) and w >= 1 for w in self.widths):
+            raise ValueError(f"DemoConfig.widths must be ints >= 1, got {self.widths!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"DemoConfig.learning_rate must be > 0, got {self.learning_rate!r}")
+
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
         """A smaller run (32^3 volumes, fewer cases and epochs, one explained case)."""
@@ -122,11 +136,6 @@ class DemoResult:
     files: Dict[str, str]
 
 
-def _set_threads_and_seed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
 def train_grade_classifier(config: DemoConfig = DemoConfig(), anatomy: str = "phantom",
                            show_progress: bool = True) -> TrainResult:
     """Train :class:`~mmxai_fast.models.VGG3D` to tell high- from low-grade phantoms.
@@ -139,12 +148,21 @@ def train_grade_classifier(config: DemoConfig = DemoConfig(), anatomy: str = "ph
     Returns:
         :class:`TrainResult` with the model in eval mode (channels_last_3d) and the held-out
         accuracy on ``config.n_val`` cases drawn with a different seed.
+
+    Raises:
+        ValueError: unknown ``anatomy``.
+        ImportError: ``anatomy="mni152"`` without nilearn.
     """
+    start = time.perf_counter()
+    anatomy_labels = _anatomy_labels(anatomy, config.shape)
+    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        return _train(config, anatomy_labels, start, show_progress)
+
+
+def _train(config: DemoConfig, anatomy_labels, start: float, show_progress: bool) -> TrainResult:
     from tqdm.auto import tqdm
 
-    start = time.perf_counter()
-    _set_threads_and_seed(config.seed)
-    anatomy_labels = _anatomy_labels(anatomy, config.shape)
     train_x, train_y, _ = make_phantom_dataset(config.n_train, config.shape, seed=2 * config.seed,
                                                anatomy=anatomy_labels, show_progress=show_progress)
     val_x, val_y, val_phantoms = make_phantom_dataset(config.n_val, config.shape, seed=2 * config.seed + 1,

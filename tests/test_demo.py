@@ -80,6 +80,16 @@ def test_bad_arguments_fail_before_training(tmp_path, kwargs, match):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(epochs=0), "epochs must be an int >= 1"),
+    (dict(shape=(8, 32, 32)), "shape must be three ints >= 16"),
+    (dict(learning_rate=-1.0), "learning_rate"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DemoConfig.quick(**kwargs)
+
+
 @pytest.mark.skipif(HAVE_NILEARN, reason="nilearn is installed")
 def test_mni152_without_nilearn(tmp_path):
     with pytest.raises(ImportError, match="pip install nilearn"):
@@ -89,3 +99,15 @@ def test_mni152_without_nilearn(tmp_path):
 def test_tour_subcommand_kept(capsys):
     assert main(["tour", "--size", "16", "--repeats", "1"]) == 0
     assert "perturb" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--epochs", "0"], "epochs must be an int >= 1"),
+    (["--methods", "nope"], "method must be one of"),
+])
+def test_cli_errors(tmp_path, capsys, argv, match):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "out"), *argv])
+    assert exit_info.value.code == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
