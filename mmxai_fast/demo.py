@@ -10,7 +10,8 @@ Nothing is downloaded. The demo
    occlusion, integrated gradients) for the "high grade" logit;
 4. writes per case and method the heatmaps and figures, and a summary table (``summary.md`` and
    ``summary.json``): wall time, model evaluations, share of time in the model, localisation
-   score and the modality ranking.
+   score and two modality rankings: by share of ``|attribution|`` and by share of the positive
+   attribution (the evidence for "high grade").
 
 The localisation score is the share of the positive attribution that falls inside the tumour
 (whole lesion: core, rim and oedema), summed over the modalities: a map that ignores the tumour
@@ -32,7 +33,8 @@ from .models import VGG3D
 from .phantom import GRADES, BrainPhantom, make_phantom_dataset
 
 __all__ = ["DemoConfig", "TrainResult", "MethodResult", "DemoResult", "DEFAULT_METHODS", "ANATOMIES",
-           "train_grade_classifier", "phantom_case", "localisation_score", "modality_ranking", "run_demo"]
+           "train_grade_classifier", "phantom_case", "localisation_score", "evidence_share", "modality_ranking",
+           "run_demo"]
 
 DEFAULT_METHODS = ("ShapleyValueSampling", "Occlusion", "IntegratedGradients")
 ANATOMIES = ("phantom", "mni152")
@@ -122,6 +124,8 @@ class MethodResult:
     tumour_fraction_of_brain: float
     modality_importance: Dict[str, float]  # share of |attribution| per modality
     modality_ranking: List[str]
+    evidence_share: Dict[str, float]  # share of the positive attribution (evidence for the target) per modality
+    evidence_ranking: List[str]
     p_high: float  # the model's probability of "high grade" for the case
     files: Dict[str, str] = field(default_factory=dict)
 
@@ -246,6 +250,20 @@ def localisation_score(attributions: Tensor, tumour: Tensor) -> float:
     return float((positive * tumour.to(positive.dtype)).sum() / total)
 
 
+def evidence_share(attributions: Tensor, modalities: Sequence[str]) -> Dict[str, float]:
+    """Each modality's share of the positive attribution ``[M, X, Y, Z]`` (the evidence for the
+    explained class); equal shares when nothing is positive.
+
+    Unlike the share of ``|attribution|`` (:func:`mmxai_fast.pipeline.modality_importance`), a
+    modality whose removal only makes the class *more* likely does not count: with a zero
+    baseline, blanking T1 makes T1ce look enhanced everywhere, a large but negative effect.
+    """
+    per = attributions.double().clamp(min=0).flatten(1).sum(1)
+    total = float(per.sum())
+    shares = (per / total).tolist() if total > 0 else [1.0 / len(per)] * len(per)
+    return dict(zip(modalities, shares))
+
+
 def modality_ranking(importance: Dict[str, float]) -> List[str]:
     """Modalities from the most to the least important."""
     return sorted(importance, key=lambda name: -importance[name])
@@ -277,7 +295,7 @@ def _method_kwargs(method: str, config: DemoConfig) -> Dict[str, object]:
 def _overview_figure(case, explanations: Dict[str, "Explanation"]):
     """Rows = methods, columns = modalities on the axial slice with the largest tumour area: each
     method's map scaled to [-1, 1] by its largest magnitude (red = evidence for high grade), the
-    tumour outlined; last column the modality importance."""
+    tumour outlined; last column each modality's share of |attribution| and of the evidence."""
     from matplotlib.figure import Figure
 
     from .pipeline import choose_axial_slice, scale_signed
@@ -301,10 +319,16 @@ def _overview_figure(case, explanations: Dict[str, "Explanation"]):
             if col == 0:
                 ax.set_ylabel(method, fontsize=8)
         ax = axes[row, -1]
-        shares = [100 * explanation.modality_importance[n] for n in names]
-        ax.barh(list(names)[::-1], shares[::-1], color="tab:red")
+        rows_y = np.arange(len(names))[::-1]
+        evidence = evidence_share(explanation.attributions, names)
+        ax.barh(rows_y + 0.2, [100 * explanation.modality_importance[n] for n in names], height=0.4,
+                color="tab:gray", label="|attribution|")
+        ax.barh(rows_y - 0.2, [100 * evidence[n] for n in names], height=0.4, color="tab:red", label="evidence (> 0)")
+        ax.set_yticks(rows_y, names)
         ax.tick_params(labelsize=7)
-        ax.set_xlabel("% of |attribution|", fontsize=7)
+        ax.set_xlabel("% per modality", fontsize=7)
+        if row == 0:
+            ax.legend(fontsize=6, loc="lower right")
     fig.suptitle(f"high-grade case, axial slice {z}: evidence for 'high grade' (red), tumour outlined", fontsize=9)
     return fig
 
@@ -333,14 +357,19 @@ def _summary_markdown(result: "DemoResult") -> str:
         "localisation = share of the positive attribution inside the tumour (core, rim and oedema); "
         "a map blind to the tumour scores about the tumour's volume fraction (in brackets: its share of the brain).",
         "",
-        "| case | method | wall s | model inputs (calls) | time in model | localisation | tumour fraction | modality ranking |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "modality ranking = by share of |attribution| (mmxai_fast.pipeline); evidence = by share of the positive "
+        "attribution, i.e. of the evidence for 'high grade'.",
+        "",
+        "| case | method | wall s | model inputs (calls) | time in model | localisation | tumour fraction "
+        "| modality ranking | evidence for high grade |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for row in result.rows:
         share = row.model_s / row.wall_s if row.wall_s > 0 else 0.0
         lines.append(f"| {row.case} | {row.method} | {row.wall_s:.2f} | {row.model_inputs} ({row.model_calls}) | "
                      f"{share:.0%} | {row.localisation:.3f} | {row.tumour_fraction:.3f} "
-                     f"({row.tumour_fraction_of_brain:.3f}) | {' > '.join(row.modality_ranking)} |")
+                     f"({row.tumour_fraction_of_brain:.3f}) | {' > '.join(row.modality_ranking)} | "
+                     f"{' > '.join(f'{m} {row.evidence_share[m]:.0%}' for m in row.evidence_ranking)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -410,6 +439,8 @@ def run_demo(out_dir, config: Optional[DemoConfig] = None, anatomy: str = "phant
                 tumour_fraction_of_brain=float(phantom.tumour.sum() / phantom.brain.sum()),
                 modality_importance=explanation.modality_importance,
                 modality_ranking=modality_ranking(explanation.modality_importance),
+                evidence_share=(evidence := evidence_share(explanation.attributions, case.modalities)),
+                evidence_ranking=modality_ranking(evidence),
                 p_high=float(probs[i]), files={k: str(v) for k, v in written.items()}))
         overview = write_files_atomically(out_dir / name, {"overview.png": _png_bytes(_overview_figure(case, explanations))})
         files[f"{name}/overview.png"] = str(overview["overview.png"])
