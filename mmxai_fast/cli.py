@@ -57,7 +57,8 @@ def _add_demo_parser(sub) -> None:
     demo.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
                       help=f"attribution methods (default: {' '.join(DEFAULT_METHODS)}; any of "
                            f"`mmxai-fast explain`'s, e.g. LayerGradCam)")
-    demo.add_argument("--quick", action="store_true", help="smaller volumes and training, one case (<1-2 min)")
+    demo.add_argument("--quick", action="store_true",
+                      help="32^3 volumes, less training, one explained case (under a CPU-minute)")
     demo.add_argument("--epochs", type=int, help="training epochs (default 6, --quick 5)")
     demo.add_argument("--cases", type=int, help="held-out high-grade cases to explain (default 2, --quick 1)")
     demo.add_argument("--seed", type=int, help="seed of data, model and training (default 0)")

@@ -42,7 +42,7 @@ ANATOMIES = ("phantom", "mni152")
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo. The defaults take a few minutes on 2 CPU cores; :meth:`quick` well under one.
+    """Sizes of the demo. The defaults take about 2.5 CPU-minutes (2 cores), :meth:`quick` under one.
 
     Attributes:
         shape: phantom volume ``(X, Y, Z)``.
@@ -442,7 +442,8 @@ def run_demo(out_dir, config: Optional[DemoConfig] = None, anatomy: str = "phant
                 evidence_share=(evidence := evidence_share(explanation.attributions, case.modalities)),
                 evidence_ranking=modality_ranking(evidence),
                 p_high=float(probs[i]), files={k: str(v) for k, v in written.items()}))
-        overview = write_files_atomically(out_dir / name, {"overview.png": _png_bytes(_overview_figure(case, explanations))})
+        figure = _png_bytes(_overview_figure(case, explanations))
+        overview = write_files_atomically(out_dir / name, {"overview.png": figure})
         files[f"{name}/overview.png"] = str(overview["overview.png"])
 
     result = DemoResult(config=config, anatomy=anatomy, accuracy=trained.accuracy, train_s=trained.train_s,
