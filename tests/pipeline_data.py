@@ -49,3 +49,19 @@ def small_model(in_channels=2, num_classes=2, seed=0):
 
     torch.manual_seed(seed)
     return VGG3D(in_channels=in_channels, num_classes=num_classes, widths=(4, 8), hidden=8).eval()
+
+
+class ExplodingVGG3D(__import__("mmxai_fast.models", fromlist=["VGG3D"]).VGG3D):
+    """VGG3D whose forward fails from its ``fail_at``-th call on (a failure in the middle of a run)."""
+
+    fail_at = 3
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise RuntimeError("model failed mid-run")
+        return super().forward(x)

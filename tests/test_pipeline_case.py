@@ -57,6 +57,19 @@ def test_explicit_foreground_and_zscore(tmp_path, normalize):
             assert bool((case.image[m][~case.foreground] == 0).all())
 
 
+def test_masks_as_arrays(tmp_path):
+    paths, _ = write_case(tmp_path)
+    roi = np.zeros(SHAPE, bool)
+    roi[5, 5, 5] = True
+    case = load_case(paths, roi=roi, foreground=torch.from_numpy(ball(radius=0.3)))
+    assert bool(case.roi[5, 5, 5]) and int(case.roi.sum()) == 1
+    np.testing.assert_array_equal(case.foreground.numpy(), ball(radius=0.3))
+    with pytest.raises(CaseError, match=r"roi: the mask's shape \(2, 2\) differs"):
+        load_case(paths, roi=np.ones((2, 2)))
+    with pytest.raises(CaseError, match="foreground: the mask given is empty"):
+        load_case(paths, foreground=np.zeros(SHAPE))
+
+
 def test_derived_foreground_on_noisy_background():
     rng = np.random.default_rng(0)
     inside = ball((20, 20, 20), radius=0.35)

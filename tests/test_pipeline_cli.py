@@ -91,9 +91,11 @@ def test_ct_windows(files, tmp_path):
 
 def test_failure_mid_run_leaves_no_file(files, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(TypeError, match="bogus"):
-        main(["explain", "--modality", f"t1={files['t1']}", f"t2={files['t2']}", "--model", files["ts"],
-              "--method", "saliency", "--method-kwargs", '{"bogus": 1}', "--out", str(out)])
+    with pytest.raises(RuntimeError, match="model failed mid-run"):
+        main(["explain", "--modality", f"t1={files['t1']}", f"t2={files['t2']}", "--state-dict", files["w"],
+              "--factory", "pipeline_data:ExplodingVGG3D", "--factory-kwargs", json.dumps(KW),
+              "--method", "FeatureAblation", "--n-segments", "4", "--method-kwargs", '{"perturbations_per_eval": 1}',
+              "--out", str(out), "--no-progress"])
     assert not out.exists() or os.listdir(out) == []
 
 
@@ -132,6 +134,9 @@ def _bad(files, tmp):
         (ok_case + ok_model + ["--slice", "8"] + out, r"--slice: must be in [0, 8)"),
         (ok_case + ok_model + ["--smooth", "-1"] + out, "--smooth: must be >= 0"),
         (ok_case + ok_model + ["--method-kwargs", "[1]"] + out, "--method-kwargs: must be a JSON object"),
+        (ok_case + ok_model + ["--method", "ig", "--method-kwargs", '{"n_stepz": 3}'] + out,
+         "--method-kwargs: method_kwargs: IntegratedGradients takes no argument 'n_stepz'"),
+        (ok_case + ok_model + ["--method-kwargs", '{"target": 1}'] + out, "'target' is set by explain() itself"),
         (ok_case + ok_model + ["--names", "a"] + out, "--names: only with --image"),
         (ok_case + ok_model + ["--windows", "brain"] + out, "--windows: only with --ct"),
         (["--ct", files["t1"], "--normalize", "zscore"] + ok_model + out, "--normalize: not with --ct"),

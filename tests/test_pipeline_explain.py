@@ -138,6 +138,16 @@ def test_gradcam_is_upsampled_trilinearly_and_shared_by_modalities(case):
         explain(model, case, method="gradcam", layer="head", show_progress=False)
 
 
+def test_constructor_arguments_reach_the_constructor(case):
+    weight = torch.randn((1,) + tuple(case.image.shape))
+    plain = explain(LinearProbe(weight), case, method="ig", target=0, method_kwargs={"n_steps": 4}, show_progress=False)
+    global_ig = explain(LinearProbe(weight), case, method="ig", target=0, show_progress=False,
+                        method_kwargs={"n_steps": 4, "multiply_by_inputs": False})
+    # without the multiplier IG is the mean gradient: the weight itself, not weight * input
+    torch.testing.assert_close(global_ig.attributions, weight[0], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain.attributions, global_ig.attributions)
+
+
 def test_target_validation_and_choice(case):
     model = small_model()
     logits = model(case.image[None])[0]
@@ -157,6 +167,10 @@ def test_argument_validation(case):
         explain(model, case, baseline=0.0)
     with pytest.raises(ValueError, match="superpixels must be a Superpixels"):
         explain(model, case, superpixels=10)
+    with pytest.raises(ValueError, match="IntegratedGradients takes no argument 'steps'"):
+        explain(model, case, method="ig", method_kwargs={"steps": 3})
+    with pytest.raises(ValueError, match="'baselines' is set by explain"):
+        explain(model, case, method="ig", method_kwargs={"baselines": 0})
     with pytest.raises(ValueError, match="permutation_batch"):
         explain(model, case, method="FeaturePermutation", superpixels=SP, method_kwargs={"permutation_batch": 1},
                 show_progress=False)
@@ -207,3 +221,16 @@ def test_2d_case():
     for method in ("FeatureAblation", "LayerGradCam", "GuidedGradCam"):
         exp = explain(model, case, method=method, superpixels=SP, show_progress=False)
         assert exp.attributions.shape == (2, 16, 12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CPU twin: every test above)")
+@pytest.mark.parametrize("method", ["FeatureAblation", "ShapleyValueSampling", "IntegratedGradients", "LayerGradCam"])
+def test_cuda_matches_cpu(case, method):
+    kwargs = FAST_KWARGS.get(method)
+    cpu = explain(small_model(), case, method=method, superpixels=SP, target=0, method_kwargs=kwargs,
+                  show_progress=False)
+    gpu = explain(small_model(), case, method=method, superpixels=SP, target=0, method_kwargs=kwargs,
+                  device="cuda", show_progress=False)
+    assert gpu.attributions.device.type == "cpu"
+    torch.testing.assert_close(gpu.attributions, cpu.attributions, rtol=1e-3, atol=1e-5)

@@ -121,9 +121,14 @@ def _squeeze_volume(data: np.ndarray, what: str, path) -> np.ndarray:
     return data
 
 
-def _load_mask(path: Optional[PathLike], what: str, shape, affine, ref_path) -> Optional[Tensor]:
+def _load_mask(path, what: str, shape, affine, ref_path) -> Optional[Tensor]:
     if path is None:
         return None
+    if not isinstance(path, (str, os.PathLike)):  # an array or tensor on the case's grid
+        mask = torch.as_tensor(np.asarray(path) if not isinstance(path, Tensor) else path).bool().cpu()
+        if tuple(mask.shape) != tuple(shape):
+            raise CaseError(f"{what}: the mask's shape {tuple(mask.shape)} differs from the image's {tuple(shape)}")
+        return mask
     data, mask_affine = _load_image(path, what)
     data = _squeeze_volume(data, what, path)
     _check_finite(data, what, path)
@@ -184,15 +189,12 @@ def _finish(image: Tensor, names, affine, sources, roi, foreground, ref_path, no
         raise CaseError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     shape = tuple(image.shape[1:])
     roi_mask = _load_mask(roi, "roi", shape, affine, ref_path)
-    if isinstance(foreground, (str, os.PathLike)):
-        fg = _load_mask(foreground, "foreground", shape, affine, ref_path)
-    elif foreground is None:
-        fg = derive_foreground(image)
-    else:
-        fg = torch.as_tensor(foreground).bool()
+    fg = derive_foreground(image) if foreground is None else _load_mask(foreground, "foreground", shape, affine,
+                                                                          ref_path)
     if not bool(fg.any()):
-        raise CaseError(f"foreground: the mask {'from ' + repr(str(foreground)) if foreground is not None else 'derived from the intensities'} "
-                        f"is empty; pass a brain/body mask file")
+        source = ("derived from the intensities" if foreground is None else
+                  f"from {str(foreground)!r}" if isinstance(foreground, (str, os.PathLike)) else "given")
+        raise CaseError(f"foreground: the mask {source} is empty; pass a brain/body mask")
     if normalize == "zscore":
         image = zscore(image, fg, names)
     return Case(image=image, modalities=tuple(names), affine=affine, foreground=fg, roi=roi_mask,
@@ -207,9 +209,10 @@ def load_case(modalities: Union[Mapping[str, PathLike], PathLike], roi: Optional
     Args:
         modalities: ``{name: path}``, one 2D/3D file per modality (e.g. t1, t1ce, t2, flair), or
             the path of one 4D file whose last axis holds the modalities.
-        roi: optional tumour/ROI mask file (voxels > 0.5 are inside), same grid.
-        foreground: optional brain/body mask file; None derives it from the intensities
-            (:func:`derive_foreground`).
+        roi: optional tumour/ROI mask file (voxels > 0.5 are inside) on the same grid, or a
+            bool array/tensor ``[X, Y, Z]``.
+        foreground: optional brain/body mask (file, or array/tensor); None derives it from the
+            intensities (:func:`derive_foreground`).
         normalize: None (keep intensities) or ``"zscore"`` (per modality inside the foreground,
             background 0); choose what the model was trained with.
         names: modality names for a 4D file (default ``channel0``, ``channel1``...).
@@ -308,5 +311,5 @@ def load_ct_case(path: PathLike, windows: Sequence = ("brain", "subdural", "bone
     hu = torch.from_numpy(data)
     image = hu_window(hu, parsed)
     if foreground is None:
-        foreground = torch.from_numpy(ndimage.binary_fill_holes(data > -500))
+        foreground = ndimage.binary_fill_holes(data > -500)
     return _finish(image, names, affine, (str(path),) * len(names), roi, foreground, path, None)

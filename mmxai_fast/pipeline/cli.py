@@ -21,6 +21,8 @@ _SAMPLE_ARG = {"ShapleyValueSampling": "n_samples", "Lime": "n_samples", "Kernel
 
 
 def add_explain_parser(sub) -> argparse.ArgumentParser:
+    from .explain import METHODS
+
     p = sub.add_parser("explain", help="explain a trained 3D model's prediction on one case (NIfTI in, heatmaps out)",
                        description="Explain a trained model's prediction on co-registered NIfTI volumes: one "
                                    "heatmap per modality (NIfTI), importance.json, summary.json and PNG figures.")
@@ -43,7 +45,9 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
     model.add_argument("--factory-kwargs", metavar="JSON", help='keyword arguments for --factory, e.g. \'{"in_channels": 4}\'')
     model.add_argument("--device", help="where the model runs (default cpu)")
     method = p.add_argument_group("method")
-    method.add_argument("--method", default="ShapleyValueSampling", help="Captum class name or alias (default ShapleyValueSampling)")
+    method.add_argument("--method", default="ShapleyValueSampling",
+                        help=f"one of {', '.join(METHODS)}, or an alias (shapley, ig, gradcam...); "
+                             f"default ShapleyValueSampling")
     method.add_argument("--target", type=int, help="class index to explain (default: the model's prediction)")
     method.add_argument("--n-samples", type=int, help="samples/steps of the method (n_samples, nt_samples or n_steps)")
     method.add_argument("--method-kwargs", metavar="JSON", help="more arguments for the method's attribute(), a JSON object")
@@ -106,7 +110,7 @@ def _windows(items: List[str], parser):
 def _check_args(args, parser) -> dict:
     """Everything that needs no file reading: syntax, ranges, combinations, file existence."""
     from .baselines import Baseline
-    from .explain import resolve_method
+    from .explain import check_method_kwargs, resolve_method
 
     checked = {}
     try:
@@ -143,7 +147,10 @@ def _check_args(args, parser) -> dict:
         if args.n_samples < 1:
             parser.error(f"--n-samples: must be >= 1, got {args.n_samples}")
         kwargs[_SAMPLE_ARG[checked["method"]]] = args.n_samples
-    checked["method_kwargs"] = kwargs
+    try:
+        checked["method_kwargs"] = check_method_kwargs(checked["method"], kwargs)
+    except ValueError as exc:
+        parser.error(f"--method-kwargs: {exc}")
     if args.device is not None:
         import torch
 

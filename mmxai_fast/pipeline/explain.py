@@ -21,6 +21,7 @@ from .case import Case
 from .superpixels import Superpixels, superpixel_mask
 
 __all__ = ["explain", "Explanation", "RunStats", "resolve_method", "resolve_layer", "modality_importance",
+           "check_method_kwargs",
            "PERTURBATION_METHODS", "GRADIENT_METHODS", "METHODS"]
 
 PERTURBATION_METHODS = ("Occlusion", "FeatureAblation", "FeaturePermutation", "Lime", "ShapleyValueSampling",
@@ -219,6 +220,51 @@ def _constructor_kwargs(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return {k: kwargs.pop(k) for k in list(kwargs) if k in names}
 
 
+# Arguments explain() passes itself; method_kwargs may not set them.
+_RESERVED = {"inputs", "target", "baselines", "feature_mask", "nt_type", "forward_func", "model", "layer"}
+
+
+def _method_classes(name: str):
+    import captum.attr as ca
+
+    if name in PERTURBATION_METHODS:
+        return [_perturbation_class(name)[0]]
+    if name == "SmoothGrad":
+        return [ca.NoiseTunnel, ca.Saliency]
+    return [getattr(ca, name)]
+
+
+def check_method_kwargs(method: str, method_kwargs: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Reject ``method_kwargs`` entries the method does not take, before any work.
+
+    Accepted: the parameters of the method class's ``attribute`` and constructor (for SmoothGrad
+    those of NoiseTunnel and Saliency), ``permutation_batch`` for FeaturePermutation.
+
+    Raises:
+        ValueError: not a mapping, an unknown name, or one that explain() sets itself.
+    """
+    name = resolve_method(method)
+    if method_kwargs is None:
+        return {}
+    if not isinstance(method_kwargs, Mapping):
+        raise ValueError(f"method_kwargs must be a mapping, got {type(method_kwargs).__name__}")
+    accepted = {"permutation_batch"} if name == "FeaturePermutation" else set()
+    for cls in _method_classes(name):
+        for fn in (cls.attribute, cls.__init__):
+            accepted |= {p.name for p in inspect.signature(fn).parameters.values()
+                         if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    accepted -= _RESERVED | {"self"}
+    for key in method_kwargs:
+        if key in _RESERVED:
+            raise ValueError(f"method_kwargs: {key!r} is set by explain() itself (use its own argument)")
+        if key not in accepted:
+            raise ValueError(f"method_kwargs: {name} takes no argument {key!r}; it takes {sorted(accepted)}")
+    size = method_kwargs.get("permutation_batch", 2)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise ValueError(f"method_kwargs['permutation_batch'] must be an int >= 2, got {size!r}")
+    return dict(method_kwargs)
+
+
 def _default_occlusion_window(image: Tensor) -> Tuple[int, ...]:
     # One modality at a time, an eighth of each spatial edge: 8^d windows per modality.
     return (1,) + tuple(max(1, s // 8) for s in image.shape[1:])
@@ -238,8 +284,6 @@ def _run_perturbation(name, model, x, base, target, mask, kwargs, show_progress,
         # Permutation swaps a feature between the examples of a batch: the case is batched with
         # baseline draws (the paper used batches of 4), so a permuted feature takes a baseline value.
         size = kwargs.pop("permutation_batch", 4)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-            raise ValueError(f"method_kwargs['permutation_batch'] must be an int >= 2, got {size!r}")
         draws = [base] + [_baseline_input(case, Baseline.gaussian(baseline.seed + i) if baseline.kind == "gaussian"
                                           else baseline)[None].to(x.device) for i in range(1, size - 1)]
         batch = torch.cat([x] + draws)
@@ -263,29 +307,30 @@ def _run_gradient(name, model, x, base, target, layer, kwargs):
 
     kwargs = dict(kwargs)
     mode = "trilinear" if x.dim() == 5 else "bilinear"
-    if name == "Saliency":
-        return ca.Saliency(model).attribute(x, target=target, **kwargs)
-    if name in ("Deconvolution", "GuidedBackprop", "InputXGradient"):
-        return getattr(ca, name)(model).attribute(x, target=target, **kwargs)
+
+    def build(cls, *args):
+        return cls(*args, **_constructor_kwargs(cls, kwargs))
+
     if name == "SmoothGrad":
         kwargs.setdefault("nt_samples", 10)
         # SmoothGrad's noise level: 15% of the input range (Smilkov et al. 2017 suggest 10-20%).
         kwargs.setdefault("stdevs", 0.15 * float(x.detach().max() - x.detach().min()) or 1.0)
         kwargs.setdefault("nt_samples_batch_size", _gradient_batch(x))
-        return ca.NoiseTunnel(ca.Saliency(model)).attribute(x, nt_type="smoothgrad", target=target, **kwargs)
-    if name == "IntegratedGradients":
-        kwargs.setdefault("internal_batch_size", _gradient_batch(x))
-        return ca.IntegratedGradients(model).attribute(x, baselines=base, target=target, **kwargs)
-    if name == "DeepLift":
-        return ca.DeepLift(model).attribute(x, baselines=base, target=target, **kwargs)
-    if name == "GradientShap":
-        return ca.GradientShap(model).attribute(x, baselines=base, target=target, **kwargs)
+        return build(ca.NoiseTunnel, build(ca.Saliency, model)).attribute(x, nt_type="smoothgrad", target=target,
+                                                                          **kwargs)
+    if name in ("IntegratedGradients", "DeepLift", "GradientShap"):
+        if name == "IntegratedGradients":
+            kwargs.setdefault("internal_batch_size", _gradient_batch(x))
+        return build(getattr(ca, name), model).attribute(x, baselines=base, target=target, **kwargs)
     if name == "LayerGradCam":
-        cam = ca.LayerGradCam(model, layer).attribute(x, target=target, **kwargs)
+        cam = build(ca.LayerGradCam, model, layer).attribute(x, target=target, **kwargs)
         cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode=mode)
         return cam.expand_as(x)
-    kwargs.setdefault("interpolate_mode", mode)
-    return ca.GuidedGradCam(model, layer).attribute(x, target=target, **kwargs)
+    if name == "GuidedGradCam":
+        kwargs.setdefault("interpolate_mode", mode)
+        return build(ca.GuidedGradCam, model, layer).attribute(x, target=target, **kwargs)
+    # Saliency, Deconvolution, GuidedBackprop, InputXGradient
+    return build(getattr(ca, name), model).attribute(x, target=target, **kwargs)
 
 
 def _predict_target(model: nn.Module, x: Tensor) -> Optional[int]:
@@ -354,8 +399,8 @@ def explain(model: nn.Module, case: Case, method: str = "ShapleyValueSampling", 
         :class:`Explanation` with ``attributions`` float32 ``[M, *S]`` on the CPU.
 
     Raises:
-        ValueError: unknown method or layer, bad target, a hook-based method on TorchScript;
-            raised before any attribution work.
+        ValueError: unknown method, layer or method argument, bad target, a hook-based method
+            on TorchScript; raised before any attribution work.
     """
     start = time.perf_counter()
     name = resolve_method(method)
@@ -370,7 +415,10 @@ def explain(model: nn.Module, case: Case, method: str = "ShapleyValueSampling", 
     if name in HOOK_METHODS and isinstance(model, torch.jit.ScriptModule):
         raise ValueError(f"method {name} needs module hooks, which TorchScript models do not support; "
                          f"load the model from a state dict and factory instead")
-    kwargs = dict(method_kwargs or {})
+    kwargs = check_method_kwargs(name, method_kwargs)
+    for key in ("sliding_window_shapes", "strides"):  # JSON gives lists
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
     grad_layer = resolve_layer(model, layer) if name in ("LayerGradCam", "GuidedGradCam") else None
     if device is not None:
         model.to(device)

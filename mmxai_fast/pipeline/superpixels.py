@@ -87,9 +87,9 @@ def _segment(slic: Callable, image: np.ndarray, foreground: np.ndarray, cfg: Sup
              multichannel: bool) -> np.ndarray:
     """SLIC labels ``1 .. K`` inside ``foreground`` (renumbered without gaps), 0 outside."""
     labels = slic(image, n_segments=cfg.n_segments, compactness=cfg.compactness, max_num_iter=cfg.max_num_iter,
-                  spacing=np.asarray(spacing, dtype=np.float64), mask=foreground,
+                  spacing=tuple(float(s) for s in spacing), mask=foreground,
                   channel_axis=-1 if multichannel else None, start_label=1, enforce_connectivity=True)
-    labels = np.where(foreground, labels, 0)
+    labels = np.where(foreground, np.asarray(labels), 0)
     ids, dense = np.unique(labels, return_inverse=True)
     dense = dense.reshape(labels.shape)
     if ids[0] != 0:  # no background voxel: ids start at 1
