@@ -10,14 +10,18 @@ The glioma has a core, a rim around it and surrounding oedema. Its grade is the 
 task of the demo, and the evidence for it is put in one sequence on purpose:
 
 - ``grade="high"`` (glioblastoma-like): the rim *enhances*, i.e. is bright in T1ce only;
-- ``grade="low"``: the same lesion without enhancement (the rim looks like the core);
+- ``grade="low"``: the same lesion without enhancement (in T1ce the rim keeps its T1 intensity);
 - ``grade=None``: no lesion.
 
 Both grades draw their lesion from the same distribution and look the same in T1, T2 and FLAIR
 (hypointense core in T1, hyperintense lesion and oedema in T2/FLAIR), as in the radiological rule
 of thumb that contrast enhancement is what separates high- from low-grade glioma. A classifier of
 grade must therefore look at T1ce inside the lesion: an explanation should light up the tumour
-and rank T1ce first.
+and find most of the evidence in T1ce. Same seed, other grade: the identical case except the
+rim's T1ce values. The tumour mask (:attr:`BrainPhantom.tumour`) is the whole lesion, core, rim
+and oedema (BraTS "whole tumour").
+
+:func:`mni152_anatomy` swaps the synthetic head for the MNI152 templates shipped with nilearn.
 """
 from __future__ import annotations
 
