@@ -1,9 +1,10 @@
 // SLIC superpixels on the CPU (mmxai_fast/ops/slic.py holds the algorithm's description).
 //
-// - slic_iterate: k-means iterations. Assignment: each thread owns a band of image rows and walks
-//   every centre's +-2-step window clipped to its band, centres in ascending order with a strict
-//   '<', so the result is the sequential one (ties to the lower centre). Centre update: per-thread
-//   fixed-point int64 sums, exact whatever the order.
+// - slic_iterate: k-means iterations. Assignment: threads take bands of rows; in a band every
+//   centre whose +-2-step window reaches it is visited nearest first, blocks of 16 voxels whose
+//   current distances all beat the centre's spatial lower bound are skipped, and ties go to the
+//   lower centre index: the result is exactly scikit-image's sequential loop's. Centre update:
+//   per-thread fixed-point int64 sums, exact whatever the order.
 // - slic_kmeans_seeds: exact nearest-centre Lloyd iterations for the mask seeding (uniform grid of
 //   centres searched in growing Chebyshev rings).
 // - slic_connectivity: raster-order BFS of the 6-connected equal-label pieces and the small-piece
@@ -56,6 +57,8 @@ struct SlicRun {
   int32_t* labels;       // [N]
   std::vector<T> dist;
   std::vector<int32_t> row_lo, row_hi;  // foreground x range of each row
+  int64_t blocks_per_row = 0;
+  std::vector<T> block_max;             // largest current distance of each block of a row
 
   void init_rows() {
     const int64_t rows = g.rows(), w = g.width;
@@ -73,71 +76,136 @@ struct SlicRun {
     }
   }
 
-  // One assignment step; returns whether any voxel had a centre in reach.
+  static constexpr int64_t kBlock = 16;  // voxels per pruning block (one AVX-512 float vector)
+
+  // The fused distance / compare / select loop over [xa, xb) of one row for centre k.
+  template <int kChannels>
+  static inline int span(const T* feats, int64_t n, int64_t channels, const T* ck, T dzy, T sx, T cx, T weight,
+                         bool color, int64_t base, int64_t xa, int64_t xb, T* d, int32_t* lab, int32_t k) {
+    int any = 0;
+    const T* f0 = feats + base;
+    for (int64_t x = xa; x < xb; ++x) {
+      const T dxv = sx * (cx - (T)x);
+      T dist = (dzy + dxv * dxv) * weight;
+      if (color) {
+        // colour = ((t0^2 + t1^2) + ...), then added: the reference's order.
+        const T t0 = f0[x] - ck[0];
+        T acc = t0 * t0;
+        const int64_t nc = kChannels > 0 ? kChannels : channels;
+        for (int64_t j = 1; j < nc; ++j) {
+          const T tj = feats[j * n + base + x] - ck[j];
+          acc = acc + tj * tj;
+        }
+        dist = dist + acc;
+      }
+      // Centres come nearest first, so ties go explicitly to the lower index (scikit-image's
+      // ascending order with a strict '<').
+      const bool better = d[x] > dist || (d[x] == dist && k < lab[x]);
+      d[x] = better ? dist : d[x];
+      lab[x] = better ? k : lab[x];
+      any |= better;
+    }
+    return any;
+  }
+
+  // A row span in blocks of kBlock voxels. A block is skipped when a lower bound of the centre's
+  // distance (spatial part at the block's nearest x; rounding is monotone, so it is a true bound
+  // in floating point too) is > the block's largest current distance: no voxel could change.
+  template <int kChannels>
+  int row_span(int64_t channels, const T* ck, T dzy, T cx, bool color, int64_t row, int64_t xa, int64_t xb,
+               int32_t k) {
+    const int64_t w = g.width, base = row * w, n = g.size();
+    T* d = dist.data() + base;
+    int32_t* lab = labels + base;
+    T* bmax = block_max.data() + row * blocks_per_row;
+    const T sx = spacing[2];
+    int any = 0;
+    for (int64_t b = xa / kBlock; b * kBlock < xb; ++b) {
+      const int64_t x0 = std::max(xa, b * kBlock), x1 = std::min(xb, (b + 1) * kBlock);
+      T near = 0;
+      if (cx < (T)x0) {
+        const T v = sx * (cx - (T)x0);
+        near = v * v;
+      } else if (cx > (T)(x1 - 1)) {
+        const T v = sx * (cx - (T)(x1 - 1));
+        near = v * v;
+      }
+      if ((dzy + near) * weight > bmax[b]) continue;
+      if (span<kChannels>(feats, n, channels, ck, dzy, sx, cx, weight, color, base, x0, x1, d, lab, k)) {
+        any = 1;
+        const int64_t e = std::min(w, (b + 1) * kBlock);
+        T m = d[b * kBlock];
+        for (int64_t x = b * kBlock + 1; x < e; ++x) m = d[x] > m ? d[x] : m;
+        bmax[b] = m;
+      }
+    }
+    return any;
+  }
+
+  // One assignment step; returns whether any voxel had a centre in reach. Work is split in bands
+  // of rows small enough to stay in cache while every centre reaching the band visits it.
   bool assign() {
-    const int64_t n = g.size(), w = g.width, h = g.height, nf = 3 + channels;
+    const int64_t w = g.width, h = g.height, nf = 3 + channels;
     const T inf = std::numeric_limits<T>::infinity();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) dist[i] = (mask && !mask[i]) ? T(-1) : inf;
+    std::vector<int64_t> win(6 * n_centers);
+    for (int64_t k = 0; k < n_centers; ++k) {
+      const double* c = centers + k * nf;
+      int64_t* wk = win.data() + 6 * k;
+      if (std::isnan(c[0])) {  // dead centre (no voxel last iteration): an empty window
+        std::fill(wk, wk + 6, 0);
+        continue;
+      }
+      window(c[0], steps[0], g.depth, wk[0], wk[1]);
+      window(c[1], steps[1], h, wk[2], wk[3]);
+      window(c[2], steps[2], w, wk[4], wk[5]);
+    }
+    const int64_t band_rows = std::max<int64_t>(1, std::min<int64_t>({h, steps[1], 8192 / std::max<int64_t>(w, 1)}));
+    const int64_t bands_per_slice = (h + band_rows - 1) / band_rows;
+    const int64_t n_bands = g.depth * bands_per_slice;
+    const bool color = !ignore_color && channels > 0;
     int reached = 0;
 #pragma omp parallel reduction(| : reached)
     {
-      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t r0 = g.rows() * t / nt, r1 = g.rows() * (t + 1) / nt;
-      std::vector<T> buf(w);
-      std::vector<T> ck(channels);
-      for (int64_t k = 0; k < n_centers; ++k) {
-        const double* c = centers + k * nf;
-        if (std::isnan(c[0])) continue;  // dead centre (no voxel last iteration)
-        int64_t zlo, zhi, ylo, yhi, xlo, xhi;
-        window(c[0], steps[0], g.depth, zlo, zhi);
-        window(c[1], steps[1], h, ylo, yhi);
-        window(c[2], steps[2], w, xlo, xhi);
-        if (zhi * h <= r0 || zlo * h >= r1) continue;
-        const T cz = (T)c[0], cy = (T)c[1], cx = (T)c[2];
-        for (int64_t j = 0; j < channels; ++j) ck[j] = (T)c[3 + j];
-        for (int64_t z = zlo; z < zhi; ++z) {
-          const int64_t ya = std::max(ylo, r0 - z * h), yb = std::min(yhi, r1 - z * h);
-          if (ya >= yb) continue;
+      std::vector<T> ck(std::max<int64_t>(channels, 1));
+      std::vector<std::pair<double, int64_t>> near;  // (distance to the band, centre)
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t band = 0; band < n_bands; ++band) {
+        const int64_t z = band / bands_per_slice;
+        const int64_t y0 = (band % bands_per_slice) * band_rows, y1 = std::min(h, y0 + band_rows);
+        for (int64_t y = y0; y < y1; ++y) {
+          const int64_t base = (z * h + y) * w;
+          for (int64_t x = 0; x < w; ++x) dist[base + x] = (mask && !mask[base + x]) ? T(-1) : inf;
+          std::fill_n(block_max.data() + (z * h + y) * blocks_per_row, blocks_per_row, inf);
+        }
+        // Visit the centres nearest first: their small distances let the blocks prune the rest.
+        near.clear();
+        const double ym = 0.5 * (double)(y0 + y1 - 1), xm = 0.5 * (double)(w - 1);
+        for (int64_t k = 0; k < n_centers; ++k) {
+          const int64_t* wk = win.data() + 6 * k;
+          if (z < wk[0] || z >= wk[1] || std::max(wk[2], y0) >= std::min(wk[3], y1)) continue;
+          const double* c = centers + k * nf;
+          const double a = (double)spacing[0] * (c[0] - (double)z), b = (double)spacing[1] * (c[1] - ym),
+                       e = (double)spacing[2] * (c[2] - xm);
+          near.emplace_back(a * a + b * b + e * e, k);
+        }
+        std::sort(near.begin(), near.end());
+        for (const auto& item : near) {
+          const int64_t k = item.second;
+          const int64_t* wk = win.data() + 6 * k;
+          const int64_t ya = std::max(wk[2], y0), yb = std::min(wk[3], y1);
+          const double* c = centers + k * nf;
+          const T cz = (T)c[0], cy = (T)c[1], cx = (T)c[2];
+          for (int64_t j = 0; j < channels; ++j) ck[j] = (T)c[3 + j];
           const T dzv = spacing[0] * (cz - (T)z);
           const T dz = dzv * dzv;
           for (int64_t y = ya; y < yb; ++y) {
             const int64_t row = z * h + y;
-            const int64_t xa = std::max<int64_t>(xlo, row_lo[row]), xb = std::min<int64_t>(xhi, row_hi[row]);
+            const int64_t xa = std::max<int64_t>(wk[4], row_lo[row]), xb = std::min<int64_t>(wk[5], row_hi[row]);
             if (xa >= xb) continue;
             const T dyv = spacing[1] * (cy - (T)y);
             const T dzy = dz + dyv * dyv;
-            const int64_t base = row * w;
-            T* b = buf.data();
-            for (int64_t x = xa; x < xb; ++x) {
-              const T dxv = spacing[2] * (cx - (T)x);
-              b[x] = (dzy + dxv * dxv) * weight;
-            }
-            if (!ignore_color && channels) {
-              // color = ((t0^2 + t1^2) + ...), then added: the reference's order.
-              const T* f0 = feats + base;
-              const T c0 = ck[0];
-              for (int64_t x = xa; x < xb; ++x) {
-                const T t0 = f0[x] - c0;
-                T acc = t0 * t0;
-                for (int64_t j = 1; j < channels; ++j) {
-                  const T tj = feats[j * n + base + x] - ck[j];
-                  acc = acc + tj * tj;
-                }
-                b[x] = b[x] + acc;
-              }
-            }
-            T* d = dist.data() + base;
-            int32_t* lab = labels + base;
-            const int32_t kk = (int32_t)k;
-            int any = 0;
-            for (int64_t x = xa; x < xb; ++x) {
-              const bool better = d[x] > b[x];
-              d[x] = better ? b[x] : d[x];
-              lab[x] = better ? kk : lab[x];
-              any |= better;
-            }
-            reached |= any;
+            reached |= channels == 1 ? row_span<1>(channels, ck.data(), dzy, cx, color, row, xa, xb, (int32_t)k)
+                                     : row_span<0>(channels, ck.data(), dzy, cx, color, row, xa, xb, (int32_t)k);
           }
         }
       }
@@ -151,7 +219,7 @@ struct SlicRun {
 #pragma omp parallel
     {
       std::vector<int64_t> s(nk * nf, 0), cnt(nk, 0);
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, 64) nowait
       for (int64_t row = 0; row < g.rows(); ++row) {
         const int64_t z = row / h, y = row % h;
         for (int64_t x = row_lo[row]; x < row_hi[row]; ++x) {
@@ -206,6 +274,8 @@ void slic_iterate_typed(uintptr_t feats, uintptr_t mask, int64_t channels, Grid 
   std::fill(run.labels, run.labels + n, -1);
   if (n == 0) return;
   run.dist.resize(n);
+  run.blocks_per_row = (g.width + SlicRun<T>::kBlock - 1) / SlicRun<T>::kBlock;
+  run.block_max.resize(g.rows() * run.blocks_per_row);
   run.init_rows();
   for (int64_t it = 0; it < n_iter; ++it) {
     if (!run.assign()) break;
