@@ -370,19 +370,20 @@ void slic_kmeans_seeds(uintptr_t points_p, int64_t n_points, uintptr_t centers_p
   }
 }
 
-// Connectivity: pieces in raster order of their first voxel, small ones merged into the piece
-// of the voxel before their first voxel (x, else y, else z), segments numbered from 0.
+// Connectivity: pieces in raster order of their first voxel (BFS), then merge_small_pieces():
+// a small piece joins its smallest adjacent piece if that one is earlier, else its smallest
+// adjacent large piece, else stays; survivors are numbered in raster order.
 void slic_connectivity(uintptr_t labels_p, int64_t depth, int64_t height, int64_t width, int64_t min_size,
                        uintptr_t out_p) {
   const int32_t* lab = ptr<const int32_t>(labels_p);
   int64_t* out = ptr<int64_t>(out_p);
   const int64_t hw = height * width, n = depth * hw;
   std::vector<int32_t> piece(n, -1);
-  std::vector<int64_t> first, size, queue;
+  std::vector<int64_t> size, queue;
   queue.reserve(1024);
   for (int64_t i = 0; i < n; ++i) {
     if (lab[i] < 0 || piece[i] >= 0) continue;
-    const int32_t p = (int32_t)first.size(), l = lab[i];
+    const int32_t p = (int32_t)size.size(), l = lab[i];
     piece[i] = p;
     queue.clear();
     queue.push_back(i);
@@ -398,22 +399,38 @@ void slic_connectivity(uintptr_t labels_p, int64_t depth, int64_t height, int64_
           queue.push_back(u);
         }
     }
-    first.push_back(i);
     size.push_back((int64_t)queue.size());
   }
-  std::vector<int64_t> final_label(first.size());
-  int64_t next = 0;
-  for (size_t p = 0; p < first.size(); ++p) {
-    const int64_t i = first[p];
-    int64_t before = -1;
-    if (size[p] < min_size) {
-      const int64_t z = i / hw, y = (i / width) % height, x = i % width;
-      if (x > 0 && lab[i - 1] >= 0) before = i - 1;
-      else if (y > 0 && lab[i - width] >= 0) before = i - width;
-      else if (z > 0 && lab[i - hw] >= 0) before = i - hw;
+  const int64_t n_pieces = (int64_t)size.size();
+  const int64_t none = n_pieces;
+  std::vector<int64_t> nearest(n_pieces, none), nearest_large(n_pieces, none);
+  auto link = [&](int64_t a, int64_t b) {
+    if (nearest[a] > b) nearest[a] = b;
+    if (size[b] >= min_size && nearest_large[a] > b) nearest_large[a] = b;
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t a = piece[i];
+    if (a < 0) continue;
+    const int64_t z = i / hw, y = (i / width) % height, x = i % width;
+    const int64_t fwd[3] = {x + 1 < width ? i + 1 : -1, y + 1 < height ? i + width : -1, z + 1 < depth ? i + hw : -1};
+    for (int64_t u : fwd) {
+      if (u < 0 || piece[u] < 0 || piece[u] == a) continue;
+      link(a, piece[u]);
+      link(piece[u], a);
     }
-    final_label[p] = before >= 0 ? final_label[piece[before]] : next++;
   }
+  std::vector<int64_t> target(n_pieces), rank(n_pieces, -1), final_label(n_pieces);
+  int64_t next = 0;
+  for (int64_t p = 0; p < n_pieces; ++p) {
+    target[p] = p;
+    if (size[p] < min_size) {
+      if (nearest[p] < p) target[p] = nearest[p];
+      else if (nearest_large[p] != none) target[p] = nearest_large[p];
+    }
+    if (target[p] == p) rank[p] = next++;
+  }
+  for (int64_t p = 0; p < n_pieces; ++p)  // earlier targets are final already; large ones are ranked
+    final_label[p] = target[p] == p ? rank[p] : (target[p] < p ? final_label[target[p]] : rank[target[p]]);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) out[i] = piece[i] >= 0 ? final_label[piece[i]] : -1;
 }

@@ -23,10 +23,10 @@ Where we differ from scikit-image, deliberately and identically in every backend
 - Mask seeding uses the same random subset (``RandomState(123)``) and 5 Lloyd iterations as
   scikit-image's ``kmeans2``; nearest centres are exact.
 - Connectivity: pieces are the 6-connected components of equal label; a piece smaller than
-  ``min_size_factor * segment size`` joins the piece that holds the voxel just before its first
-  voxel (along x, else y, else z); pieces are never split (scikit-image splits pieces larger than
-  ``max_size_factor`` segments, an order-dependent sequential step); labels are numbered in raster
-  order of each segment's first voxel.
+  ``min_size_factor * segment size`` joins an adjacent earlier piece (or, lacking one, an adjacent
+  large piece; see :func:`merge_small_pieces`) instead of scikit-image's order-dependent pick;
+  pieces are never split (scikit-image splits pieces larger than ``max_size_factor`` segments);
+  labels are numbered in raster order of each segment's first voxel.
 
 Naming chain: ``slic_reference`` (plain PyTorch/NumPy oracle and fallback), ``_slic_cpu``
 (C++ in ``csrc/cpu/slic_cpu.cpp``), ``_slic_triton`` (assignment and centre update in
@@ -227,55 +227,71 @@ def connected_pieces_reference(labels: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, root, torch.full_like(root, -1)).reshape(labels.shape)
 
 
-def merge_small_pieces(labels: torch.Tensor, roots: torch.Tensor, min_size: int) -> torch.Tensor:
-    """Merge pieces smaller than ``min_size`` and number segments from 0 in raster order.
+def _piece_neighbours(roots: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pairs ``(p, q)`` of roots of 6-adjacent labeled voxels in different pieces (both orders)."""
+    depth, height, width = roots.shape
+    flat = roots.reshape(-1)
+    n = flat.numel()
+    idx = torch.arange(n, device=flat.device)
+    firsts, seconds = [], []
+    for stride, axis_len in ((1, width), (width, height), (height * width, depth)):
+        a = idx[((idx // stride) % axis_len) < axis_len - 1]
+        ra, rb = flat[a], flat[a + stride]
+        keep = (ra >= 0) & (rb >= 0) & (ra != rb)
+        firsts += [ra[keep], rb[keep]]
+        seconds += [rb[keep], ra[keep]]
+    return torch.cat(firsts), torch.cat(seconds)
 
-    A small piece joins the piece of the voxel just before its first voxel (along x, else y, else
-    z) when that voxel is labeled; chains of small pieces resolve to their first large piece.
+
+def merge_small_pieces(roots: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Merge pieces smaller than ``min_size`` into a neighbour and number segments from 0.
+
+    A small piece joins its adjacent piece with the smallest root if that root is smaller than its
+    own (an earlier piece, as scikit-image's raster-order pass), else its adjacent large piece
+    with the smallest root, else it stays. Chains of small pieces resolve to their final piece;
+    segments are numbered in raster order of their first voxel.
 
     Args:
-        labels: ``(D, H, W)`` int cluster ids, -1 unlabeled.
-        roots: ``(D, H, W)`` int64 piece roots from :func:`connected_pieces_reference` (or a kernel).
+        roots: ``(D, H, W)`` int64 piece roots (smallest flat index of the piece), -1 unlabeled;
+            from :func:`connected_pieces_reference` or a kernel.
         min_size: pieces with fewer voxels are merged.
 
     Returns:
         ``(D, H, W)`` int64 segment ids ``0..n-1``, -1 unlabeled.
     """
-    depth, height, width = labels.shape
-    n = labels.numel()
+    n = roots.numel()
+    device = roots.device
     root = roots.reshape(n).long()
     valid = root >= 0
     size = torch.bincount(root[valid], minlength=n)
+    large = size >= min_size
+    p, q = _piece_neighbours(roots.long())
+    big = torch.full((n,), n, dtype=torch.int64, device=device)
+    nearest = big.clone().scatter_reduce_(0, p, q, "amin")  # smallest adjacent root
+    large_q = large[q]
+    nearest_large = big.clone().scatter_reduce_(0, p[large_q], q[large_q], "amin")
     piece = torch.nonzero(size > 0).flatten()  # piece roots, ascending = raster order
-    target = piece.clone()
-    small = size[piece] < min_size
-    flat = labels.reshape(n).long()
-    z, y, x = piece // (height * width), (piece // width) % height, piece % width
-    found = torch.zeros_like(small)
-    for before, ok in ((piece - 1, x > 0), (piece - width, y > 0), (piece - height * width, z > 0)):
-        before = torch.where(ok, before, torch.zeros_like(before))
-        use = small & ~found & ok & (flat[before] >= 0)
-        target = torch.where(use, root[before], target)
-        found |= use
-    # Follow chains: each target has a smaller root, so pointer jumping terminates.
-    parent = torch.arange(n)
+    small = ~large[piece]
+    earlier = nearest[piece] < piece
+    target = torch.where(small & earlier, nearest[piece],
+                         torch.where(small & (nearest_large[piece] < n), nearest_large[piece], piece))
+    parent = torch.arange(n, device=device)
     parent[piece] = target
-    while True:
+    while True:  # earlier targets decrease and large targets stay: the chains end
         nxt = parent[parent]
         if torch.equal(nxt, parent):
             break
         parent = nxt
-    final_root = parent[piece]
-    survivors = final_root == piece
-    rank = torch.full((n,), -1, dtype=torch.int64)
-    rank[piece[survivors]] = torch.arange(int(survivors.sum()))
-    out = torch.full((n,), -1, dtype=torch.int64)
+    survivors = piece[target == piece]
+    rank = torch.full((n,), -1, dtype=torch.int64, device=device)
+    rank[survivors] = torch.arange(survivors.numel(), device=device)
+    out = torch.full((n,), -1, dtype=torch.int64, device=device)
     out[valid] = rank[parent[root[valid]]]
-    return out.reshape(labels.shape)
+    return out.reshape(roots.shape)
 
 
 def _connectivity_reference(labels: torch.Tensor, min_size: int) -> torch.Tensor:
-    return merge_small_pieces(labels, connected_pieces_reference(labels), min_size)
+    return merge_small_pieces(connected_pieces_reference(labels), min_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +336,7 @@ def _triton_connectivity(labels, min_size):
         from .._cuda import launch  # noqa: F401  (CuPy is imported lazily inside)
 
         roots = _cuda_connected_pieces(labels)
-        return merge_small_pieces(labels, roots, min_size)
+        return merge_small_pieces(roots, min_size)
     return _connectivity_reference(labels, min_size)
 
 
