@@ -42,7 +42,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .._backends import backend_reasons, compiled_module, resolve_backend
 from .._kernels import triton_module
 
 # k-means iterations of the mask seeding, and the density of its random subset (scikit-image).
@@ -184,7 +184,7 @@ def kmeans_seeds_reference(points: torch.Tensor, centers: torch.Tensor, n_iter: 
     exact nearest centre, ties to the lower index, an empty cluster keeps its position)."""
     centers = centers.clone()
     for _ in range(n_iter):
-        nearest = torch.empty(points.shape[0], dtype=torch.int64)
+        nearest = torch.empty(points.shape[0], dtype=torch.int64, device=points.device)
         chunk = max(1, 4_000_000 // max(centers.shape[0], 1))
         for p0 in range(0, points.shape[0], chunk):
             p = points[p0:p0 + chunk]
@@ -205,9 +205,9 @@ def connected_pieces_reference(labels: torch.Tensor) -> torch.Tensor:
     depth, height, width = labels.shape
     n = labels.numel()
     flat = labels.reshape(n).long()
-    root = torch.arange(n)
+    root = torch.arange(n, device=labels.device)
     valid = flat >= 0
-    idx = torch.arange(n)
+    idx = torch.arange(n, device=labels.device)
     pairs = []
     for stride, size, axis_len in ((1, width, width), (width, height, height), (height * width, depth, depth)):
         pos = (idx // stride) % axis_len
@@ -332,11 +332,8 @@ def _triton_iterate(problem: SlicProblem, centers, n_iter, ignore_color):
 
 
 def _triton_connectivity(labels, min_size):
-    if labels.device.type == "cuda":
-        from .._cuda import launch  # noqa: F401  (CuPy is imported lazily inside)
-
-        roots = _cuda_connected_pieces(labels)
-        return merge_small_pieces(roots, min_size)
+    if not backend_reasons("cuda", labels.device):  # CUDA tensors and CuPy: union-find kernels
+        return merge_small_pieces(_cuda_connected_pieces(labels), min_size)
     return _connectivity_reference(labels, min_size)
 
 
@@ -358,8 +355,13 @@ def _cuda_connected_pieces(labels: torch.Tensor) -> torch.Tensor:
 
 
 _ITERATE = {"reference": slic_iterate_reference, "cpu": _cpu_iterate, "triton": _triton_iterate}
-_KMEANS = {"reference": lambda p, c, it, shape: kmeans_seeds_reference(p, c, it), "cpu": _cpu_kmeans,
-           "triton": lambda p, c, it, shape: kmeans_seeds_reference(p, c, it)}
+def _triton_kmeans(points, centers, n_iter, shape, device):
+    # The seeding is a small dense problem: plain PyTorch on the GPU (the reference on CPU tensors).
+    return kmeans_seeds_reference(points.to(device), centers.to(device), n_iter).cpu()
+
+
+_KMEANS = {"reference": lambda p, c, it, shape, device: kmeans_seeds_reference(p, c, it),
+           "cpu": lambda p, c, it, shape, device: _cpu_kmeans(p, c, it, shape), "triton": _triton_kmeans}
 _CONNECTIVITY = {"reference": _connectivity_reference, "cpu": _cpu_connectivity,
                  "triton": _triton_connectivity}
 
@@ -427,21 +429,21 @@ def _segment_one(image: torch.Tensor, mask: Optional[torch.Tensor], opts: "_Opti
     """SLIC of one modality ``(C, D, H, W)``; returns ``(D, H, W)`` int64 ids from 0, -1 outside."""
     shape = tuple(image.shape[1:])
     if mask is not None and not bool(mask.any()):
-        return torch.full(shape, -1, dtype=torch.int64)
+        return torch.full(shape, -1, dtype=torch.int64, device=image.device)
     ratio = 1.0 / opts.compactness
     feats = _rescale(image, mask, ratio)
     n_fg = int(mask.sum()) if mask is not None else math.prod(shape)
     if mask is not None:
-        seeds, grid_steps, step = _mask_seeds(mask.numpy(), opts.n_segments,
-                                              lambda p, c, it: _KMEANS[backend](p, c, it, shape))
+        seeds, grid_steps, step = _mask_seeds(mask.cpu().numpy(), opts.n_segments,
+                                              lambda p, c, it: _KMEANS[backend](p, c, it, shape, image.device))
     else:
         seeds, grid_steps, step = _grid_seeds(shape, opts.n_segments)
     n_centers = len(seeds)
     problem = SlicProblem(features=feats, mask=mask, centers=torch.zeros(0), grid_steps=grid_steps,
                           spatial_weight=1.0 / (step * step), spacing=opts.spacing,
                           fixed_scale=_fixed_scale(ratio, n_fg))
-    centers = torch.zeros((n_centers, 3 + image.shape[0]), dtype=torch.float64)
-    centers[:, :3] = torch.from_numpy(seeds)
+    centers = torch.zeros((n_centers, 3 + image.shape[0]), dtype=torch.float64, device=image.device)
+    centers[:, :3] = torch.from_numpy(seeds).to(image.device)
     iterate = _ITERATE[backend]
     if mask is not None:  # maskSLIC step 2: spatial-only iterations spread the seeds
         _, centers = iterate(problem, centers, opts.max_num_iter, True)
@@ -601,7 +603,7 @@ def slic(image, n_segments: int = 100, compactness: float = 10.0, max_num_iter: 
         offset += max(n_labels, 0)
     result = torch.stack(out).to(device)
     if n_spatial == 2:
-        result = result.squeeze(2)
+        result = result.squeeze(1)
     if modality_axis is None:
         result = result[0]
     return result.cpu().numpy() if was_numpy else result

@@ -92,35 +92,42 @@ def undersegmentation_error(segments: np.ndarray, truth: np.ndarray, region: Opt
     return float(np.minimum(inside, outside).sum() / seg.size)
 
 
-def disconnected_segments(segments: np.ndarray, background: Optional[int] = None) -> int:
-    """How many segments consist of more than one 6-connected piece (0 when all are connected)."""
+def _pieces_per_segment(segments: np.ndarray, background: Optional[int]) -> np.ndarray:
     from scipy import ndimage
 
     seg = np.asarray(segments)
+    if seg.size == 0:
+        return np.zeros(0, int)
     objects = ndimage.find_objects(seg - seg.min() + 1)
-    count = 0
+    counts = []
     for index, box in enumerate(objects):
         if box is None:
             continue
         value = index + seg.min()
         if background is not None and value == background:
             continue
-        _, pieces = ndimage.label(seg[box] == value)
-        count += pieces > 1
-    return count
+        counts.append(ndimage.label(seg[box] == value)[1])
+    return np.asarray(counts, int)
+
+
+def disconnected_segments(segments: np.ndarray, background: Optional[int] = None) -> int:
+    """How many segments consist of more than one 6-connected piece (0 when all are connected)."""
+    return int((_pieces_per_segment(segments, background) > 1).sum())
 
 
 def segment_quality(segments: np.ndarray, truth: np.ndarray, region: Optional[np.ndarray] = None,
                     background: Optional[int] = None) -> Dict[str, float]:
-    """Boundary recall (tolerance 1), under-segmentation error, segment count and disconnected
-    segments of one segmentation (``background``: a label excluded from counts)."""
+    """Boundary recall (tolerance 1), under-segmentation error, segment count, connected pieces
+    and disconnected segments of one segmentation (``background``: a label excluded from counts)."""
     seg = np.asarray(segments)
     ids = np.unique(seg[region] if region is not None else seg)
     if background is not None:
         ids = ids[ids != background]
+    pieces = _pieces_per_segment(seg, background)
     return {
         "boundary_recall": boundary_recall(seg, truth),
         "undersegmentation_error": undersegmentation_error(seg, truth, region),
         "n_segments": int(ids.size),
-        "disconnected_segments": disconnected_segments(seg, background),
+        "n_pieces": int(pieces.sum()),
+        "disconnected_segments": int((pieces > 1).sum()),
     }

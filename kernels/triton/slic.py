@@ -1,0 +1,144 @@
+"""Triton kernels for SLIC: assignment and centre update (mmxai_fast/ops/slic.py has the algorithm).
+
+Assignment scatters from the centres, one program per (centre, window row), as scikit-image's
+loop does, and resolves races with integer atomics so the result is exact and order-free:
+pass 1 takes the minimum distance per voxel (non-negative floats order like their bit patterns),
+pass 2 the lowest centre index among the centres at that distance. Distances are computed in the
+features' dtype in the reference's operation order, without FMA contraction.
+
+Centre update: per-voxel atomics into int64 fixed-point sums (exact, so order-free).
+"""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _slic_assign_kernel(feat_ptr, mask_ptr, centers_ptr, win_ptr, best_ptr, best_k_ptr,
+                        n_channels, depth, height, width, win_rows, sz, sy, sx, weight,
+                        PASS: tl.constexpr, HAS_MASK: tl.constexpr, IGNORE_COLOR: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    k = tl.program_id(0)
+    row = tl.program_id(1)
+    zlo = tl.load(win_ptr + k * 6)
+    zhi = tl.load(win_ptr + k * 6 + 1)
+    ylo = tl.load(win_ptr + k * 6 + 2)
+    yhi = tl.load(win_ptr + k * 6 + 3)
+    xlo = tl.load(win_ptr + k * 6 + 4)
+    xhi = tl.load(win_ptr + k * 6 + 5)
+    z = zlo + row // win_rows
+    y = ylo + row % win_rows
+    if (z < zhi) & (y < yhi):
+        dtype = feat_ptr.dtype.element_ty
+        nf = 3 + n_channels
+        n_vox = depth * height * width
+        cz = tl.load(centers_ptr + k * nf).to(dtype)
+        cy = tl.load(centers_ptr + k * nf + 1).to(dtype)
+        cx = tl.load(centers_ptr + k * nf + 2).to(dtype)
+        dzv = sz * (cz - z.to(dtype))
+        dyv = sy * (cy - y.to(dtype))
+        dzy = dzv * dzv + dyv * dyv
+        base = (z.to(tl.int64) * height + y) * width
+        for x0 in range(xlo, xhi, BLOCK):
+            x = x0 + tl.arange(0, BLOCK)
+            valid = x < xhi
+            if HAS_MASK:
+                valid = valid & (tl.load(mask_ptr + base + x, mask=valid, other=0) != 0)
+            dxv = sx * (cx - x.to(dtype))
+            dist = (dzy + dxv * dxv) * weight
+            if not IGNORE_COLOR:
+                ck0 = tl.load(centers_ptr + k * nf + 3).to(dtype)
+                t0 = tl.load(feat_ptr + base + x, mask=valid, other=0).to(dtype) - ck0
+                color = t0 * t0
+                for c in range(1, n_channels):
+                    ck = tl.load(centers_ptr + k * nf + 3 + c).to(dtype)
+                    t = tl.load(feat_ptr + c * n_vox + base + x, mask=valid, other=0).to(dtype) - ck
+                    color = color + t * t
+                dist = dist + color
+            if dtype == tl.float64:
+                bits = dist.to(tl.int64, bitcast=True)
+            else:
+                bits = dist.to(tl.int32, bitcast=True)
+            if PASS == 1:
+                tl.atomic_min(best_ptr + base + x, bits, mask=valid)
+            else:
+                best = tl.load(best_ptr + base + x, mask=valid, other=0)
+                tl.atomic_min(best_k_ptr + base + x, tl.full([BLOCK], 0, tl.int32) + k, mask=valid & (bits == best))
+
+
+@triton.jit
+def _slic_update_kernel(feat_ptr, labels_ptr, sums_ptr, counts_ptr, n_channels, height, width, n_vox,
+                        scale, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n_vox
+    lab = tl.load(labels_ptr + offs, mask=inside, other=-1)
+    valid = inside & (lab >= 0)
+    k = tl.where(valid, lab, 0).to(tl.int64)
+    nf = 3 + n_channels
+    one = tl.full([BLOCK], 1, tl.int64)
+    tl.atomic_add(counts_ptr + k, one, mask=valid)
+    tl.atomic_add(sums_ptr + k * nf, offs // (height * width), mask=valid)
+    tl.atomic_add(sums_ptr + k * nf + 1, (offs // width) % height, mask=valid)
+    tl.atomic_add(sums_ptr + k * nf + 2, offs % width, mask=valid)
+    for c in range(n_channels):
+        v = tl.load(feat_ptr + c * n_vox + offs, mask=valid, other=0).to(tl.float64)
+        q = tl.floor(v * scale + 0.5).to(tl.int64)
+        tl.atomic_add(sums_ptr + k * nf + 3 + c, q, mask=valid)
+
+
+def _windows(centers, steps, shape):
+    """``(K, 6)`` int64 ``[zlo, zhi, ylo, yhi, xlo, xhi]``, empty for dead (NaN) centres."""
+    cols = []
+    for axis in range(3):
+        c = centers[:, axis]
+        lo = torch.clamp(c - 2 * steps[axis], min=0).floor()
+        hi = torch.clamp(c + 2 * steps[axis] + 1, max=shape[axis]).floor()
+        dead = torch.isnan(c)
+        cols += [torch.where(dead, 0.0, lo), torch.where(dead, 0.0, hi)]
+    return torch.stack(cols, dim=1).to(torch.int64).contiguous()
+
+
+def slic_iterate_forward(problem, centers, n_iter, ignore_color):
+    """``n_iter`` SLIC iterations on ``problem`` (a ``SlicProblem``). Returns ``(labels (D, H, W)
+    int32 with -1 unassigned, centres (K, 3 + C) float64)``, equal to ``slic_iterate_reference``."""
+    feats = problem.features
+    device = feats.device
+    n_channels, depth, height, width = feats.shape
+    n_vox = depth * height * width
+    n_centers = centers.shape[0]
+    nf = 3 + n_channels
+    centers = centers.to(device=device, dtype=torch.float64).contiguous().clone()
+    labels = torch.full((n_vox,), -1, dtype=torch.int32, device=device)
+    has_mask = problem.mask is not None
+    mask = problem.mask.reshape(-1).to(torch.uint8).contiguous() if has_mask else labels
+    bits_dtype = torch.int64 if feats.dtype == torch.float64 else torch.int32
+    bits_max = torch.iinfo(bits_dtype).max
+    win_z = min(4 * problem.grid_steps[0] + 2, depth)
+    win_y = min(4 * problem.grid_steps[1] + 2, height)
+    sz, sy, sx = problem.spacing
+    dtype = feats.dtype
+    # Scalars rounded to the features' dtype first, as the reference does.
+    sz, sy, sx, weight = (float(torch.tensor(v, dtype=torch.float64).to(dtype)) for v in
+                          (sz, sy, sx, problem.spatial_weight))
+    block = 128
+    for _ in range(n_iter):
+        win = _windows(centers, problem.grid_steps, (depth, height, width))
+        best = torch.full((n_vox,), bits_max, dtype=bits_dtype, device=device)
+        best_k = torch.full((n_vox,), n_centers, dtype=torch.int32, device=device)
+        grid = (n_centers, win_z * win_y)
+        for pass_ in (1, 2):
+            _slic_assign_kernel[grid](feats, mask, centers, win, best, best_k, n_channels, depth, height, width,
+                                      win_y, sz, sy, sx, weight, PASS=pass_, HAS_MASK=has_mask,
+                                      IGNORE_COLOR=bool(ignore_color or n_channels == 0), BLOCK=block)
+        reached = best_k < n_centers
+        if not bool(reached.any()):
+            break
+        labels = torch.where(reached, best_k, labels)
+        sums = torch.zeros((n_centers, nf), dtype=torch.int64, device=device)
+        counts = torch.zeros((n_centers,), dtype=torch.int64, device=device)
+        _slic_update_kernel[(triton.cdiv(n_vox, 1024),)](feats, labels, sums, counts, n_channels, height, width,
+                                                         n_vox, problem.fixed_scale, BLOCK=1024)
+        means = sums.to(torch.float64)
+        means[:, 3:] /= problem.fixed_scale
+        centers = means / counts.to(torch.float64)[:, None]
+    return labels.reshape(depth, height, width), centers
