@@ -43,28 +43,44 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("shape,n_mod,n_segments,use_mask,connect", CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_backend_matches_reference(backend, shape, n_mod, n_segments, use_mask, connect, dtype):
+def _check_matches_reference(backend, shape, n_mod, n_segments, use_mask, connect, dtype, max_num_iter=10):
     volumes, tissue = _phantom(shape, n_mod)
     volumes = volumes.to(dtype)
     mask = torch.from_numpy(tissue > 0) if use_mask else None
     kwargs = dict(n_segments=n_segments, compactness=0.1, mask=mask, channel_axis=None, modality_axis=0,
-                  enforce_connectivity=connect)
+                  enforce_connectivity=connect, max_num_iter=max_num_iter)
     expected = slic_reference(volumes, **kwargs)
     out = slic(volumes, backend=backend, **kwargs)
     assert out.dtype == torch.int64 and out.shape == (n_mod,) + shape
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("shape,n_mod,n_segments,use_mask,connect", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_matches_reference(shape, n_mod, n_segments, use_mask, connect, dtype):
+    _check_matches_reference("cpu", shape, n_mod, n_segments, use_mask, connect, dtype)
+
+
+# The interpreter runs every Triton program in Python: few, small cases and 2 iterations.
+TRITON_CASES = [((9, 10), 1, 6, False, True, torch.float32), ((5, 7, 6), 2, 8, True, True, torch.float64),
+                ((4, 6, 5), 1, 200, False, False, torch.float32)]
+
+
+@pytest.mark.parametrize("backend", [p for p in CPU_BACKENDS if not isinstance(p, str)])
+@pytest.mark.parametrize("shape,n_mod,n_segments,use_mask,connect,dtype", TRITON_CASES)
+def test_triton_matches_reference(backend, shape, n_mod, n_segments, use_mask, connect, dtype):
+    _check_matches_reference(backend, shape, n_mod, n_segments, use_mask, connect, dtype, max_num_iter=2)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("start_label", [0, 1])
 def test_spacing_start_label_joint_channels(backend, start_label):
-    volumes, tissue = _phantom((10, 12, 9), 3)
+    shape = (10, 12, 9) if backend == "cpu" else (4, 6, 5)
+    volumes, tissue = _phantom(shape, 3)
     image = volumes.permute(1, 2, 3, 0)  # (D, H, W, C): joint clustering over the channels
     mask = tissue > 0
-    kwargs = dict(n_segments=15, compactness=0.2, spacing=(2.0, 1.0, 0.5), start_label=start_label, mask=mask)
+    kwargs = dict(n_segments=15 if backend == "cpu" else 4, compactness=0.2, spacing=(2.0, 1.0, 0.5),
+                  start_label=start_label, mask=mask, max_num_iter=10 if backend == "cpu" else 2)
     out = slic(image, backend=backend, **kwargs)
     torch.testing.assert_close(out, slic_reference(image, **kwargs), rtol=0, atol=0)
     assert int(out[torch.from_numpy(~mask)].unique().numel()) == 1
@@ -72,7 +88,7 @@ def test_spacing_start_label_joint_channels(backend, start_label):
     assert int(out[torch.from_numpy(mask)].min()) == start_label
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_non_contiguous_input(backend):
     volumes, _ = _phantom((9, 11, 8), 1)
     volumes = volumes[0]
@@ -254,6 +270,17 @@ def test_bad_images():
     mask = torch.ones(4, 5, 6, dtype=torch.bool)
     mask[0, 0, 0] = False  # a masked-out NaN is fine
     assert slic(nan, channel_axis=None, mask=mask, backend="cpu")[0, 0, 0] == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CPU twins: test_cpu_matches_reference, test_triton_matches_reference)")
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_gpu_triton_and_cuda_connectivity_match_reference(use_mask):
+    volumes, tissue = _phantom((24, 28, 20), 2)
+    mask = torch.from_numpy(tissue > 0) if use_mask else None
+    kwargs = dict(n_segments=40, compactness=0.1, channel_axis=None, modality_axis=0)
+    out = slic(volumes.cuda(), mask=mask.cuda() if use_mask else None, backend="triton", **kwargs)
+    torch.testing.assert_close(out.cpu(), slic_reference(volumes, mask=mask, **kwargs), rtol=0, atol=0)
 
 
 def test_forced_backend_unavailable():

@@ -1,6 +1,6 @@
 """Triton kernels for SLIC: assignment and centre update (mmxai_fast/ops/slic.py has the algorithm).
 
-Assignment scatters from the centres, one program per (centre, window row), as scikit-image's
+Assignment scatters from the centres, one program per (centre, window slice), as scikit-image's
 loop does, and resolves races with integer atomics so the result is exact and order-free:
 pass 1 takes the minimum distance per voxel (non-negative floats order like their bit patterns),
 pass 2 the lowest centre index among the centres at that distance. Distances are computed in the
@@ -15,20 +15,19 @@ import triton.language as tl
 
 @triton.jit
 def _slic_assign_kernel(feat_ptr, mask_ptr, centers_ptr, win_ptr, best_ptr, best_k_ptr,
-                        n_channels, depth, height, width, win_rows, sz, sy, sx, weight,
+                        n_channels, depth, height, width, sz, sy, sx, weight,
                         PASS: tl.constexpr, HAS_MASK: tl.constexpr, IGNORE_COLOR: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+    # One program per (centre, slice of its window); (y, x) tiles of the window inside.
     k = tl.program_id(0)
-    row = tl.program_id(1)
     zlo = tl.load(win_ptr + k * 6)
     zhi = tl.load(win_ptr + k * 6 + 1)
     ylo = tl.load(win_ptr + k * 6 + 2)
     yhi = tl.load(win_ptr + k * 6 + 3)
     xlo = tl.load(win_ptr + k * 6 + 4)
     xhi = tl.load(win_ptr + k * 6 + 5)
-    z = zlo + row // win_rows
-    y = ylo + row % win_rows
-    if (z < zhi) & (y < yhi):
+    z = zlo + tl.program_id(1)
+    if z < zhi:
         dtype = feat_ptr.dtype.element_ty
         nf = 3 + n_channels
         n_vox = depth * height * width
@@ -36,34 +35,38 @@ def _slic_assign_kernel(feat_ptr, mask_ptr, centers_ptr, win_ptr, best_ptr, best
         cy = tl.load(centers_ptr + k * nf + 1).to(dtype)
         cx = tl.load(centers_ptr + k * nf + 2).to(dtype)
         dzv = sz * (cz - z.to(dtype))
-        dyv = sy * (cy - y.to(dtype))
-        dzy = dzv * dzv + dyv * dyv
-        base = (z.to(tl.int64) * height + y) * width
-        for x0 in range(xlo, xhi, BLOCK):
-            x = x0 + tl.arange(0, BLOCK)
-            valid = x < xhi
-            if HAS_MASK:
-                valid = valid & (tl.load(mask_ptr + base + x, mask=valid, other=0) != 0)
-            dxv = sx * (cx - x.to(dtype))
-            dist = (dzy + dxv * dxv) * weight
-            if not IGNORE_COLOR:
-                ck0 = tl.load(centers_ptr + k * nf + 3).to(dtype)
-                t0 = tl.load(feat_ptr + base + x, mask=valid, other=0).to(dtype) - ck0
-                color = t0 * t0
-                for c in range(1, n_channels):
-                    ck = tl.load(centers_ptr + k * nf + 3 + c).to(dtype)
-                    t = tl.load(feat_ptr + c * n_vox + base + x, mask=valid, other=0).to(dtype) - ck
-                    color = color + t * t
-                dist = dist + color
-            if dtype == tl.float64:
-                bits = dist.to(tl.int64, bitcast=True)
-            else:
-                bits = dist.to(tl.int32, bitcast=True)
-            if PASS == 1:
-                tl.atomic_min(best_ptr + base + x, bits, mask=valid)
-            else:
-                best = tl.load(best_ptr + base + x, mask=valid, other=0)
-                tl.atomic_min(best_k_ptr + base + x, tl.full([BLOCK], 0, tl.int32) + k, mask=valid & (bits == best))
+        dz = dzv * dzv
+        for y0 in range(ylo, yhi, BLOCK_Y):
+            y = y0 + tl.arange(0, BLOCK_Y)[:, None]
+            dyv = sy * (cy - y.to(dtype))
+            dzy = dz + dyv * dyv
+            for x0 in range(xlo, xhi, BLOCK_X):
+                x = x0 + tl.arange(0, BLOCK_X)[None, :]
+                valid = (y < yhi) & (x < xhi)
+                idx = (z.to(tl.int64) * height + y) * width + x
+                if HAS_MASK:
+                    valid = valid & (tl.load(mask_ptr + idx, mask=valid, other=0) != 0)
+                dxv = sx * (cx - x.to(dtype))
+                dist = (dzy + dxv * dxv) * weight
+                if not IGNORE_COLOR:
+                    ck0 = tl.load(centers_ptr + k * nf + 3).to(dtype)
+                    t0 = tl.load(feat_ptr + idx, mask=valid, other=0).to(dtype) - ck0
+                    color = t0 * t0
+                    for c in range(1, n_channels):
+                        ck = tl.load(centers_ptr + k * nf + 3 + c).to(dtype)
+                        t = tl.load(feat_ptr + c * n_vox + idx, mask=valid, other=0).to(dtype) - ck
+                        color = color + t * t
+                    dist = dist + color
+                if dtype == tl.float64:
+                    bits = dist.to(tl.int64, bitcast=True)
+                else:
+                    bits = dist.to(tl.int32, bitcast=True)
+                if PASS == 1:
+                    tl.atomic_min(best_ptr + idx, bits, mask=valid)
+                else:
+                    best = tl.load(best_ptr + idx, mask=valid, other=0)
+                    kk = tl.full([BLOCK_Y, BLOCK_X], 0, tl.int32) + k
+                    tl.atomic_min(best_k_ptr + idx, kk, mask=valid & (bits == best))
 
 
 @triton.jit
@@ -114,22 +117,21 @@ def slic_iterate_forward(problem, centers, n_iter, ignore_color):
     bits_dtype = torch.int64 if feats.dtype == torch.float64 else torch.int32
     bits_max = torch.iinfo(bits_dtype).max
     win_z = min(4 * problem.grid_steps[0] + 2, depth)
-    win_y = min(4 * problem.grid_steps[1] + 2, height)
     sz, sy, sx = problem.spacing
     dtype = feats.dtype
     # Scalars rounded to the features' dtype first, as the reference does.
     sz, sy, sx, weight = (float(torch.tensor(v, dtype=torch.float64).to(dtype)) for v in
                           (sz, sy, sx, problem.spatial_weight))
-    block = 128
     for _ in range(n_iter):
         win = _windows(centers, problem.grid_steps, (depth, height, width))
         best = torch.full((n_vox,), bits_max, dtype=bits_dtype, device=device)
         best_k = torch.full((n_vox,), n_centers, dtype=torch.int32, device=device)
-        grid = (n_centers, win_z * win_y)
+        grid = (n_centers, win_z)
         for pass_ in (1, 2):
             _slic_assign_kernel[grid](feats, mask, centers, win, best, best_k, n_channels, depth, height, width,
-                                      win_y, sz, sy, sx, weight, PASS=pass_, HAS_MASK=has_mask,
-                                      IGNORE_COLOR=bool(ignore_color or n_channels == 0), BLOCK=block)
+                                      sz, sy, sx, weight, PASS=pass_, HAS_MASK=has_mask,
+                                      IGNORE_COLOR=bool(ignore_color or n_channels == 0),
+                                      BLOCK_Y=16, BLOCK_X=64)
         reached = best_k < n_centers
         if not bool(reached.any()):
             break
