@@ -142,6 +142,9 @@ struct SlicRun {
     return any;
   }
 
+  std::vector<int32_t> previous;  // labels before this assignment
+  bool changed = false;          // did any label change in the last assignment?
+
   // One assignment step; returns whether any voxel had a centre in reach. Work is split in bands
   // of rows small enough to stay in cache while every centre reaching the band visits it.
   bool assign() {
@@ -163,8 +166,8 @@ struct SlicRun {
     const int64_t bands_per_slice = (h + band_rows - 1) / band_rows;
     const int64_t n_bands = g.depth * bands_per_slice;
     const bool color = !ignore_color && channels > 0;
-    int reached = 0;
-#pragma omp parallel reduction(| : reached)
+    int reached = 0, any_change = 0;
+#pragma omp parallel reduction(| : reached, any_change)
     {
       std::vector<T> ck(std::max<int64_t>(channels, 1));
       std::vector<std::pair<double, int64_t>> near;  // (distance to the band, centre)
@@ -175,6 +178,7 @@ struct SlicRun {
         for (int64_t y = y0; y < y1; ++y) {
           const int64_t base = (z * h + y) * w;
           for (int64_t x = 0; x < w; ++x) dist[base + x] = (mask && !mask[base + x]) ? T(-1) : inf;
+          std::copy_n(labels + base, w, previous.data() + base);
           std::fill_n(block_max.data() + (z * h + y) * blocks_per_row, blocks_per_row, inf);
         }
         // Visit the centres nearest first: their small distances let the blocks prune the rest.
@@ -208,8 +212,13 @@ struct SlicRun {
                                      : row_span<0>(channels, ck.data(), dzy, cx, color, row, xa, xb, (int32_t)k);
           }
         }
+        const int64_t b0 = (z * h + y0) * w, b1 = (z * h + y1) * w;
+        int diff = 0;
+        for (int64_t i = b0; i < b1; ++i) diff |= labels[i] != previous[i];
+        any_change |= diff;
       }
     }
+    changed = any_change != 0;
     return reached != 0;
   }
 
@@ -274,11 +283,15 @@ void slic_iterate_typed(uintptr_t feats, uintptr_t mask, int64_t channels, Grid 
   std::fill(run.labels, run.labels + n, -1);
   if (n == 0) return;
   run.dist.resize(n);
+  run.previous.resize(n);
   run.blocks_per_row = (g.width + SlicRun<T>::kBlock - 1) / SlicRun<T>::kBlock;
   run.block_max.resize(g.rows() * run.blocks_per_row);
   run.init_rows();
   for (int64_t it = 0; it < n_iter; ++it) {
     if (!run.assign()) break;
+    // Unchanged labels give the same centres again (exact fixed-point sums): every later
+    // iteration would repeat this one, so scikit-image's remaining iterations are skipped.
+    if (it > 0 && !run.changed) break;
     run.update();
   }
 }

@@ -122,7 +122,7 @@ def slic_iterate_forward(problem, centers, n_iter, ignore_color):
     # Scalars rounded to the features' dtype first, as the reference does.
     sz, sy, sx, weight = (float(torch.tensor(v, dtype=torch.float64).to(dtype)) for v in
                           (sz, sy, sx, problem.spatial_weight))
-    for _ in range(n_iter):
+    for it in range(n_iter):
         win = _windows(centers, problem.grid_steps, (depth, height, width))
         best = torch.full((n_vox,), bits_max, dtype=bits_dtype, device=device)
         best_k = torch.full((n_vox,), n_centers, dtype=torch.int32, device=device)
@@ -135,7 +135,10 @@ def slic_iterate_forward(problem, centers, n_iter, ignore_color):
         reached = best_k < n_centers
         if not bool(reached.any()):
             break
-        labels = torch.where(reached, best_k, labels)
+        new_labels = torch.where(reached, best_k, labels)
+        if it > 0 and torch.equal(new_labels, labels):
+            break  # converged: later iterations would repeat this one (see slic_iterate_reference)
+        labels = new_labels
         sums = torch.zeros((n_centers, nf), dtype=torch.int64, device=device)
         counts = torch.zeros((n_centers,), dtype=torch.int64, device=device)
         _slic_update_kernel[(triton.cdiv(n_vox, 1024),)](feats, labels, sums, counts, n_channels, height, width,

@@ -172,8 +172,13 @@ def slic_iterate_reference(problem: SlicProblem, centers: torch.Tensor, n_iter: 
     _, depth, height, width = problem.features.shape
     labels = torch.full((depth * height * width,), -1, dtype=torch.int64)
     centers = centers.clone()
-    for _ in range(n_iter):
+    for it in range(n_iter):
+        previous = labels.clone()
         if _assign_reference(problem, centers, labels, ignore_color) == 0:
+            break
+        # Unchanged labels give the same centres again (exact fixed-point sums), so every later
+        # iteration would repeat this one: stopping here changes nothing but the time.
+        if it > 0 and torch.equal(previous, labels):
             break
         centers = _update_reference(problem, labels, centers.shape[0])
     return labels.to(torch.int32).reshape(depth, height, width), centers
@@ -595,8 +600,7 @@ def slic(image, n_segments: int = 100, compactness: float = 10.0, max_num_iter: 
     opts = _Options(int(n_segments), float(compactness), max_num_iter, spacing3, bool(enforce_connectivity),
                     float(min_size_factor))
     out, offset = [], 0
-    for m in range(n_mod):
-        labels = _segment_one(volume[m], masks[m], opts, chosen)
+    for labels in _map_modalities(lambda m: _segment_one(volume[m], masks[m], opts, chosen), n_mod, chosen):
         n_labels = int(labels.max()) + 1 if labels.numel() else 0
         out.append(torch.where(labels >= 0, labels + offset + start_label,
                                torch.full_like(labels, start_label - 1)))
@@ -607,6 +611,25 @@ def slic(image, n_segments: int = 100, compactness: float = 10.0, max_num_iter: 
     if modality_axis is None:
         result = result[0]
     return result.cpu().numpy() if was_numpy else result
+
+
+def _map_modalities(segment, n_mod: int, backend: str):
+    """``[segment(m) for m in range(n_mod)]``; on the cpu backend the modalities run concurrently,
+    each on its share of the OpenMP threads. Whole modalities per thread need no barrier between
+    them, which keeps a busy (shared) machine from stalling every k-means iteration; the kernels
+    are deterministic, so the labels do not depend on the split."""
+    threads = compiled_module().max_threads() if backend == "cpu" else 1
+    workers = min(n_mod, threads)
+    if workers < 2:
+        return [segment(m) for m in range(n_mod)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def task(m):
+        compiled_module().set_num_threads(max(1, threads // workers))  # this thread's OpenMP team
+        return segment(m)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(task, range(n_mod)))
 
 
 def _parse_spacing(spacing, n_spatial: int) -> Tuple[float, float, float]:
