@@ -4,7 +4,8 @@ Assignment scatters from the centres, one program per (centre, window slice), as
 loop does, and resolves races with integer atomics so the result is exact and order-free:
 pass 1 takes the minimum distance per voxel (non-negative floats order like their bit patterns),
 pass 2 the lowest centre index among the centres at that distance. Distances are computed in the
-features' dtype in the reference's operation order, without FMA contraction.
+features' dtype in the reference's operation order, without FMA contraction
+(``enable_fp_fusion=False``), so the labels equal the reference's exactly.
 
 Centre update: per-voxel atomics into int64 fixed-point sums (exact, so order-free).
 """
@@ -131,7 +132,7 @@ def slic_iterate_forward(problem, centers, n_iter, ignore_color):
             _slic_assign_kernel[grid](feats, mask, centers, win, best, best_k, n_channels, depth, height, width,
                                       sz, sy, sx, weight, PASS=pass_, HAS_MASK=has_mask,
                                       IGNORE_COLOR=bool(ignore_color or n_channels == 0),
-                                      BLOCK_Y=16, BLOCK_X=64)
+                                      BLOCK_Y=16, BLOCK_X=64, enable_fp_fusion=False)
         reached = best_k < n_centers
         if not bool(reached.any()):
             break

@@ -344,8 +344,6 @@ def _triton_connectivity(labels, min_size):
 
 def _cuda_connected_pieces(labels: torch.Tensor) -> torch.Tensor:
     """Union-find connected components on the GPU (``kernels/cuda/slic_connectivity.cu``)."""
-    import numpy as np
-
     from .._cuda import launch
 
     depth, height, width = labels.shape
