@@ -9,6 +9,7 @@ from .perturbation import perturb, perturb_reference
 from .shapley import (random_permutations, shapley_accumulate, shapley_accumulate_reference,
                       shapley_coalitions, shapley_coalitions_reference, shapley_prefix_rows,
                       shapley_stats)
+from .slic import SlicProblem, slic, slic_reference
 from .vq import codeword_histogram, codeword_histogram_reference, vq_nearest, vq_nearest_reference
 from .windows import HU_WINDOW_PRESETS, HUWindow, hu_window, hu_window_reference
 
@@ -19,5 +20,6 @@ __all__ = [
     "random_permutations", "shapley_prefix_rows", "shapley_coalitions", "shapley_coalitions_reference",
     "shapley_accumulate", "shapley_accumulate_reference", "shapley_stats",
     "vq_nearest", "vq_nearest_reference", "codeword_histogram", "codeword_histogram_reference",
+    "slic", "slic_reference", "SlicProblem",
     "HU_WINDOW_PRESETS", "HUWindow", "hu_window", "hu_window_reference",
 ]
