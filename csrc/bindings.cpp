@@ -9,6 +9,7 @@ void register_perturb(pybind11::module_& m);
 void register_occlusion(pybind11::module_& m);
 void register_shapley(pybind11::module_& m);
 void register_vq(pybind11::module_& m);
+void register_histogram(pybind11::module_& m);
 }  // namespace mmxai
 
 PYBIND11_MODULE(_C, m) {
@@ -20,4 +21,5 @@ PYBIND11_MODULE(_C, m) {
   mmxai::register_occlusion(m);
   mmxai::register_shapley(m);
   mmxai::register_vq(m);
+  mmxai::register_histogram(m);
 }
