@@ -1,9 +1,9 @@
 // thresholded_value_histogram on the CPU: counts of the integer values v[b, i] in [low, low + K)
 // over the elements whose score s[b, i] > threshold (DWT window selection, RadiomicGAN).
 //
-// Each thread counts a contiguous range of the flattened [B, L] elements into a private histogram
-// and adds it to the output row whenever its range crosses into the next batch row (and at the
-// end); only rows shared by two threads' ranges see concurrent adds, hence the atomics. Floating
+// The [B, L] elements are split into chunks handed out dynamically; each thread counts its chunks
+// into private histograms (per-thread, no sharing) and adds them to the output row at every batch
+// row boundary and chunk end (atomics: two threads may share a row). Floating
 // values are rounded half to even (std::nearbyint, like torch.round); NaN/inf and values outside
 // the range are not counted. The score is compared in double, exactly as a real number.
 #include <algorithm>
@@ -81,8 +81,8 @@ template <> inline float compute_threshold<float>(double t) {
 // threshold test unpredictable), and the dependency chains through memory are those of repeated
 // values (CT air), which the copies split.
 constexpr int64_t kCopies = 2;
+constexpr int64_t kChunk = int64_t(1) << 18;  // elements per scheduled chunk (one 512x512 slice)
 constexpr int64_t kBlock = 1024;  // elements whose bins are computed together
-constexpr int64_t kMaxRun = int64_t(1) << 31;  // elements counted between flushes: no uint32 overflow
 
 template <typename V, typename S>
 void histogram_kernel(const V* values, const S* scores, int64_t B, int64_t L, double threshold, int64_t low,
@@ -102,9 +102,7 @@ void histogram_kernel(const V* values, const S* scores, int64_t B, int64_t L, do
     // Private copies: the loop below must not reload shared variables through pointers.
     const int64_t low_ = low, K_ = K;
     const C th_ = th;
-    const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t begin = total * t / threads, end = total * (t + 1) / threads;
-    std::vector<uint32_t> local(kCopies * stride, 0);  // 32-bit: half the cache; flushed before overflow
+    std::vector<uint32_t> local(kCopies * stride, 0);  // 32-bit: half the cache
     uint32_t* hist = local.data();
     auto flush = [&](int64_t b) {
       int64_t* row = out + b * K;
@@ -122,30 +120,37 @@ void histogram_kernel(const V* values, const S* scores, int64_t B, int64_t L, do
     // vectorises), then added (scalar, spread over kCopies histograms).
     int32_t slots[kBlock];
     uint32_t adds[kBlock];
-    int64_t i = begin;
-    while (i < end) {
-      const int64_t b = i / L;
-      const int64_t stop = std::min({end, (b + 1) * L, i + kMaxRun});
-      while (i < stop) {
-        const int64_t n = std::min(kBlock, stop - i);
-        const V* v = values + i;
-        const S* sc = scores + i;
-        const int64_t lo = low_, nbins = K_;
-        const C th = th_;
-        for (int64_t j = 0; j < n; ++j) {
-          const Bin bin = raw_bin<Bin>(v[j], lo, nbins);
-          const Bin in_range = -(Bin)((UBin)bin < (UBin)nbins);
-          slots[j] = (int32_t)((bin & in_range) | ((Bin)nbins & ~in_range));
-          adds[j] = (uint32_t)(score_value<C>(sc[j]) > th) & (uint32_t)in_range;
+    // Dynamic chunks: a thread that the OS delays (a shared machine) holds up no one. A chunk is
+    // flushed at every batch row it crosses and at its end, so the 32-bit counters cannot overflow.
+    const int64_t n_chunks = (total + kChunk - 1) / kChunk;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+      const int64_t end = std::min(total, (chunk + 1) * kChunk);
+      int64_t i = chunk * kChunk;
+      while (i < end) {
+        const int64_t b = i / L;
+        const int64_t stop = std::min(end, (b + 1) * L);
+        while (i < stop) {
+          const int64_t n = std::min(kBlock, stop - i);
+          const V* v = values + i;
+          const S* sc = scores + i;
+          const int64_t lo = low_, nbins = K_;
+          const C th = th_;
+          for (int64_t j = 0; j < n; ++j) {
+            const Bin bin = raw_bin<Bin>(v[j], lo, nbins);
+            const Bin in_range = -(Bin)((UBin)bin < (UBin)nbins);
+            slots[j] = (int32_t)((bin & in_range) | ((Bin)nbins & ~in_range));
+            adds[j] = (uint32_t)(score_value<C>(sc[j]) > th) & (uint32_t)in_range;
+          }
+          int64_t j = 0;
+          for (; j + kCopies <= n; j += kCopies) {
+            for (int64_t c = 0; c < kCopies; ++c) hist[c * stride + slots[j + c]] += adds[j + c];
+          }
+          for (; j < n; ++j) hist[slots[j]] += adds[j];
+          i += n;
         }
-        int64_t j = 0;
-        for (; j + kCopies <= n; j += kCopies) {
-          for (int64_t c = 0; c < kCopies; ++c) hist[c * stride + slots[j + c]] += adds[j + c];
-        }
-        for (; j < n; ++j) hist[slots[j]] += adds[j];
-        i += n;
+        flush(b);
       }
-      flush(b);
     }
   }
 }
