@@ -5,7 +5,8 @@
 // into private histograms (per-thread, no sharing) and adds them to the output row at every batch
 // row boundary and chunk end (atomics: two threads may share a row). Floating
 // values are rounded half to even (std::nearbyint, like torch.round); NaN/inf and values outside
-// the range are not counted. The score is compared in double, exactly as a real number.
+// the range are not counted. score > threshold is decided exactly (float scores are compared with
+// the largest float not above the threshold).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -83,6 +84,7 @@ template <> inline float compute_threshold<float>(double t) {
 constexpr int64_t kCopies = 2;
 constexpr int64_t kChunk = int64_t(1) << 18;  // elements per scheduled chunk (one 512x512 slice)
 constexpr int64_t kBlock = 1024;  // elements whose bins are computed together
+constexpr int64_t kRun = 64;      // elements checked together for a hit
 
 template <typename V, typename S>
 void histogram_kernel(const V* values, const S* scores, int64_t B, int64_t L, double threshold, int64_t low,
@@ -142,11 +144,19 @@ void histogram_kernel(const V* values, const S* scores, int64_t B, int64_t L, do
             slots[j] = (int32_t)((bin & in_range) | ((Bin)nbins & ~in_range));
             adds[j] = (uint32_t)(score_value<C>(sc[j]) > th) & (uint32_t)in_range;
           }
-          int64_t j = 0;
-          for (; j + kCopies <= n; j += kCopies) {
-            for (int64_t c = 0; c < kCopies; ++c) hist[c * stride + slots[j + c]] += adds[j + c];
+          // Runs of kRun elements with no hit (a CAM is smooth: large regions below th_fail)
+          // skip the scalar part.
+          for (int64_t r0 = 0; r0 < n; r0 += kRun) {
+            const int64_t r1 = std::min(n, r0 + kRun);
+            uint32_t any = 0;
+            for (int64_t j = r0; j < r1; ++j) any |= adds[j];
+            if (!any) continue;
+            int64_t j = r0;
+            for (; j + kCopies <= r1; j += kCopies) {
+              for (int64_t c = 0; c < kCopies; ++c) hist[c * stride + slots[j + c]] += adds[j + c];
+            }
+            for (; j < r1; ++j) hist[slots[j]] += adds[j];
           }
-          for (; j < n; ++j) hist[slots[j]] += adds[j];
           i += n;
         }
         flush(b);
