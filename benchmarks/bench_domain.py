@@ -17,6 +17,7 @@ Ratios are anchor time / mmxai_fast time for the same inputs on the same device.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -135,7 +136,10 @@ def main(argv=None):
             continue
         rows.extend(bench(device, args.quick))
     print_rows(rows)
-    payload = {"environment": environment(device), "rows": rows,
+    # On a shared, oversubscribed CPU, OpenMP threads that spin while waiting (the default) steal
+    # the cores from the threads doing the work: record the policy the run used.
+    env = dict(environment(device), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
+    payload = {"environment": env, "rows": rows,
                "command": " ".join(["python", "benchmarks/bench_domain.py"] + (argv or sys.argv[1:]))}
     write_json_atomically(args.out, payload)
     print(f"wrote {args.out}")
