@@ -10,6 +10,7 @@ void register_occlusion(pybind11::module_& m);
 void register_shapley(pybind11::module_& m);
 void register_vq(pybind11::module_& m);
 void register_slic(pybind11::module_& m);
+void register_histogram(pybind11::module_& m);
 }  // namespace mmxai
 
 PYBIND11_MODULE(_C, m) {
@@ -22,4 +23,5 @@ PYBIND11_MODULE(_C, m) {
   mmxai::register_shapley(m);
   mmxai::register_vq(m);
   mmxai::register_slic(m);
+  mmxai::register_histogram(m);
 }

@@ -3,6 +3,7 @@
 Each op has a plain-PyTorch ``*_reference`` oracle, a C++ CPU kernel and a Triton kernel; the
 backend is chosen automatically from the tensors' device or forced with ``backend=``.
 """
+from .histogram import thresholded_value_histogram, thresholded_value_histogram_reference
 from .occlusion import (OcclusionWindows, occlusion_attribution, occlusion_attribution_reference,
                         occlusion_batch, occlusion_batch_reference)
 from .perturbation import perturb, perturb_reference
@@ -21,5 +22,6 @@ __all__ = [
     "shapley_accumulate", "shapley_accumulate_reference", "shapley_stats",
     "vq_nearest", "vq_nearest_reference", "codeword_histogram", "codeword_histogram_reference",
     "slic", "slic_reference", "SlicProblem",
+    "thresholded_value_histogram", "thresholded_value_histogram_reference",
     "HU_WINDOW_PRESETS", "HUWindow", "hu_window", "hu_window_reference",
 ]
