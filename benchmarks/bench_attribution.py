@@ -150,8 +150,7 @@ def scenarios(quick: bool) -> Dict[str, Scenario]:
                               captum_methods=("FeatureAblation", "Occlusion"))}
     return {
         "a": Scenario("a", edge=64, model="vgg"),
-        "b": Scenario("b", edge=64, model="cheap", n_samples=4, window=(4, 8, 8, 8), lime_samples=256,
-                      repeats=3),
+        "b": Scenario("b", edge=64, model="cheap", repeats=2),
         "c": Scenario("c", edge=128, model="vgg", window=(4, 32, 32, 32),
                       methods=("FeatureAblation", "Occlusion", "ShapleyValueSampling(antithetic)"),
                       captum_methods=("Occlusion", "FeatureAblation"),

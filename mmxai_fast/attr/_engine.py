@@ -136,6 +136,7 @@ class PerturbationEngine:
         self.rows_per_eval: Optional[int] = None
         self.num_model_calls = 0
         self._expanded: Dict[int, Tuple[Any, Any]] = {}
+        self._buffers: Dict[int, Tensor] = {}
         self._nan_flags: List[Tuple[int, Tensor]] = []
         self._shape_checked = False
 
@@ -261,14 +262,43 @@ class PerturbationEngine:
             self.progress.update()
         return out
 
-    def perturbed_inputs(self, keep: Tensor) -> Tuple[Tensor, ...]:
-        """``[rows, F]`` coalition rows -> one ``[rows * N, ...]`` tensor per input."""
+    def output_buffer(self, i: int, rows: int) -> Tensor:
+        """A reusable ``[rows, *inputs[i].shape]`` buffer for the perturbed copies of input ``i``.
+
+        One allocation per call (grown when a chunk is larger) instead of a fresh, page-faulted
+        ``rows``-times-the-input tensor per model call. :meth:`evaluate_chunks` clones model
+        outputs that alias a buffer, so reuse never changes results.
+        """
+        x = self.inputs[i]
+        buffer = self._buffers.get(i)
+        if buffer is None or buffer.shape[0] < rows:
+            self._buffers.pop(i, None)  # free the old one before allocating the larger one
+            buffer = torch.empty((rows,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+            self._buffers[i] = buffer
+        return buffer[:rows]
+
+    def release_buffers(self) -> None:
+        self._buffers.clear()
+
+    def _aliases_buffer(self, out: Tensor) -> bool:
+        if not self._buffers or out.numel() == 0:
+            return False
+        storage = out.untyped_storage().data_ptr()
+        return any(b.untyped_storage().data_ptr() == storage for b in self._buffers.values())
+
+    def perturbed_inputs(self, keep: Tensor, reuse_buffers: bool = False) -> Tuple[Tensor, ...]:
+        """``[rows, F]`` coalition rows -> one ``[rows * N, ...]`` tensor per input.
+
+        With ``reuse_buffers`` the tensors are views of the engine's :meth:`output_buffer` s,
+        valid until the next call (the model-call path); otherwise freshly allocated.
+        """
         rows = keep.shape[0]
         batches = []
-        for x, mask, base in zip(self.inputs, self.masks, self.baselines):
+        for i, (x, mask, base) in enumerate(zip(self.inputs, self.masks, self.baselines)):
             keep_dev = keep.to(x.device)
             if x.is_floating_point():
-                out = perturb(x, mask, keep_dev, base, validate_ids=False)
+                out = perturb(x, mask, keep_dev, base, validate_ids=False,
+                              out=self.output_buffer(i, rows) if reuse_buffers else None)
             else:  # integer/bool inputs (token ids...): the engine's kernel is floating-only
                 base_t = torch.as_tensor(base, device=x.device).to(x.dtype)
                 out = torch.where(keep_dev[:, mask], x, base_t).expand((rows,) + tuple(x.shape))
@@ -281,7 +311,7 @@ class PerturbationEngine:
         Override point for incremental inference: ``previous_keep`` holds the rows of the
         previous call (None for the first), so an override can tell the model what changed.
         """
-        return self._forward(self.perturbed_inputs(keep), keep.shape[0])
+        return self._forward(self.perturbed_inputs(keep, reuse_buffers=True), keep.shape[0])
 
     def initialize(self, keep_row: Optional[Tensor] = None) -> Tensor:
         """First model call (one row): the unperturbed inputs, or the coalition ``keep_row``.
@@ -298,6 +328,9 @@ class PerturbationEngine:
             out = self._forward(self.inputs, 1)
         else:
             out = self.run_rows(keep_row.reshape(1, -1), None)
+            if isinstance(out, Tensor) and self._aliases_buffer(out):
+                out = out.clone()
+            self.release_buffers()
         self.row_shape = tuple(out.shape)
         n = self.num_examples
         self.agg_mode = out.dim() == 0 or (n > 1 and out.numel() == 1)
@@ -357,14 +390,18 @@ class PerturbationEngine:
             try:
                 out = self.run_rows(keep, previous)
             except torch.OutOfMemoryError:
+                self.release_buffers()
                 if self.perturbations_per_eval != "auto" or rows == 1:
                     raise
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 self.rows_per_eval = max(1, rows // 2)
                 continue
+            if isinstance(out, Tensor) and self._aliases_buffer(out):
+                out = out.clone()  # a view of the input buffer, which the next chunk overwrites
             results.append(self._check_chunk(out, rows))
             previous, start = keep, start + rows
+        self.release_buffers()
         self._raise_on_nan()
         if not results:
             return torch.zeros((0,) + self.row_shape)
