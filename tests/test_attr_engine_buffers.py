@@ -58,5 +58,5 @@ def test_buffer_is_reused_across_chunks_and_released():
     out = engine.evaluate(keep)
     assert len(set(seen[1:])) == 1  # every chunk (2, 2, 2, 1 rows) in the same buffer
     assert not engine._buffers  # freed when the evaluation ends
-    manual = torch.stack([model(*engine.perturbed_inputs(keep[r:r + 1])).reshape(2, 1) for r in range(7)])
+    manual = torch.stack([model(*engine.perturbed_inputs(keep[r:r + 1])).reshape(engine.row_shape) for r in range(7)])
     torch.testing.assert_close(out, manual)
