@@ -137,6 +137,7 @@ class PerturbationEngine:
         self.num_model_calls = 0
         self._expanded: Dict[int, Tuple[Any, Any]] = {}
         self._buffers: Dict[int, Tensor] = {}
+        self._into_buffers = False  # set while run_rows builds a model call's inputs
         self._nan_flags: List[Tuple[int, Tensor]] = []
         self._shape_checked = False
 
@@ -286,11 +287,11 @@ class PerturbationEngine:
         storage = out.untyped_storage().data_ptr()
         return any(b.untyped_storage().data_ptr() == storage for b in self._buffers.values())
 
-    def perturbed_inputs(self, keep: Tensor, reuse_buffers: bool = False) -> Tuple[Tensor, ...]:
+    def perturbed_inputs(self, keep: Tensor) -> Tuple[Tensor, ...]:
         """``[rows, F]`` coalition rows -> one ``[rows * N, ...]`` tensor per input.
 
-        With ``reuse_buffers`` the tensors are views of the engine's :meth:`output_buffer` s,
-        valid until the next call (the model-call path); otherwise freshly allocated.
+        Freshly allocated, except inside :meth:`run_rows` (the model-call path), where they are
+        views of the engine's :meth:`output_buffer` s, overwritten by the next model call.
         """
         rows = keep.shape[0]
         batches = []
@@ -298,7 +299,7 @@ class PerturbationEngine:
             keep_dev = keep.to(x.device)
             if x.is_floating_point():
                 out = perturb(x, mask, keep_dev, base, validate_ids=False,
-                              out=self.output_buffer(i, rows) if reuse_buffers else None)
+                              out=self.output_buffer(i, rows) if self._into_buffers else None)
             else:  # integer/bool inputs (token ids...): the engine's kernel is floating-only
                 base_t = torch.as_tensor(base, device=x.device).to(x.dtype)
                 out = torch.where(keep_dev[:, mask], x, base_t).expand((rows,) + tuple(x.shape))
@@ -311,7 +312,12 @@ class PerturbationEngine:
         Override point for incremental inference: ``previous_keep`` holds the rows of the
         previous call (None for the first), so an override can tell the model what changed.
         """
-        return self._forward(self.perturbed_inputs(keep, reuse_buffers=True), keep.shape[0])
+        self._into_buffers = True
+        try:
+            batches = self.perturbed_inputs(keep)
+        finally:
+            self._into_buffers = False
+        return self._forward(batches, keep.shape[0])
 
     def initialize(self, keep_row: Optional[Tensor] = None) -> Tensor:
         """First model call (one row): the unperturbed inputs, or the coalition ``keep_row``.
