@@ -157,7 +157,7 @@ def scenarios(quick: bool) -> Dict[str, Scenario]:
         "a": Scenario("a", edge=64, model="vgg", methods=every,
                       notes=["FeaturePermutation is measured in (b) only (it needs 2 examples: twice the model "
                              "time on this shared 2-core machine)"]),
-        "b": Scenario("b", edge=64, model="cheap", repeats=2),
+        "b": Scenario("b", edge=64, model="cheap"),
         "c": Scenario("c", edge=128, model="vgg", per_modality=8, perturbations_per_eval=8, window=(4, 64, 64, 64),
                       lime_samples=32,
                       methods=("FeatureAblation", "Occlusion", "ShapleyValueSampling(antithetic)", "KernelShap"),
@@ -388,23 +388,24 @@ def main(argv=None) -> dict:
     if unknown:
         parser.error(f"--scenarios must be a subset of a,b,c,accuracy, got {unknown}")
     print(HEADER)
-    rows, accuracy = [], None
-    for name in chosen:
-        if name == "accuracy":
-            accuracy = accuracy_study(args.quick)
-        else:
-            rows.extend(run_scenario(known[name]))
-    print("\n" + HEADER)
-    for row in rows:
-        print(format_row(row))
     payload = dict(environment=environment(torch.device("cpu")),
                    command=" ".join(["python", "benchmarks/bench_attribution.py"] + (argv if argv is not None
                                                                                       else sys.argv[1:])),
                    quick=args.quick, scenarios={n: asdict(known[n]) for n in chosen if n in known},
                    targets=dict(overhead_pct_below=100 * OVERHEAD_TARGET, non_model_ratio_at_least=NON_MODEL_TARGET,
                                 non_model_methods=list(NON_MODEL_METHODS)),
-                   rows=rows, accuracy=accuracy)
+                   rows=[], accuracy=None, complete=False)
+    for name in chosen:
+        if name == "accuracy":
+            payload["accuracy"] = accuracy_study(args.quick)
+        else:
+            payload["rows"].extend(run_scenario(known[name]))
+        write_json_atomically(args.out, payload)  # after every scenario: a long run keeps what it measured
+    payload["complete"] = True
     write_json_atomically(args.out, payload)
+    print("\n" + HEADER)
+    for row in payload["rows"]:
+        print(format_row(row))
     print(f"wrote {args.out}")
     return payload
 

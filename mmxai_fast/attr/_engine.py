@@ -56,7 +56,7 @@ from torch import Tensor
 
 from ..ops.perturbation import MASK_DTYPES, perturb
 
-__all__ = ["AttributionInputError", "PerturbationEngine", "check_perturbations_per_eval"]
+__all__ = ["AttributionInputError", "PerturbationEngine", "check_perturbations_per_eval", "ids_present"]
 
 #: Row cap and memory budgets (bytes of perturbed inputs per model call) for ``"auto"``.
 AUTO_MAX_ROWS = 512
@@ -87,6 +87,21 @@ def _as_output_tensor(output: Any) -> Tensor:
         return torch.tensor(output, dtype=torch.int64 if isinstance(output, int) else torch.float64)
     raise AttributionInputError(
         f"forward_func must return a tensor, int or float, got {type(output).__name__}")
+
+
+def ids_present(mask: Tensor) -> Tensor:
+    """Sorted distinct ids of a non-negative integer mask, as a CPU int64 tensor.
+
+    A bincount (one linear pass) when the largest id is at most a few times the mask's size, the
+    usual case for superpixel masks; ``torch.unique`` (a sort, ~100x slower on a 4x64^3 mask)
+    otherwise.
+    """
+    if mask.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    high = int(mask.max())
+    if high < 4 * mask.numel() + 1024:
+        return torch.bincount(mask.reshape(-1).long(), minlength=high + 1).nonzero().flatten().cpu()
+    return torch.unique(mask).long().cpu()
 
 
 def _broadcastable(shape: Sequence[int], target: Sequence[int]) -> bool:
@@ -216,7 +231,7 @@ class PerturbationEngine:
             ids = torch.arange(num_features)
             return tuple(m.long() for m in masks), num_features, ids, ids
         # Captum's visiting order: sorted ids of tensor 0, then new ids of tensor 1, ...
-        per_tensor = [torch.unique(m).cpu() for m in live]
+        per_tensor = [ids_present(m) for m in live]
         ids = torch.unique(torch.cat(per_tensor)) if per_tensor else torch.zeros(0, dtype=torch.int64)
         seen = torch.zeros(ids.numel(), dtype=torch.bool)
         order = []
@@ -225,9 +240,20 @@ class PerturbationEngine:
             order.append(pos[~seen[pos]])
             seen[pos] = True
         order = torch.cat(order) if order else torch.zeros(0, dtype=torch.int64)
-        dense = tuple(torch.searchsorted(ids.to(m.device), m.long().contiguous()).clamp_(max=max(ids.numel() - 1, 0))
-                      for m in masks)
+        dense = tuple(self._renumber(m, ids) for m in masks)
         return dense, max(ids.numel(), 1), ids, order
+
+    @staticmethod
+    def _renumber(mask: Tensor, ids: Tensor) -> Tensor:
+        """``mask``'s ids -> their positions in the sorted ``ids`` (ids not in ``ids``, possible
+        only in masks of empty inputs, get a neighbour's position)."""
+        if mask.numel() == 0:
+            return mask.long()
+        high = int(mask.max())
+        if ids.numel() and high < 4 * mask.numel() + 1024:  # a lookup table: one gather pass
+            table = torch.searchsorted(ids, torch.arange(high + 1)).clamp_(max=ids.numel() - 1)
+            return table.to(mask.device)[mask.long()]
+        return torch.searchsorted(ids.to(mask.device), mask.long().contiguous()).clamp_(max=max(ids.numel() - 1, 0))
 
     # ------------------------------------------------------------------ evaluation
 
