@@ -24,6 +24,7 @@ FeatureAblation and Occlusion; antithetic RMSE < plain RMSE at equal model evalu
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -154,11 +155,11 @@ def scenarios(quick: bool) -> Dict[str, Scenario]:
     every = ("FeatureAblation", "Occlusion", "ShapleyValueSampling", "ShapleyValueSampling(antithetic)",
              "Lime", "KernelShap")
     return {
-        "a": Scenario("a", edge=64, model="vgg", methods=every,
+        "a": Scenario("a", edge=64, model="vgg", methods=every, lime_samples=256,
                       notes=["FeaturePermutation is measured in (b) only (it needs 2 examples: twice the model "
                              "time on this shared 2-core machine)"]),
         "b": Scenario("b", edge=64, model="cheap"),
-        "c": Scenario("c", edge=128, model="vgg", per_modality=8, perturbations_per_eval=8, window=(4, 64, 64, 64),
+        "c": Scenario("c", edge=128, model="vgg", per_modality=8, perturbations_per_eval=8, window=(4, 32, 32, 32),
                       lime_samples=32,
                       methods=("FeatureAblation", "Occlusion", "ShapleyValueSampling(antithetic)", "KernelShap"),
                       captum_methods=("FeatureAblation", "Occlusion"),
@@ -381,8 +382,12 @@ def main(argv=None) -> dict:
                         help="comma-separated subset of a,b,c,accuracy (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run, < 1 minute)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attribution_cpu_2core.json"))
+    parser.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the results of an existing --out file that this run does not repeat")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     known = scenarios(args.quick)
     unknown = [s for s in chosen if s not in known and s != "accuracy"]
     if unknown:
@@ -395,11 +400,27 @@ def main(argv=None) -> dict:
                    targets=dict(overhead_pct_below=100 * OVERHEAD_TARGET, non_model_ratio_at_least=NON_MODEL_TARGET,
                                 non_model_methods=list(NON_MODEL_METHODS)),
                    rows=[], accuracy=None, complete=False)
+    if args.update and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        kept = [r for r in previous.get("rows", [])
+                if r["scenario"] not in chosen or (methods is not None and r["method"] not in methods)]
+        payload["rows"] = kept
+        payload["accuracy"] = None if "accuracy" in chosen else previous.get("accuracy")
+        payload["scenarios"] = {**{k: v for k, v in previous.get("scenarios", {}).items() if k not in chosen},
+                                **payload["scenarios"]}
+        payload["kept_from_previous_run"] = dict(
+            scenarios=sorted({r["scenario"] for r in kept} | ({"accuracy"} if payload["accuracy"] else set())),
+            command=previous.get("command"), commit=previous.get("environment", {}).get("commit"))
     for name in chosen:
         if name == "accuracy":
             payload["accuracy"] = accuracy_study(args.quick)
         else:
-            payload["rows"].extend(run_scenario(known[name]))
+            scenario = known[name]
+            if methods is not None:
+                scenario.methods = tuple(m for m in scenario.methods if m in methods)
+            payload["rows"].extend(run_scenario(scenario))
+            order = list(known) + ["accuracy"]
+            payload["rows"].sort(key=lambda r: order.index(r["scenario"]))
         write_json_atomically(args.out, payload)  # after every scenario: a long run keeps what it measured
     payload["complete"] = True
     write_json_atomically(args.out, payload)
