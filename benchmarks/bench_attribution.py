@@ -1,7 +1,10 @@
 """Captum and mmxai_fast attribution classes side by side, in one process, on the same model,
 input and feature mask; writes JSON.
 
-    python benchmarks/bench_attribution.py [--scenarios a,b,c] [--quick] [--out PATH]
+    python benchmarks/bench_attribution.py [--scenarios a,b,c,accuracy] [--quick] [--out PATH]
+        [--methods FeatureAblation,Occlusion,...] [--update]
+
+(``--update`` keeps the rows of an existing ``--out`` file that the run does not repeat.)
 
 Every model call of both sides goes through one :class:`TimedModel` (perf_counter around the
 forward), so each run reports its wall time, the time spent inside the model, the model calls

@@ -55,3 +55,16 @@ def test_bad_scenario_is_rejected(tmp_path):
     with pytest.raises(SystemExit):
         bench_attribution.main(["--scenarios", "z", "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_update_replaces_only_the_rerun_rows(tmp_path):
+    out = tmp_path / "attribution.json"
+    first = bench_attribution.main(["--quick", "--scenarios", "b", "--methods", "FeatureAblation,Occlusion",
+                                    "--out", str(out)])
+    assert {r["method"] for r in first["rows"]} == {"FeatureAblation", "Occlusion"}
+    second = bench_attribution.main(["--quick", "--scenarios", "b", "--methods", "Occlusion", "--update",
+                                     "--out", str(out)])
+    rows = {r["method"]: r for r in second["rows"]}
+    assert set(rows) == {"FeatureAblation", "Occlusion"}
+    assert rows["FeatureAblation"] == json.loads(json.dumps(first["rows"][0]))  # kept as measured
+    assert second["kept_from_previous_run"]["scenarios"] == ["b"]
