@@ -121,6 +121,38 @@ def test_batch_matches_reference(backend, geometry, lead):
 
 
 @pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_batch_out_buffer(backend, dtype):
+    windows = OcclusionWindows((3, 7, 6), (2, 3, 3), (1, 2, 2))
+    x = torch.randn((2,) + windows.input_shape).to(dtype)
+    buffer = torch.full((5, 2) + windows.input_shape, float("nan"), dtype=dtype)
+    for ids in ([0, 3, windows.num_windows - 1], [1, 2, 4, 5, 6]):  # reuse: every element rewritten
+        out = buffer[:len(ids)]
+        result = occlusion_batch(x, windows, ids, -1.5, backend=backend, out=out)
+        assert result is out
+        assert torch.equal(result, occlusion_batch_reference(x, windows, ids, -1.5))
+    assert occlusion_batch(x, windows, [], backend=backend, out=buffer[:0]).shape == (0, 2) + windows.input_shape
+
+
+def test_batch_out_buffer_bad_arguments():
+    windows = OcclusionWindows((3, 7, 6), (2, 3, 3), (1, 2, 2))
+    x = torch.randn(windows.input_shape)
+    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+        occlusion_batch(x, windows, [0, 1], out=[0])
+    with pytest.raises(ValueError, match=r"out must be a contiguous torch.float32 tensor of shape \(2, 3, 7, 6\)"):
+        occlusion_batch(x, windows, [0, 1], out=torch.empty(3, 3, 7, 6))
+    with pytest.raises(ValueError, match="got a contiguous torch.float64"):
+        occlusion_batch(x, windows, [0, 1], out=torch.empty(2, 3, 7, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="non-contiguous"):
+        occlusion_batch(x, windows, [0, 1], out=torch.empty(2, 3, 6, 7).transpose(-1, -2))
+    with pytest.raises(ValueError, match="out must be on the same device"):
+        occlusion_batch(x, windows, [0, 1], out=torch.empty(2, 3, 7, 6, device="meta"))
+    big = torch.randn((3,) + windows.input_shape)
+    with pytest.raises(ValueError, match="out must not share memory"):
+        occlusion_batch(big[0], windows, [0, 1], out=big[1:])
+
+
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 def test_batch_equals_captum_mask_formula(backend):
     windows = OcclusionWindows((4, 6, 5, 7), (1, 3, 2, 4), (1, 2, 2, 3))
     x = torch.randn((2,) + windows.input_shape)

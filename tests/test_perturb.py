@@ -217,3 +217,60 @@ def test_torch_compile():
     bad[0, 0, 0, 0] = 12
     with pytest.raises(ValueError, match="feature_mask"):
         compiled(x, bad, keep)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["reference"])
+@pytest.mark.parametrize("shape,mask_shape", [((4, 6, 7, 5), (1, 6, 7, 5)), ((9, 13), (9, 13)), ((1,), (1,))])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_out_buffer_is_written_and_returned(backend, shape, mask_shape, dtype):
+    x, mask, keep = _inputs(shape, mask_shape, num_rows=5, dtype=dtype)
+    out = torch.full((5,) + shape, float("nan"), dtype=dtype)
+    for trial in range(2):  # reuse: the second call overwrites every element of the first
+        keep = torch.rand(5, 10) > 0.5
+        result = perturb(x, mask, keep, 0.25, backend=backend, out=out)
+        assert result is out
+        _check(result, x, mask, keep, 0.25)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_out_buffer_slice_and_empty(backend):
+    x, mask, keep = _inputs((3, 8, 9), (1, 8, 9), num_rows=4, num_features=7)
+    buffer = torch.zeros((6, 3, 8, 9))
+    result = perturb(x, mask, keep, -1.0, backend=backend, out=buffer[:4])  # a leading slice is contiguous
+    _check(result, x, mask, keep, -1.0)
+    assert bool((buffer[4:] == 0).all())
+    assert perturb(x, mask, keep[:0], backend=backend, out=buffer[:0]).shape == (0, 3, 8, 9)
+
+
+def test_out_buffer_streaming_path_cpu():
+    x, mask, keep = _inputs((5, 123, 1001), (1, 123, 1001), 7, num_features=50)
+    out = torch.empty((7,) + tuple(x.shape))
+    _check(perturb(x, mask, keep, 0.5, backend="cpu", out=out), x, mask, keep, 0.5)
+
+
+def test_out_buffer_bad_arguments_are_named():
+    x, mask, keep = _inputs((2, 3, 4), (2, 3, 4), num_rows=2)
+    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+        perturb(x, mask, keep, out=[0])
+    with pytest.raises(ValueError, match=r"out must be a contiguous torch.float32 tensor of shape \(2, 2, 3, 4\)"):
+        perturb(x, mask, keep, out=torch.empty(3, 2, 3, 4))
+    with pytest.raises(ValueError, match="out must be a contiguous torch.float32.*got a contiguous torch.float64"):
+        perturb(x, mask, keep, out=torch.empty(2, 2, 3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="non-contiguous"):
+        perturb(x, mask, keep, out=torch.empty(2, 2, 4, 3).transpose(-1, -2))
+    with pytest.raises(ValueError, match="out must be on the same device"):
+        perturb(x, mask, keep, out=torch.empty(2, 2, 3, 4, device="meta"))
+    big = torch.randn(3, 2, 3, 4)
+    with pytest.raises(ValueError, match="out must not share memory with x"):
+        perturb(big[0], mask, keep, out=big[1:])
+
+
+def test_out_buffer_torch_compile():
+    x, mask, keep = _inputs((4, 6, 7, 5), (1, 6, 7, 5), num_rows=3)
+
+    def f(x, mask, keep, out):
+        return perturb(x, mask, keep, 0.5, out=out).sum(0) * 2
+
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, mask, keep, torch.empty(3, 4, 6, 7, 5)),
+                               f(x, mask, keep, torch.empty(3, 4, 6, 7, 5)))

@@ -130,7 +130,10 @@ class _OcclusionEngine(PerturbationEngine):
         if isinstance(base, Tensor) and x.dim() == 1 and base.dim() == 1:
             base = base.unsqueeze(-1)  # (N,) or (1,) against the (N, 1) view
         batch = occlusion_batch if x.is_floating_point() else occlusion_batch_reference
-        if bool(inside.all()):
+        if bool(inside.all()) and x.is_floating_point():  # the hot path: into the reused buffer
+            buffer = self.output_buffer(i, rows).view((rows,) + tuple(view.shape))
+            out = occlusion_batch(view, windows, ids.to(x.device), base, out=buffer)
+        elif bool(inside.all()):
             out = batch(view, windows, ids.to(x.device), base)
         else:
             out = view.unsqueeze(0).repeat((rows,) + (1,) * view.dim())

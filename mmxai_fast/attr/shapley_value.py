@@ -23,7 +23,7 @@ from captum.attr._utils.common import _format_input_baseline
 from torch import Tensor
 
 from ..ops.shapley import shapley_accumulate, shapley_coalitions, shapley_prefix_rows, shapley_stats
-from ._engine import AttributionInputError, PerturbationEngine, check_perturbations_per_eval
+from ._engine import AttributionInputError, PerturbationEngine, check_perturbations_per_eval, ids_present
 
 __all__ = ["ShapleyValueSampling", "ShapleyValues"]
 
@@ -167,7 +167,7 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         present = torch.zeros(engine.num_features, dtype=torch.bool)
         for mask in engine.masks:
             if mask.numel():
-                present[torch.unique(mask).cpu()] = True
+                present[ids_present(mask)] = True
         if not bool(present.all()):
             warnings.warn(_MISSING_IDS_WARNING, stacklevel=3)
 

@@ -206,9 +206,15 @@ def _baseline_buffer(baseline: torch.Tensor, x: torch.Tensor) -> Tuple[torch.Ten
     return baseline.expand(x.shape).contiguous(), True
 
 
-def _occlusion_batch_cpu(x, windows, window_ids, baseline):
+def _occlusion_batch_reference_into(x, windows, window_ids, baseline, out=None):
+    result = occlusion_batch_reference(x, windows, window_ids, baseline)
+    return result if out is None else out.copy_(result)
+
+
+def _occlusion_batch_cpu(x, windows, window_ids, baseline, out=None):
     x = x.contiguous()
-    out = torch.empty((window_ids.numel(),) + tuple(x.shape), dtype=x.dtype)
+    if out is None:
+        out = torch.empty((window_ids.numel(),) + tuple(x.shape), dtype=x.dtype)
     if out.numel():
         ids = window_ids.to(device="cpu", dtype=torch.int64).contiguous()
         fill, full = _baseline_buffer(baseline, x)
@@ -219,9 +225,10 @@ def _occlusion_batch_cpu(x, windows, window_ids, baseline):
     return out
 
 
-def _occlusion_batch_triton(x, windows, window_ids, baseline):
+def _occlusion_batch_triton(x, windows, window_ids, baseline, out=None):
     x = x.contiguous()
-    out = torch.empty((window_ids.numel(),) + tuple(x.shape), dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((window_ids.numel(),) + tuple(x.shape), dtype=x.dtype, device=x.device)
     if out.numel():
         ids = window_ids.to(device=x.device, dtype=torch.int64).contiguous()
         fill, full = _baseline_buffer(baseline, x)
@@ -231,7 +238,7 @@ def _occlusion_batch_triton(x, windows, window_ids, baseline):
     return out
 
 
-_BATCH_IMPLS = {"reference": occlusion_batch_reference, "cpu": _occlusion_batch_cpu,
+_BATCH_IMPLS = {"reference": _occlusion_batch_reference_into, "cpu": _occlusion_batch_cpu,
                 "triton": _occlusion_batch_triton}
 
 
@@ -239,11 +246,7 @@ _BATCH_IMPLS = {"reference": occlusion_batch_reference, "cpu": _occlusion_batch_
 def _occlusion_batch_op(x: torch.Tensor, window_ids: torch.Tensor, baseline: torch.Tensor,
                         input_shape: List[int], window: List[int], strides: List[int],
                         backend: str) -> torch.Tensor:
-    windows = _windows_from_lists(input_shape, window, strides)
-    if window_ids.numel():
-        low, high = int(window_ids.min()), int(window_ids.max())
-        if low < 0 or high >= windows.num_windows:
-            raise ValueError(f"window_ids must be in [0, {windows.num_windows}), got min {low} and max {high}")
+    windows = _checked_windows(window_ids, input_shape, window, strides)
     # The backend is resolved here, at run time, so torch.compile never traces the selection.
     chosen = resolve_backend("occlusion_batch", backend, x.device, _BATCH_IMPLS)
     return _BATCH_IMPLS[chosen](x, windows, window_ids, baseline)
@@ -252,6 +255,31 @@ def _occlusion_batch_op(x: torch.Tensor, window_ids: torch.Tensor, baseline: tor
 @_occlusion_batch_op.register_fake
 def _(x, window_ids, baseline, input_shape, window, strides, backend):
     return x.new_empty((window_ids.shape[0],) + tuple(x.shape))
+
+
+@torch.library.custom_op("mmxai_fast::occlusion_batch_out", mutates_args=("out",))
+def _occlusion_batch_out_op(x: torch.Tensor, window_ids: torch.Tensor, baseline: torch.Tensor, out: torch.Tensor,
+                            input_shape: List[int], window: List[int], strides: List[int], backend: str) -> None:
+    windows = _checked_windows(window_ids, input_shape, window, strides)
+    if out.numel() and out.untyped_storage().data_ptr() in (x.untyped_storage().data_ptr(),
+                                                           baseline.untyped_storage().data_ptr()):
+        raise ValueError("out must not share memory with x or baseline")
+    chosen = resolve_backend("occlusion_batch", backend, x.device, _BATCH_IMPLS)
+    _BATCH_IMPLS[chosen](x, windows, window_ids, baseline, out)
+
+
+@_occlusion_batch_out_op.register_fake
+def _(x, window_ids, baseline, out, input_shape, window, strides, backend):
+    return None
+
+
+def _checked_windows(window_ids, input_shape, window, strides) -> OcclusionWindows:
+    windows = _windows_from_lists(input_shape, window, strides)
+    if window_ids.numel():
+        low, high = int(window_ids.min()), int(window_ids.max())
+        if low < 0 or high >= windows.num_windows:
+            raise ValueError(f"window_ids must be in [0, {windows.num_windows}), got min {low} and max {high}")
+    return windows
 
 
 def _window_id_tensor(window_ids, windows: OcclusionWindows, device) -> torch.Tensor:
@@ -284,7 +312,7 @@ def _baseline_tensor(baseline, x: torch.Tensor) -> torch.Tensor:
 
 
 def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, baseline=0.0, *,
-                    backend: str = None) -> torch.Tensor:
+                    backend: str = None, out: torch.Tensor = None) -> torch.Tensor:
     """Occluded copies of ``x``, one per window of a batch of sliding-window positions.
 
     Equals Captum's ``x * (1 - mask) + baseline * mask`` for each window's mask, without ever
@@ -299,16 +327,21 @@ def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, base
         window_ids: ``(P,)`` integer tensor, range or list of window indices in Captum's order.
         baseline: number, or tensor broadcastable to ``x``; cast to ``x.dtype``.
         backend: ``None``/``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
+        out: optional preallocated contiguous ``(P, *x.shape)`` tensor of ``x.dtype`` on
+            ``x.device`` (not sharing memory with ``x``), fully overwritten and returned; lets
+            callers reuse one buffer across batches (see :func:`mmxai_fast.ops.perturb`).
 
     Returns:
-        ``(P, *x.shape)`` tensor in ``x.dtype``: ``out[p]`` is ``x`` with the box of window
-        ``window_ids[p]`` (over the trailing dims, for every lead index) set to ``baseline``.
+        ``(P, *x.shape)`` tensor in ``x.dtype`` (``out`` when given): ``out[p]`` is ``x`` with
+        the box of window ``window_ids[p]`` (over the trailing dims, for every lead index) set
+        to ``baseline``.
 
     Raises:
         TypeError: ``x`` not a floating tensor, ``windows`` not :class:`OcclusionWindows`, bad
             ``window_ids`` or ``baseline`` type.
         ValueError: trailing dims of ``x`` differ from ``windows.input_shape``, ``window_ids`` not
-            1-D or out of ``[0, num_windows)``, baseline not broadcastable to ``x``.
+            1-D or out of ``[0, num_windows)``, baseline not broadcastable to ``x``, ``out`` of
+            the wrong shape, dtype, device or layout or sharing memory with ``x``.
         BackendUnavailableError: an explicitly requested backend cannot run.
     """
     require_tensor(x, "x")
@@ -319,8 +352,19 @@ def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, base
                          f"got {tuple(x.shape)}")
     ids = _window_id_tensor(window_ids, windows, x.device)
     fill = _baseline_tensor(baseline, x)
-    return torch.ops.mmxai_fast.occlusion_batch(x, ids, fill, list(windows.input_shape), list(windows.window),
-                                                list(windows.strides), backend or "")
+    geometry = (list(windows.input_shape), list(windows.window), list(windows.strides))
+    if out is None:
+        return torch.ops.mmxai_fast.occlusion_batch(x, ids, fill, *geometry, backend or "")
+    require_tensor(out, "out")
+    expected = (ids.shape[0],) + tuple(x.shape)
+    if tuple(out.shape) != expected or out.dtype != x.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {expected} (P, *x.shape), got "
+                         f"{'a contiguous' if out.is_contiguous() else 'a non-contiguous'} {out.dtype} tensor "
+                         f"of shape {tuple(out.shape)}")
+    if out.device != x.device:
+        raise ValueError(f"out must be on the same device as x ({x.device}), got {out.device}")
+    torch.ops.mmxai_fast.occlusion_batch_out(x, ids, fill, out, *geometry, backend or "")
+    return out
 
 
 # ----------------------------------------------------------------------- occlusion_attribution

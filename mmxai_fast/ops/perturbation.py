@@ -79,9 +79,13 @@ def _coalesce(shape: Sequence[int], strides: Sequence[Sequence[int]]) -> Tuple[L
     return sizes, merged
 
 
-def _perturb_cpu(x, feature_mask, keep, baseline, validate_ids):
+def _new_output(x, keep):
+    return torch.empty((keep.shape[0],) + tuple(x.shape), dtype=x.dtype, device=x.device)
+
+
+def _perturb_cpu(x, feature_mask, keep, baseline, validate_ids, out=None):
     num_rows, num_features = keep.shape
-    out = torch.empty((num_rows,) + tuple(x.shape), dtype=x.dtype)
+    out = _new_output(x, keep) if out is None else out
     if x.numel() == 0:
         if validate_ids:
             _check_ids(feature_mask, num_features)
@@ -100,11 +104,11 @@ def _perturb_cpu(x, feature_mask, keep, baseline, validate_ids):
     return out
 
 
-def _perturb_triton(x, feature_mask, keep, baseline, validate_ids):
+def _perturb_triton(x, feature_mask, keep, baseline, validate_ids, out=None):
     num_rows, num_features = keep.shape
     if validate_ids:
         _check_ids(feature_mask, num_features)
-    out = torch.empty((num_rows,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+    out = _new_output(x, keep) if out is None else out
     if out.numel() == 0:
         return out
     # The kernel walks flat contiguous buffers: broadcast inputs are materialised (cheap next to
@@ -116,10 +120,11 @@ def _perturb_triton(x, feature_mask, keep, baseline, validate_ids):
     return out
 
 
-def _perturb_reference_checked(x, feature_mask, keep, baseline, validate_ids):
+def _perturb_reference_checked(x, feature_mask, keep, baseline, validate_ids, out=None):
     if validate_ids:
         _check_ids(feature_mask, keep.shape[1])
-    return perturb_reference(x, feature_mask, keep, baseline)
+    result = perturb_reference(x, feature_mask, keep, baseline)
+    return result if out is None else out.copy_(result)
 
 
 _IMPLS = {"reference": _perturb_reference_checked, "cpu": _perturb_cpu, "triton": _perturb_triton}
@@ -138,6 +143,19 @@ def _(x, feature_mask, keep, baseline, validate_ids, backend):
     return x.new_empty((keep.shape[0],) + tuple(x.shape))
 
 
+@torch.library.custom_op("mmxai_fast::perturb_out", mutates_args=("out",))
+def _perturb_out_op(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, baseline: torch.Tensor,
+                    out: torch.Tensor, validate_ids: bool, backend: str) -> None:
+    _check_out_is_separate(out, x, baseline)
+    chosen = resolve_backend("perturb", backend, x.device, _IMPLS)
+    _IMPLS[chosen](x, feature_mask, keep, baseline, validate_ids, out)
+
+
+@_perturb_out_op.register_fake
+def _(x, feature_mask, keep, baseline, out, validate_ids, backend):
+    return None
+
+
 def _baseline_tensor(baseline: Baseline, x: torch.Tensor) -> torch.Tensor:
     if isinstance(baseline, torch.Tensor):
         if baseline.is_complex():
@@ -150,8 +168,27 @@ def _baseline_tensor(baseline: Baseline, x: torch.Tensor) -> torch.Tensor:
     return torch.full((), float(baseline), dtype=x.dtype, device=x.device)
 
 
+def _check_out(out: torch.Tensor, x: torch.Tensor, keep: torch.Tensor) -> None:
+    require_tensor(out, "out")
+    expected = (keep.shape[0],) + tuple(x.shape)
+    if tuple(out.shape) != expected or out.dtype != x.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {expected} (B, *x.shape), got "
+                         f"{'a contiguous' if out.is_contiguous() else 'a non-contiguous'} {out.dtype} tensor "
+                         f"of shape {tuple(out.shape)}")
+    require_same_device("x", x, "out", out)
+
+
+def _check_out_is_separate(out: torch.Tensor, x: torch.Tensor, baseline: torch.Tensor) -> None:
+    """Run inside the op (``torch.compile`` cannot trace storage pointers)."""
+    if out.numel():
+        storage = out.untyped_storage().data_ptr()
+        for name, t in (("x", x), ("baseline", baseline)):
+            if t.numel() and t.untyped_storage().data_ptr() == storage:
+                raise ValueError(f"out must not share memory with {name}")
+
+
 def perturb(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, baseline: Baseline = 0.0, *,
-            backend: str = None, validate_ids: bool = True) -> torch.Tensor:
+            backend: str = None, validate_ids: bool = True, out: torch.Tensor = None) -> torch.Tensor:
     """Build ``B`` perturbed copies of ``x`` in one pass: features off in ``keep`` get the baseline.
 
     ``out[b, i] = x[i] if keep[b, feature_mask[i]] else baseline[i]``.
@@ -171,15 +208,21 @@ def perturb(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, bas
             kernel checks the ids within its single pass regardless; the Triton kernel never
             reads ``keep`` out of bounds, so a bad id with ``validate_ids=False`` gives undefined
             values, never a crash.
+        out: optional preallocated contiguous ``(B, *S)`` tensor of ``x.dtype`` on ``x.device``
+            (not sharing memory with ``x`` or ``baseline``) written in place and returned:
+            callers building many batches of the same size (the attribution engine) reuse one
+            buffer instead of allocating (and page-faulting) a fresh ``B``-times-input tensor
+            per batch.
 
     Returns:
-        ``(B, *S)`` contiguous tensor of ``x.dtype`` on ``x.device``.
+        ``(B, *S)`` contiguous tensor of ``x.dtype`` on ``x.device`` (``out`` when given).
 
     Raises:
         TypeError: ``x`` not floating, ``feature_mask`` not integer, ``keep`` not bool, ``baseline``
             neither a real number nor a real tensor.
         ValueError: ``keep`` not 2-D, ``feature_mask`` or ``baseline`` not broadcastable to ``x``,
-            tensors on different devices, ids outside ``[0, F)`` (message gives min, max and F).
+            tensors on different devices, ids outside ``[0, F)`` (message gives min, max and F),
+            ``out`` of the wrong shape, dtype, device or layout or sharing memory with an input.
         BackendUnavailableError: an explicitly requested backend cannot run.
     """
     require_tensor(x, "x")
@@ -195,4 +238,8 @@ def perturb(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, bas
     require_same_device("x", x, "keep", keep)
     require_broadcastable(feature_mask.shape, x.shape, "feature_mask", "x")
     baseline = _baseline_tensor(baseline, x)
-    return torch.ops.mmxai_fast.perturb(x, feature_mask, keep, baseline, bool(validate_ids), backend or "")
+    if out is None:
+        return torch.ops.mmxai_fast.perturb(x, feature_mask, keep, baseline, bool(validate_ids), backend or "")
+    _check_out(out, x, keep)
+    torch.ops.mmxai_fast.perturb_out(x, feature_mask, keep, baseline, out, bool(validate_ids), backend or "")
+    return out
