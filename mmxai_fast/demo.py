@@ -171,11 +171,11 @@ def _train(config: DemoConfig, anatomy_labels, start: float, show_progress: bool
                                                anatomy=anatomy_labels, show_progress=show_progress)
     val_x, val_y, val_phantoms = make_phantom_dataset(config.n_val, config.shape, seed=2 * config.seed + 1,
                                                       anatomy=anatomy_labels, show_progress=show_progress)
-    model = VGG3D(in_channels=train_x.shape[1], num_classes=len(GRADES), widths=config.widths, hidden=32)
     # The evidence is a thin enhancing rim in a small part of the volume: global average pooling
     # dilutes it and needs far more data than a one-minute training; max pooling asks "is there an
     # enhancing rim anywhere", which a few dozen cases teach.
-    model.pool = nn.AdaptiveMaxPool3d(1)
+    model = VGG3D(in_channels=train_x.shape[1], num_classes=len(GRADES), widths=config.widths, hidden=32,
+                  pool="max")
     model = model.to(memory_format=torch.channels_last_3d)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)

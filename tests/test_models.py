@@ -27,3 +27,10 @@ def test_last_conv_layer():
     assert last_conv_layer(model) is model.features[1][0]
     with pytest.raises(ValueError, match="no Conv2d/Conv3d"):
         last_conv_layer(torch.nn.Linear(2, 2))
+
+
+def test_vgg_pool_option():
+    assert isinstance(VGG3D(pool="max").pool, torch.nn.AdaptiveMaxPool3d)
+    assert isinstance(VGG3D().pool, torch.nn.AdaptiveAvgPool3d)
+    with pytest.raises(ValueError, match="pool must be 'avg' or 'max'"):
+        VGG3D(pool="sum")

@@ -28,20 +28,24 @@ class VGG3D(nn.Module):
         widths: channels of each block.
         convs_per_block: convolutions per block.
         hidden: width of the MLP head's hidden layer.
+        pool: global pooling before the head, ``"avg"`` or ``"max"`` (max pooling suits evidence
+            confined to a small region, such as a tumour rim).
 
     Shape: ``[N, C, D, H, W]`` -> ``[N, num_classes]`` (any spatial size >= 1: pooling rounds up,
     so odd sizes work).
     """
 
     def __init__(self, in_channels: int = 4, num_classes: int = 2, widths: Sequence[int] = (16, 32, 64, 128),
-                 convs_per_block: int = 1, hidden: int = 64) -> None:
+                 convs_per_block: int = 1, hidden: int = 64, pool: str = "avg") -> None:
         super().__init__()
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
         blocks, ch = [], in_channels
         for width in widths:
             blocks.append(_conv_block(ch, width, convs_per_block))
             ch = width
         self.features = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.pool = nn.AdaptiveAvgPool3d(1) if pool == "avg" else nn.AdaptiveMaxPool3d(1)
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(ch, hidden), nn.ReLU(inplace=True),
                                         nn.Linear(hidden, num_classes))
 
