@@ -6,8 +6,10 @@ features come from the input and the others from the baseline. The engine descri
 by one boolean **coalition row** ``keep[r, f]`` (True: feature ``f`` taken from the input,
 False: from the baseline) and does the rest:
 
-1. Validation, once per call and before any model evaluation: inputs share the example count
-   ``N``; baselines are numbers or tensors broadcastable to their input; feature masks are
+1. Validation, once per call and before any model evaluation: inputs are tensors with a batch
+   dim (``N`` is counted on ``inputs[0]``; like Captum, other tensors may hold a different number
+   of rows, e.g. a sparse feature list); baselines are numbers, bools or tensors broadcastable to
+   their input; feature masks are
    integer tensors broadcastable to their input with non-negative ids; the chunk size is an
    int >= 1 or ``"auto"``.
 2. Feature-id map, built once: masks are reshaped to their input's number of dims and moved to
@@ -99,8 +101,8 @@ class PerturbationEngine:
 
     Args:
         forward_func: the model or function, called like Captum's ``_run_forward``.
-        inputs: formatted inputs, a tuple of tensors with a common first dim ``N``.
-        baselines: one number or tensor per input (broadcastable to it).
+        inputs: formatted inputs, a tuple of tensors with a batch dim (``N = inputs[0].shape[0]``).
+        baselines: one number, bool or tensor per input (broadcastable to it).
         feature_mask: one integer tensor per input, broadcastable to it; ids shared across the
             tuple (the same id in two tensors is one feature).
         target: Captum target (int, tuple, tensor, list or None), for ``N`` examples.
@@ -150,12 +152,9 @@ class PerturbationEngine:
                 raise AttributionInputError(f"inputs[{i}] must be a torch.Tensor, got {type(inp).__name__}")
             if inp.dim() == 0:
                 raise AttributionInputError(f"inputs[{i}] must have a batch dim, got a 0-d tensor")
-        n = inputs[0].shape[0]
-        for i, inp in enumerate(inputs):
-            if inp.shape[0] != n:
-                raise AttributionInputError(
-                    f"inputs must share the number of examples (dim 0): inputs[0] has {n}, "
-                    f"inputs[{i}] has {inp.shape[0]}")
+        # No common dim 0 is required: like Captum, a tensor may hold a variable-length list
+        # (sparse features, possibly empty); every tensor is repeated whole per perturbation and
+        # the examples are counted on inputs[0].
         return inputs
 
     def _check_baselines(self, baselines) -> Tuple[Union[Tensor, float], ...]:
@@ -172,9 +171,11 @@ class PerturbationEngine:
                 if base.device != inp.device:
                     raise AttributionInputError(
                         f"baselines[{i}] must be on the device of inputs[{i}] ({inp.device}), got {base.device}")
-            elif isinstance(base, bool) or not isinstance(base, (int, float)):
+            elif isinstance(base, bool):  # Captum's default baseline for bool inputs is False
+                base = int(base)
+            elif not isinstance(base, (int, float)):
                 raise AttributionInputError(
-                    f"baselines[{i}] must be a number or a tensor, got {type(base).__name__}")
+                    f"baselines[{i}] must be a number, a bool or a tensor, got {type(base).__name__}")
             checked.append(base)
         return tuple(checked)
 
@@ -307,7 +308,7 @@ class PerturbationEngine:
                     "perturbations_per_eval must be 1 when forward_func returns a scalar per batch, "
                     f"got {self.perturbations_per_eval}")
             for i, mask in enumerate(self.masks):
-                if mask.shape[0] != 1:
+                if mask.shape[0] != 1 and mask.numel():  # an empty mask (empty input) holds no feature
                     raise AttributionInputError(
                         f"feature_mask[{i}] must have first dim 1 when forward_func returns a scalar "
                         f"per batch (one mask for all examples), got shape {tuple(mask.shape)}")
