@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 # Captum drop-in classes, reachable as mmxai_fast.<Name>; imported on first use so that
 # `import mmxai_fast` (and the kernels alone) does not pay for importing Captum.
 _ATTR_NAMES = ("FeatureAblation", "Occlusion", "ShapleyValueSampling", "ShapleyValues",
-               "patch_captum", "unpatch_captum")
+               "FeaturePermutation", "Lime", "KernelShap", "patch_captum", "unpatch_captum")
 
 __all__ = ["BACKEND_ENV", "BackendUnavailableError", "backends", "ops", "__version__", *_ATTR_NAMES]
 

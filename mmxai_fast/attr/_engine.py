@@ -117,6 +117,10 @@ class PerturbationEngine:
         TypeError: non-integer feature masks.
     """
 
+    #: Scalar-per-batch models need masks with first dim 1 (FeatureAblation's rule); LIME-style
+    #: subclasses whose rows carry per-example ids turn the check off.
+    require_shared_masks_in_agg_mode = True
+
     def __init__(self, forward_func: Callable, inputs: Tuple[Tensor, ...],
                  baselines: Tuple[Union[Tensor, int, float], ...], feature_mask: Tuple[Tensor, ...],
                  target: Any = None, additional_forward_args: Optional[Tuple[Any, ...]] = None,
@@ -308,7 +312,8 @@ class PerturbationEngine:
                     "perturbations_per_eval must be 1 when forward_func returns a scalar per batch, "
                     f"got {self.perturbations_per_eval}")
             for i, mask in enumerate(self.masks):
-                if mask.shape[0] != 1 and mask.numel():  # an empty mask (empty input) holds no feature
+                # an empty mask (empty input) holds no feature
+                if mask.shape[0] != 1 and mask.numel() and self.require_shared_masks_in_agg_mode:
                     raise AttributionInputError(
                         f"feature_mask[{i}] must have first dim 1 when forward_func returns a scalar "
                         f"per batch (one mask for all examples), got shape {tuple(mask.shape)}")

@@ -1,7 +1,8 @@
 """Run unmodified Captum pipelines on the engine: :func:`patch_captum` / :func:`unpatch_captum`.
 
 :func:`patch_captum` replaces the perturbation classes that :mod:`mmxai_fast.attr` implements
-(``FeatureAblation``, ``Occlusion``, ``ShapleyValueSampling``, ``ShapleyValues``) in
+(``FeatureAblation``, ``Occlusion``, ``ShapleyValueSampling``, ``ShapleyValues``,
+``FeaturePermutation``, ``Lime``, ``KernelShap``) in
 ``captum.attr`` and in the ``captum.attr._core.<module>`` that defines each one, so code that
 looks them up there (``captum.attr.Occlusion(model)``, or ``from captum.attr import Occlusion``
 run after the call) gets the engine's drop-in classes. Names already bound elsewhere before the
@@ -19,7 +20,7 @@ from typing import Dict, List, Tuple
 
 import captum.attr
 
-from . import feature_ablation, occlusion, shapley_value
+from . import feature_ablation, feature_permutation, kernel_shap, lime, occlusion, shapley_value
 
 __all__ = ["patch_captum", "unpatch_captum"]
 
@@ -28,6 +29,9 @@ _OURS = {
     "Occlusion": (occlusion.Occlusion, "captum.attr._core.occlusion"),
     "ShapleyValueSampling": (shapley_value.ShapleyValueSampling, "captum.attr._core.shapley_value"),
     "ShapleyValues": (shapley_value.ShapleyValues, "captum.attr._core.shapley_value"),
+    "FeaturePermutation": (feature_permutation.FeaturePermutation, "captum.attr._core.feature_permutation"),
+    "Lime": (lime.Lime, "captum.attr._core.lime"),
+    "KernelShap": (kernel_shap.KernelShap, "captum.attr._core.kernel_shap"),
 }
 
 #: (module, name, original value) of every attribute replaced; empty when not patched.

@@ -1,0 +1,197 @@
+"""mmxai_fast.attr.FeaturePermutation against Captum 0.9: same permutations at the same seed."""
+import inspect
+import logging
+from unittest import mock
+
+import captum.attr as ca
+import pytest
+import torch
+
+import mmxai_fast
+import mmxai_fast.attr.feature_permutation as fp_module
+from mmxai_fast.attr import AttributionInputError, FeatureAblation, FeaturePermutation, patch_captum, unpatch_captum
+
+from attr_models import ConvNet
+
+ATOL, RTOL = 1e-5, 1e-4  # float32 model outputs, batched differently from Captum
+GRID = (torch.arange(3).view(3, 1, 1) * 2 + torch.arange(4).view(1, 1, 4) // 2).view(1, 1, 3, 1, 4)  # 6 ids
+
+
+class TupleMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(9, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+    def forward(self, a, b, scale):
+        return self.net(torch.cat((a, b.flatten(1)), dim=1)) * scale
+
+
+def _params(func):
+    """Names, kinds and defaults (annotations are strings on our side: postponed evaluation)."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values()]
+
+
+def _assert_close(ours, theirs):
+    if isinstance(theirs, tuple):
+        assert isinstance(ours, tuple) and len(ours) == len(theirs)
+        for o, t in zip(ours, theirs):
+            _assert_close(o, t)
+        return
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=RTOL)
+
+
+def _both(forward, inputs, seed=0, captum_kwargs=None, **kwargs):
+    torch.manual_seed(seed)
+    expected = ca.FeaturePermutation(forward).attribute(inputs, **{**kwargs, **(captum_kwargs or {})})
+    torch.manual_seed(seed)
+    return FeaturePermutation(forward).attribute(inputs, **kwargs), expected
+
+
+@pytest.mark.parametrize("n,ppe,target,mask", [
+    (2, 1, 0, GRID), (4, 3, [0, 2, 1, 1], GRID), (3, 5, torch.tensor([2, 0, 1]), None), (5, 2, 1, GRID % 4),
+    (3, 1, torch.tensor(1), GRID.expand(3, 1, 3, 1, 4) % 5),  # per-example mask
+])
+def test_matches_captum_same_seed_conv(n, ppe, target, mask):
+    x = torch.randn(n, 1, 3, 4, 4)
+    ours, theirs = _both(ConvNet(), x, target=target, feature_mask=mask, perturbations_per_eval=ppe)
+    _assert_close(ours, theirs)
+    assert theirs.abs().max() > 0
+
+
+@pytest.mark.parametrize("ppe,mask", [
+    (1, None),
+    (2, (torch.tensor([[0, 1, 1, 2]]), torch.tensor([[[3, 4, 0, 0, 4]]]))),  # id 0 in both tensors
+    (3, (torch.tensor([[5, 1, 1, 2]]), torch.tensor([[[3, 4, 4, 5, 0]]]))),
+])
+def test_matches_captum_tuple_shared_ids_and_args(ppe, mask):
+    n = 4
+    inputs = (torch.randn(n, 4), torch.randn(n, 1, 5))
+    args = (torch.rand(n, 1) + 0.5,)
+    ours, theirs = _both(TupleMLP(), inputs, target=1, additional_forward_args=args, feature_mask=mask,
+                         perturbations_per_eval=ppe)
+    _assert_close(ours, theirs)
+
+
+def test_scalar_per_batch_and_tuple_targets():
+    model = ConvNet()
+    x = torch.randn(4, 1, 3, 4, 4)
+    ours, theirs = _both(lambda t: model(t)[:, 0].pow(2).sum(), x, feature_mask=GRID)
+    assert ours.shape == (1, 1, 3, 4, 4)
+    _assert_close(ours, theirs)
+    with pytest.raises(AttributionInputError, match="perturbations_per_eval must be 1"):
+        FeaturePermutation(lambda t: model(t).sum()).attribute(x, feature_mask=GRID, perturbations_per_eval=2)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 12), torch.nn.Unflatten(1, (3, 4)))
+    xs = torch.randn(3, 6)
+    for target in [(1, 2), [(0, 1), (2, 3), (1, 0)]]:
+        ours, theirs = _both(net, xs, target=target, perturbations_per_eval=4)
+        _assert_close(ours, theirs)
+
+
+def test_auto_equals_captum_with_one_chunk():
+    """"auto" takes all 6 features in one call here: Captum's draws with perturbations_per_eval=6."""
+    x = torch.randn(3, 1, 3, 4, 4)
+    ours, theirs = _both(ConvNet(), x, target=2, feature_mask=GRID, perturbations_per_eval="auto",
+                         captum_kwargs=dict(perturbations_per_eval=6))
+    _assert_close(ours, theirs)
+
+
+def test_batched_calls_and_vectorised_build():
+    model = ConvNet()
+    calls = []
+    forward = lambda t: calls.append(t.shape[0]) or model(t)  # noqa: E731
+    x = torch.randn(3, 1, 3, 4, 4)
+    with mock.patch.object(fp_module.torch, "randperm", wraps=torch.randperm) as draws:
+        FeaturePermutation(forward).attribute(x, target=0, perturbations_per_eval=20)
+    assert calls == [3, 60, 60, 24]  # initial, then 20 + 20 + 8 of the 48 features, N = 3 rows each
+    assert draws.call_count >= 48  # one draw per feature, as Captum
+
+
+def test_single_example_gives_zeros_like_captum(caplog):
+    x = torch.randn(1, 1, 3, 4, 4)
+    with caplog.at_level(logging.WARNING):
+        ours, theirs = _both(ConvNet(), x, target=0, feature_mask=GRID)
+    _assert_close(ours, theirs)
+    assert not ours.any() and "Skipping" in caplog.text
+
+
+def test_custom_perm_func_runs_captum():
+    def reverse(x, mask):
+        return x.flip(0) * mask + x * ~mask
+
+    x = torch.randn(3, 1, 3, 4, 4)
+    model = ConvNet()
+    expected = ca.FeaturePermutation(model, perm_func=reverse).attribute(x, target=1, feature_mask=GRID)
+    _assert_close(FeaturePermutation(model, perm_func=reverse).attribute(x, target=1, feature_mask=GRID), expected)
+
+
+def test_signature_hierarchy_and_progress(capsys):
+    assert _params(FeaturePermutation.attribute) == _params(ca.FeaturePermutation.attribute)
+    assert _params(FeaturePermutation.__init__) == _params(ca.FeaturePermutation.__init__)
+    perm = FeaturePermutation(ConvNet())
+    assert isinstance(perm, ca.FeaturePermutation) and isinstance(perm, FeatureAblation)
+    assert mmxai_fast.FeaturePermutation is FeaturePermutation
+    perm.attribute(torch.randn(2, 1, 3, 4, 4), target=0, feature_mask=GRID, perturbations_per_eval=4,
+                   show_progress=True)
+    err = capsys.readouterr().err
+    assert "Feature Permutation attribution" in err and "3/3" in err
+
+
+def test_patch_captum_round_trip():
+    original = ca.FeaturePermutation
+    x = torch.randn(3, 1, 3, 4, 4)
+    model = ConvNet()
+    torch.manual_seed(4)
+    expected = ca.FeaturePermutation(model).attribute(x, target=0, feature_mask=GRID)
+    try:
+        with patch_captum():
+            from captum.attr import FeaturePermutation as patched
+            from captum.attr._core.feature_permutation import FeaturePermutation as core
+            assert patched is FeaturePermutation and core is FeaturePermutation
+            torch.manual_seed(4)
+            _assert_close(patched(model).attribute(x, target=0, feature_mask=GRID), expected)
+            torch.manual_seed(4)  # Captum's own class still works while patched
+            _assert_close(original(model).attribute(x, target=0, feature_mask=GRID), expected)
+    finally:
+        unpatch_captum()
+    assert ca.FeaturePermutation is original
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(feature_mask=torch.zeros(1, 1, 3, 4, 5, dtype=torch.long)), r"feature_mask\[0\] must be broadcastable"),
+    (dict(feature_mask=GRID - 1), r"feature_mask\[0\] ids must be >= 0"),
+    (dict(feature_mask=GRID.float()), r"feature_mask\[0\] must be an integer tensor"),
+    (dict(perturbations_per_eval=0), "perturbations_per_eval"),
+    (dict(target=5), r"target 5 does not index forward_func's output: .* shape \(3, 3\)"),
+])
+def test_bad_arguments_before_model_calls(kwargs, match):
+    calls = []
+    model = ConvNet()
+    forward = lambda t: calls.append(1) or model(t)  # noqa: E731
+    kwargs = {"target": 0, **kwargs}
+    with pytest.raises(AttributionInputError, match=match):
+        FeaturePermutation(forward).attribute(torch.randn(3, 1, 3, 4, 4), **kwargs)
+    assert len(calls) <= (2 if "target" in match else 0)
+
+
+def test_bad_model_outputs():
+    x = torch.randn(3, 1, 3, 4, 4)
+    model = ConvNet()
+    with pytest.raises(AttributionInputError, match="must grow with the batch"):
+        FeaturePermutation(lambda t: model(t)[:3]).attribute(x, target=0, feature_mask=GRID, perturbations_per_eval=2)
+    with pytest.raises(AttributionInputError, match="NaN, first at model call 2"):
+        FeaturePermutation(lambda t: model(t) if torch.equal(t, x) else model(t) * float("nan")).attribute(
+            x, target=0, feature_mask=GRID)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA twin of the CPU tests above")
+def test_cuda_same_permutations_as_cpu():
+    model = ConvNet()
+    x = torch.randn(4, 1, 3, 4, 4)
+    torch.manual_seed(3)
+    cpu = FeaturePermutation(model).attribute(x, target=1, feature_mask=GRID, perturbations_per_eval=3)
+    torch.manual_seed(3)  # permutations come from the CPU generator, like Captum's
+    cuda = FeaturePermutation(model.cuda()).attribute(x.cuda(), target=1, feature_mask=GRID.cuda(),
+                                                      perturbations_per_eval=3)
+    assert cuda.device.type == "cuda"
+    torch.testing.assert_close(cuda.cpu(), cpu, atol=ATOL, rtol=RTOL)
