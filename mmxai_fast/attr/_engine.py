@@ -64,6 +64,9 @@ __all__ = ["AttributionInputError", "PerturbationEngine", "check_perturbations_p
 AUTO_MAX_ROWS = 512
 AUTO_CPU_BUDGET = 256 * 2**20
 AUTO_CUDA_FRACTION = 0.125
+#: Perturbed batches of at most this many elements are built with one ``torch.where`` instead of
+#: the kernel: for tiny inputs the op's dispatch (~0.5 ms a call) costs 10x the select itself.
+SMALL_BATCH_NUMEL = 1 << 14
 
 
 class AttributionInputError(ValueError, AssertionError):
@@ -272,9 +275,9 @@ class PerturbationEngine:
         batches = []
         for x, mask, base in zip(self.inputs, self.masks, self.baselines):
             keep_dev = keep.to(x.device)
-            if x.is_floating_point():
+            if x.is_floating_point() and rows * x.numel() > SMALL_BATCH_NUMEL:
                 out = perturb(x, mask, keep_dev, base, validate_ids=False)
-            else:  # integer/bool inputs (token ids...): the engine's kernel is floating-only
+            else:  # integer/bool inputs (the kernel is floating-only) and tiny batches (see above)
                 base_t = torch.as_tensor(base, device=x.device).to(x.dtype)
                 out = torch.where(keep_dev[:, mask], x, base_t).expand((rows,) + tuple(x.shape))
             batches.append(out.reshape((rows * x.shape[0],) + tuple(x.shape[1:])))
