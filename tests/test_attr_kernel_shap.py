@@ -8,6 +8,7 @@ import torch
 
 import mmxai_fast
 from mmxai_fast.attr import AttributionInputError, KernelShap, Lime, ShapleyValues, patch_captum, unpatch_captum
+import mmxai_fast.attr.kernel_shap as ks_module
 from mmxai_fast.attr.kernel_shap import all_coalitions, kernel_shap_rows
 
 from attr_models import ConvNet
@@ -105,6 +106,66 @@ def test_all_coalitions_and_sampler():
     assert torch.equal(paired[0::2], ~paired[1::2])
 
 
+def _replaying_captum_samples(monkeypatch, captum_obj):
+    """Record the samples Captum's generator yields and make ours return the same ones."""
+    recorded = []
+    generator = captum_obj.perturb_func
+
+    def recording(inp, **kwargs):
+        for sample in generator(inp, **kwargs):
+            recorded.append(sample.cpu().bool())
+            yield sample
+
+    captum_obj.perturb_func = recording
+
+    def replay(groups, n, num_features, device, paired=False):
+        rows = torch.cat(recorded[:groups * n]).reshape(groups, n, num_features)
+        del recorded[:groups * n]
+        return rows.to(device)
+
+    monkeypatch.setattr(ks_module, "kernel_shap_rows", replay)
+
+
+class Grid3D(torch.nn.Module):
+    """[N, 6] -> [N, 2, 3] (tuple targets)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Unflatten(1, (2, 3)))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("case", ["conv", "conv_base_tensor", "tuple_args", "tuple_target", "scalar_per_batch"])
+@pytest.mark.parametrize("ppe", [1, 3, "auto"])
+def test_default_pipeline_equals_captum_on_captum_samples(monkeypatch, case, ppe):
+    """Given Captum's samples, the default path (weights, evaluation, sklearn fit, shapes) is Captum's."""
+    conv = ConvNet()
+    if case.startswith("conv"):
+        forward, inputs = conv, torch.randn(1, 1, 3, 4, 4)
+        kwargs = dict(target=2 if case == "conv" else torch.tensor([1]), feature_mask=GRID,
+                      baselines=0.3 if case == "conv" else torch.randn(1, 1, 3, 4, 4))
+    elif case == "tuple_args":
+        forward, inputs = TupleMLP(), (torch.randn(1, 4), torch.randn(1, 1, 5))
+        kwargs = dict(target=1, additional_forward_args=(torch.tensor([[1.5]]),), baselines=(0.25, -1.0),
+                      feature_mask=(torch.tensor([[0, 1, 1, 2]]), torch.tensor([[[3, 4, 0, 0, 4]]])))
+    elif case == "tuple_target":
+        forward, inputs = Grid3D(), torch.randn(1, 6)
+        kwargs = dict(target=(1, 2))
+    else:
+        forward, inputs = (lambda t: conv(t)[:, 0].pow(2).sum()), torch.randn(3, 1, 3, 4, 4)
+        kwargs = dict(feature_mask=GRID)
+        ppe = 1 if ppe == 3 else ppe
+    theirs_obj = ca.KernelShap(forward)
+    _replaying_captum_samples(monkeypatch, theirs_obj)
+    theirs = theirs_obj.attribute(inputs, n_samples=30, perturbations_per_eval=1 if ppe == "auto" else ppe, **kwargs)
+    ours = KernelShap(forward).attribute(inputs, n_samples=30, perturbations_per_eval=ppe, **kwargs)
+    for o, t in zip(ours if isinstance(ours, tuple) else (ours,), theirs if isinstance(theirs, tuple) else (theirs,)):
+        assert o.shape == t.shape and o.dtype == t.dtype
+        torch.testing.assert_close(o, t, atol=EXACT_ATOL, rtol=EXACT_RTOL)
+
+
 def test_default_agrees_with_captum_statistically():
     """Same estimator, other random stream: compare the two sampling distributions."""
     forward, x = _toy_game(5, seed=3)
@@ -156,7 +217,7 @@ def test_per_example_coefficients_and_batched_calls():
     x = torch.randn(3, 1, 3, 4, 4)
     coefs = _quiet(KernelShap(forward).attribute, x, target=[0, 1, 2], feature_mask=GRID, n_samples=64,
                    perturbations_per_eval=32, return_input_shape=False, exact=True)
-    assert calls == [3, 96, 93]  # the batch (= the full coalition), then 32 + 31 coalitions x 3 examples
+    assert calls == [3] + [30] * 6 + [9]  # the batch (= the full coalition), then 63 coalitions x 3 examples
     exact = ShapleyValues(model).attribute(x, target=[0, 1, 2], feature_mask=GRID)
     torch.testing.assert_close(coefs, exact.flatten(1)[:, [0, 2, 16, 18, 32, 34]], atol=EXACT_ATOL, rtol=EXACT_RTOL)
     single = KernelShap(model).attribute(x[:1], target=0, feature_mask=GRID, return_input_shape=False, exact=True)

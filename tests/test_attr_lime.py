@@ -90,6 +90,12 @@ def test_tuple_inputs_args_and_baselines_same_as_captum(mask):
     _assert_close(ours, theirs)
 
 
+def test_tuple_target_same_as_captum():
+    net = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Unflatten(1, (2, 3)))
+    ours, theirs = _both(net, torch.randn(1, 6), target=(1, 2), n_samples=30, perturbations_per_eval=3)
+    _assert_close(ours, theirs)
+
+
 def test_scalar_per_batch_model_same_as_captum():
     model = ConvNet()
     x = torch.randn(3, 1, 3, 4, 4)
@@ -148,7 +154,7 @@ def test_batched_model_calls():
         warnings.simplefilter("ignore")
         Lime(forward).attribute(torch.randn(3, 1, 3, 4, 4), target=0, feature_mask=GRID, n_samples=25,
                                 perturbations_per_eval=10)
-        assert calls == [3, 30, 30, 15]  # the batch, then 10 + 10 + 5 samples of all 3 examples
+        assert calls == [3] + [9] * 8 + [3]  # the batch, then 3 samples of all 3 examples per call (<= ppe)
         calls.clear()
         Lime(forward).attribute(torch.randn(1, 1, 3, 4, 4), target=0, n_samples=25, perturbations_per_eval=10)
     assert calls == [1, 10, 10, 4]  # the first sample, then the other 24

@@ -12,8 +12,9 @@ of the perturbed input to the original. Here a sample **is** an engine coalition
    distributed, samples);
 2. a batch of ``N > 1`` examples with one output each is explained in one pass: every example
    gets its own feature ids (``id + n * F``), so one engine row carries a different sample for
-   every example and each model call covers ``perturbations_per_eval`` samples of all examples
-   (Captum loops over the examples);
+   every example (Captum loops over the examples); a model call holds
+   ``max(perturbations_per_eval // N, 1)`` rows, i.e. about ``perturbations_per_eval`` samples as
+   in Captum (``"auto"``: as many rows as the memory budget allows);
 3. the default similarity (exponential kernel of the cosine or euclidean distance) is computed
    from per-feature sums ``sum x^2``, ``sum x b``, ``sum b^2`` (one pass over the input) and the
    sample matrix, never from the perturbed inputs.
@@ -133,9 +134,9 @@ def exp_kernel_weights(engine: PerturbationEngine, rows: Tensor, distance_mode: 
         xd = x.to(torch.float64)
         bd = torch.as_tensor(base, device=x.device).to(torch.float64).expand(x.shape)
         flat_ids = ids.expand(x.shape).reshape(-1).to(device)
-        terms = {"xx": xd * xd, "xb": xd * bd, "bb": bd * bd, "dd": (xd - bd) ** 2}
+        terms = {"xx": lambda: xd * xd, "xb": lambda: xd * bd, "bb": lambda: bd * bd, "dd": lambda: (xd - bd) ** 2}
         for name in names:
-            sums[name].index_add_(0, flat_ids, terms[name].reshape(-1).to(device))
+            sums[name].index_add_(0, flat_ids, terms[name]().reshape(-1).to(device))
     per_group = {}
     for name, values in sums.items():
         values = values.reshape(n, num_features)
@@ -300,6 +301,8 @@ class Lime(_CaptumLime):
             if reference.numel() == n:
                 groups = n
                 warnings.warn(_PER_EXAMPLE_WARNING, stacklevel=4)
+                if engine.perturbations_per_eval != "auto":  # Captum's calls hold ppe samples: so do ours
+                    engine.rows_per_eval = max(1, engine.perturbations_per_eval // n)
             elif reference.numel() == 1:
                 groups = 1
             else:
