@@ -17,8 +17,9 @@ False: from the baseline) and does the rest:
    order; :attr:`feature_order` gives Captum's visiting order and :attr:`feature_ids` the
    original ids); otherwise columns are the raw ids and ``F = max id + 1``.
 3. Batched perturbation: a chunk of ``rows`` coalition rows becomes, for every input tensor,
-   one :func:`mmxai_fast.ops.perturb` call producing ``[rows * N, ...]`` (perturbation-major,
-   like Captum: example ``n`` of row ``r`` is at ``r * N + n``). Targets and additional
+   one :func:`mmxai_fast.ops.perturb` call (one ``torch.where`` for tiny batches) producing
+   ``[rows * N, ...]`` (perturbation-major, like Captum: example ``n`` of row ``r`` is at
+   ``r * N + n``). Targets and additional
    forward args are expanded like Captum (``_expand_target``,
    ``_expand_additional_forward_args``), cached per chunk size.
 4. Chunked evaluation: ``perturbations_per_eval`` rows per model call; ``"auto"`` picks a
