@@ -70,7 +70,10 @@ def test_pipeline_identical_and_on_engine(model):
     torch.manual_seed(5)
     expected = pipeline(model, x)
     assert expected[3] == tuple(ORIGINALS[n] for n in ("FeatureAblation", "Occlusion", "ShapleyValueSampling"))
-    with mock.patch.object(engine_module, "perturb", wraps=engine_module.perturb) as perturb_spy, \
+    # perturbed_inputs, not the perturb kernel: batches this small are built with torch.where
+    engine_cls = engine_module.PerturbationEngine
+    with mock.patch.object(engine_cls, "perturbed_inputs", autospec=True,
+                           side_effect=engine_cls.perturbed_inputs) as perturb_spy, \
             mock.patch.object(occ_module, "occlusion_batch", wraps=occ_module.occlusion_batch) as occ_spy:
         with patch_captum():
             torch.manual_seed(5)

@@ -25,6 +25,8 @@ namespace mmxai {
 namespace {
 
 constexpr int64_t kCopyChunk = 1 << 15;  // elements per parallel copy task
+// Smaller jobs stay on the calling thread: waking the OpenMP team costs more than the work.
+constexpr int64_t kParallelWork = 1 << 16;
 
 struct Geometry {
   std::vector<int64_t> size, window, stride, count, mult;
@@ -90,7 +92,7 @@ void batch_kernel(const T* x, int64_t lead, const Geometry& g, const int64_t* id
   const int64_t chunks = (LV + kCopyChunk - 1) / kCopyChunk;
   advise_huge_pages(out, n_ids * LV * (int64_t)sizeof(T));
 
-#pragma omp parallel
+#pragma omp parallel if (n_ids * LV >= kParallelWork)
   {
     // 1. Every output starts as a copy of x (split in chunks so one big output uses all threads;
     //    dynamic, so a thread that loses its core to another process does not hold up the rest).
@@ -166,7 +168,7 @@ void attribution_kernel(const T* diffs, int64_t lead, const Geometry& g, T* out)
   const double nan = std::numeric_limits<double>::quiet_NaN();
   advise_huge_pages(out, lead * g.volume * (int64_t)sizeof(T));
 
-#pragma omp parallel
+#pragma omp parallel if (lead * g.volume >= kParallelWork)
   {
     std::vector<double> row_sum(c_last);
     std::vector<int64_t> lo(D), hi(D), j(D);

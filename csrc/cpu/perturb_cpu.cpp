@@ -31,6 +31,9 @@ namespace {
 constexpr int64_t kBlock = 2048;                  // elements per unit: local buffers stay in L1/L2
 constexpr int64_t kStreamBytes = 16LL << 20;      // outputs this large bypass the cache
 constexpr int64_t kHugePageBytes = 2LL << 20;
+// Outputs smaller than this stay on the calling thread: waking the OpenMP team costs more than
+// the copy (milliseconds per call on a busy machine, for a few hundred bytes of output).
+constexpr int64_t kParallelWork = 1 << 16;
 
 #if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
@@ -147,7 +150,7 @@ std::pair<int64_t, int64_t> perturb_kernel(const T* x, const M* mask, const T* b
   if (stream) advise_huge_pages(out, n_rows * numel * (int64_t)sizeof(T));
 
   int64_t lo = INT64_MAX, hi = INT64_MIN;
-#pragma omp parallel reduction(min : lo) reduction(max : hi)
+#pragma omp parallel reduction(min : lo) reduction(max : hi) if (units > 1 && n_rows * numel >= kParallelWork)
   {
     std::vector<T> xs(kBlock), bs(kBlock), words(kBlock);
     std::vector<int64_t> ids(kBlock);

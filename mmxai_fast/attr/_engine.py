@@ -6,8 +6,10 @@ features come from the input and the others from the baseline. The engine descri
 by one boolean **coalition row** ``keep[r, f]`` (True: feature ``f`` taken from the input,
 False: from the baseline) and does the rest:
 
-1. Validation, once per call and before any model evaluation: inputs share the example count
-   ``N``; baselines are numbers or tensors broadcastable to their input; feature masks are
+1. Validation, once per call and before any model evaluation: inputs are tensors with a batch
+   dim (``N`` is counted on ``inputs[0]``; like Captum, other tensors may hold a different number
+   of rows, e.g. a sparse feature list); baselines are numbers, bools or tensors broadcastable to
+   their input; feature masks are
    integer tensors broadcastable to their input with non-negative ids; the chunk size is an
    int >= 1 or ``"auto"``.
 2. Feature-id map, built once: masks are reshaped to their input's number of dims and moved to
@@ -15,8 +17,9 @@ False: from the baseline) and does the rest:
    order; :attr:`feature_order` gives Captum's visiting order and :attr:`feature_ids` the
    original ids); otherwise columns are the raw ids and ``F = max id + 1``.
 3. Batched perturbation: a chunk of ``rows`` coalition rows becomes, for every input tensor,
-   one :func:`mmxai_fast.ops.perturb` call producing ``[rows * N, ...]`` (perturbation-major,
-   like Captum: example ``n`` of row ``r`` is at ``r * N + n``). Targets and additional
+   one :func:`mmxai_fast.ops.perturb` call (one ``torch.where`` for tiny batches) producing
+   ``[rows * N, ...]`` (perturbation-major, like Captum: example ``n`` of row ``r`` is at
+   ``r * N + n``). Targets and additional
    forward args are expanded like Captum (``_expand_target``,
    ``_expand_additional_forward_args``), cached per chunk size.
 4. Chunked evaluation: ``perturbations_per_eval`` rows per model call; ``"auto"`` picks a
@@ -62,6 +65,9 @@ __all__ = ["AttributionInputError", "PerturbationEngine", "check_perturbations_p
 AUTO_MAX_ROWS = 512
 AUTO_CPU_BUDGET = 256 * 2**20
 AUTO_CUDA_FRACTION = 0.125
+#: Perturbed batches of at most this many elements are built with one ``torch.where`` instead of
+#: the kernel: for tiny inputs the op's dispatch (~0.5 ms a call) costs 10x the select itself.
+SMALL_BATCH_NUMEL = 1 << 14
 
 
 class AttributionInputError(ValueError, AssertionError):
@@ -114,8 +120,8 @@ class PerturbationEngine:
 
     Args:
         forward_func: the model or function, called like Captum's ``_run_forward``.
-        inputs: formatted inputs, a tuple of tensors with a common first dim ``N``.
-        baselines: one number or tensor per input (broadcastable to it).
+        inputs: formatted inputs, a tuple of tensors with a batch dim (``N = inputs[0].shape[0]``).
+        baselines: one number, bool or tensor per input (broadcastable to it).
         feature_mask: one integer tensor per input, broadcastable to it; ids shared across the
             tuple (the same id in two tensors is one feature).
         target: Captum target (int, tuple, tensor, list or None), for ``N`` examples.
@@ -171,12 +177,9 @@ class PerturbationEngine:
                 raise AttributionInputError(f"inputs[{i}] must be a torch.Tensor, got {type(inp).__name__}")
             if inp.dim() == 0:
                 raise AttributionInputError(f"inputs[{i}] must have a batch dim, got a 0-d tensor")
-        n = inputs[0].shape[0]
-        for i, inp in enumerate(inputs):
-            if inp.shape[0] != n:
-                raise AttributionInputError(
-                    f"inputs must share the number of examples (dim 0): inputs[0] has {n}, "
-                    f"inputs[{i}] has {inp.shape[0]}")
+        # No common dim 0 is required: like Captum, a tensor may hold a variable-length list
+        # (sparse features, possibly empty); every tensor is repeated whole per perturbation and
+        # the examples are counted on inputs[0].
         return inputs
 
     def _check_baselines(self, baselines) -> Tuple[Union[Tensor, float], ...]:
@@ -193,9 +196,11 @@ class PerturbationEngine:
                 if base.device != inp.device:
                     raise AttributionInputError(
                         f"baselines[{i}] must be on the device of inputs[{i}] ({inp.device}), got {base.device}")
-            elif isinstance(base, bool) or not isinstance(base, (int, float)):
+            elif isinstance(base, bool):  # Captum's default baseline for bool inputs is False
+                base = int(base)
+            elif not isinstance(base, (int, float)):
                 raise AttributionInputError(
-                    f"baselines[{i}] must be a number or a tensor, got {type(base).__name__}")
+                    f"baselines[{i}] must be a number, a bool or a tensor, got {type(base).__name__}")
             checked.append(base)
         return tuple(checked)
 
@@ -327,10 +332,10 @@ class PerturbationEngine:
         batches = []
         for i, (x, mask, base) in enumerate(zip(self.inputs, self.masks, self.baselines)):
             keep_dev = keep.to(x.device)
-            if x.is_floating_point():
+            if x.is_floating_point() and rows * x.numel() > SMALL_BATCH_NUMEL:
                 out = perturb(x, mask, keep_dev, base, validate_ids=False,
                               out=self.output_buffer(i, rows) if self._into_buffers else None)
-            else:  # integer/bool inputs (token ids...): the engine's kernel is floating-only
+            else:  # integer/bool inputs (the kernel is floating-only) and tiny batches (see above)
                 base_t = torch.as_tensor(base, device=x.device).to(x.dtype)
                 out = torch.where(keep_dev[:, mask], x, base_t).expand((rows,) + tuple(x.shape))
             batches.append(out.reshape((rows * x.shape[0],) + tuple(x.shape[1:])))
@@ -376,7 +381,8 @@ class PerturbationEngine:
                     "perturbations_per_eval must be 1 when forward_func returns a scalar per batch, "
                     f"got {self.perturbations_per_eval}")
             for i, mask in enumerate(self.masks):
-                if mask.shape[0] != 1 and self.require_shared_masks_in_agg_mode:
+                # an empty mask (empty input) holds no feature
+                if mask.shape[0] != 1 and mask.numel() and self.require_shared_masks_in_agg_mode:
                     raise AttributionInputError(
                         f"feature_mask[{i}] must have first dim 1 when forward_func returns a scalar "
                         f"per batch (one mask for all examples), got shape {tuple(mask.shape)}")

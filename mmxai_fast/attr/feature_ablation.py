@@ -10,6 +10,7 @@ from captum._utils.common import (_format_additional_forward_args, _format_featu
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import FeatureAblation as _CaptumFeatureAblation
 from captum.attr._utils.common import _format_input_baseline
+from captum.log import log_usage
 from torch import Tensor
 
 from ._engine import PerturbationEngine, check_perturbations_per_eval
@@ -38,6 +39,7 @@ class FeatureAblation(_CaptumFeatureAblation):
     def __init__(self, forward_func: Callable[..., Union[int, float, Tensor]]) -> None:
         super().__init__(forward_func)
 
+    @log_usage(part_of_slo=True)  # also gives attribute.__wrapped__, used by NoiseTunnel
     def attribute(  # type: ignore[override]
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

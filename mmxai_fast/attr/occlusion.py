@@ -18,6 +18,7 @@ from captum._utils.common import _format_additional_forward_args, _format_output
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import Occlusion as _CaptumOcclusion
 from captum.attr._utils.common import _format_input_baseline
+from captum.log import log_usage
 from torch import Tensor
 
 from ..ops.occlusion import OcclusionWindows, occlusion_attribution, occlusion_batch, occlusion_batch_reference
@@ -168,6 +169,7 @@ class Occlusion(_CaptumOcclusion):
     def __init__(self, forward_func: Callable[..., Tensor]) -> None:
         super().__init__(forward_func)
 
+    @log_usage(part_of_slo=True)  # also gives attribute.__wrapped__, used by NoiseTunnel
     def attribute(  # type: ignore[override]
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

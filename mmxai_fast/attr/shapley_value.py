@@ -20,6 +20,7 @@ from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensor
 from captum.attr import ShapleyValues as _CaptumShapleyValues
 from captum.attr import ShapleyValueSampling as _CaptumShapleyValueSampling
 from captum.attr._utils.common import _format_input_baseline
+from captum.log import log_usage
 from torch import Tensor
 
 from ..ops.shapley import shapley_accumulate, shapley_coalitions, shapley_prefix_rows, shapley_stats
@@ -77,6 +78,7 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         self.last_stderr: Optional[TensorOrTupleOfTensorsGeneric] = None
         self.last_n_samples: Optional[int] = None
 
+    @log_usage(part_of_slo=True)  # also gives attribute.__wrapped__, used by NoiseTunnel
     def attribute(  # type: ignore[override]
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
@@ -269,6 +271,7 @@ class ShapleyValues(ShapleyValueSampling, _CaptumShapleyValues):
     def __init__(self, forward_func: Callable[..., Union[int, float, Tensor]]) -> None:
         ShapleyValueSampling.__init__(self, forward_func)
 
+    @log_usage(part_of_slo=True)  # also gives attribute.__wrapped__, used by NoiseTunnel
     def attribute(  # type: ignore[override]
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
