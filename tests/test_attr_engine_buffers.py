@@ -12,8 +12,10 @@ def _view_model(x):
 
 
 def _problem():
-    x = torch.randn(2, 2, 6)
-    mask = torch.arange(12).reshape(1, 2, 6) % 5
+    # Large enough for the perturb kernel's buffer path (tiny batches use torch.where instead).
+    width = ours._engine.SMALL_BATCH_NUMEL // 4 + 4
+    x = torch.randn(2, 2, width)
+    mask = torch.arange(2 * width).reshape(1, 2, width) % 5
     return x, mask
 
 
@@ -38,8 +40,9 @@ def test_shapley_sampling_with_output_viewing_the_input(ppe):
 
 def test_occlusion_with_output_viewing_the_input():
     x, _ = _problem()
-    expected = captum_attr.Occlusion(_view_model).attribute(x, (1, 2), strides=(1, 1), target=0)
-    got = ours.Occlusion(_view_model).attribute(x, (1, 2), strides=(1, 1), target=0, perturbations_per_eval=5)
+    window = (1, x.shape[2] // 4)
+    expected = captum_attr.Occlusion(_view_model).attribute(x, window, strides=window, target=0)
+    got = ours.Occlusion(_view_model).attribute(x, window, strides=window, target=0, perturbations_per_eval=5)
     torch.testing.assert_close(got, expected)
 
 
