@@ -18,6 +18,7 @@ from captum._utils.common import (_format_additional_forward_args, _format_featu
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import FeaturePermutation as _CaptumFeaturePermutation
 from captum.attr._core.feature_permutation import _permute_feature
+from captum.log import log_usage
 from torch import Tensor
 
 from ._engine import AttributionInputError, PerturbationEngine, check_perturbations_per_eval
@@ -110,6 +111,7 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
     ) -> None:
         _CaptumFeaturePermutation.__init__(self, forward_func, perm_func)
 
+    @log_usage(part_of_slo=True)  # also gives attribute.__wrapped__, used by NoiseTunnel
     def attribute(  # type: ignore[override]
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

@@ -24,6 +24,7 @@ import torch
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import KernelShap as _CaptumKernelShap
 from captum.attr._core import lime as _captum_lime
+from captum.log import log_usage
 from torch import Tensor
 
 from ._engine import AttributionInputError, PerturbationEngine
@@ -142,6 +143,7 @@ class KernelShap(Lime, _CaptumKernelShap):
     def __init__(self, forward_func: Callable[..., Union[int, float, Tensor]]) -> None:
         _CaptumKernelShap.__init__(self, forward_func)
 
+    @log_usage(part_of_slo=True)  # also gives attribute.__wrapped__, used by NoiseTunnel
     def attribute(  # type: ignore[override]
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

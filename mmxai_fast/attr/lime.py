@@ -37,6 +37,7 @@ from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensor
 from captum.attr import Lime as _CaptumLime
 from captum.attr._core import lime as _captum_lime
 from captum.attr._utils.common import _format_input_baseline
+from captum.log import log_usage
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -189,6 +190,7 @@ class Lime(_CaptumLime):
     ) -> None:
         _CaptumLime.__init__(self, forward_func, interpretable_model, similarity_func, perturb_func)
 
+    @log_usage(part_of_slo=True)  # also gives attribute.__wrapped__, used by NoiseTunnel
     def attribute(  # type: ignore[override]
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

@@ -12,19 +12,14 @@ import mmxai_fast.attr as ma
 
 from .basic_models import BasicModel_MultiLayer
 
-NOT_WRAPPED = pytest.mark.xfail(
-    strict=True, raises=AttributeError,
-    reason="attribute is not decorated with captum.log.log_usage, so NoiseTunnel's "
-    "attribute.__wrapped__ lookup fails (one-line fix in the class module)")
-
 CASES = [
     (ma.FeatureAblation, {}),
     (ma.Occlusion, {"sliding_window_shapes": (1,)}),
     (ma.ShapleyValueSampling, {"n_samples": 2}),
     (ma.ShapleyValues, {}),
-    pytest.param(ma.FeaturePermutation, {}, marks=NOT_WRAPPED),
-    pytest.param(ma.Lime, {"n_samples": 20}, marks=NOT_WRAPPED),
-    pytest.param(ma.KernelShap, {"n_samples": 20}, marks=NOT_WRAPPED),
+    (ma.FeaturePermutation, {}),
+    (ma.Lime, {"n_samples": 20}),
+    (ma.KernelShap, {"n_samples": 20}),
 ]
 
 
