@@ -138,11 +138,22 @@ void histogram_kernel(const V* values, const S* scores, int64_t B, int64_t L, do
           const S* sc = scores + i;
           const int64_t lo = low_, nbins = K_;
           const C th = th_;
+          // Scores first: a block without a hit (most of a smooth CAM) never reads its values,
+          // which cuts the memory traffic from 6 to 4 bytes per voxel for int16 HU + float32 CAM.
+          uint32_t block_hit = 0;
+          for (int64_t j = 0; j < n; ++j) {
+            adds[j] = (uint32_t)(score_value<C>(sc[j]) > th);
+            block_hit |= adds[j];
+          }
+          if (!block_hit) {
+            i += n;
+            continue;
+          }
           for (int64_t j = 0; j < n; ++j) {
             const Bin bin = raw_bin<Bin>(v[j], lo, nbins);
             const Bin in_range = -(Bin)((UBin)bin < (UBin)nbins);
             slots[j] = (int32_t)((bin & in_range) | ((Bin)nbins & ~in_range));
-            adds[j] = (uint32_t)(score_value<C>(sc[j]) > th) & (uint32_t)in_range;
+            adds[j] &= (uint32_t)in_range;
           }
           // Runs of kRun elements with no hit (a CAM is smooth: large regions below th_fail)
           // skip the scalar part.
