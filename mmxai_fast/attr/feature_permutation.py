@@ -37,26 +37,26 @@ logger = logging.getLogger(__name__)
 class _FeaturePositions:
     """Where each feature lives in one input tensor ``x`` ``[N, *S]`` (``size = prod(S)``).
 
-    The mask, expanded to ``[m, *S]`` (``m``: its first dim, 1 or ``N``), is counting-sorted
-    once: the flat indices (in ``[m * size]``) of feature ``f`` are
-    ``positions[offsets[f]:offsets[f] + counts[f]]``.
+    The mask, expanded to ``[m, *S]`` (``m``: its first dim, 1 or ``N``), is sorted once by id:
+    the flat indices (in ``[m * size]``) of feature ``f`` are ``positions[start:stop]`` with
+    ``start, stop = bounds[f], bounds[f + 1]``.
     """
 
     positions: Tensor
-    offsets: Tensor
+    bounds: List[int]
     counts: Tensor
-    per_example: bool  # m == N > 1: the positions carry their example
+    per_example: bool  # m == N > 1: the positions carry their example (index // size)
     size: int
 
 
 @dataclass
 class _BufferState:
-    """The engine's buffer for one input holds ``x`` on its first ``clean_rows`` rows except at
-    ``written`` (flat indices), as long as nobody wrote to it since (its version is ``version``)."""
+    """The engine's buffer for one input holds ``x`` on its first ``clean_rows`` rows except for
+    feature ``written[r]`` in row ``r``, as long as nobody wrote to it since (version ``version``)."""
 
     buffer: "weakref.ref[Tensor]"
     clean_rows: int
-    written: Tensor
+    written: List[int]
     version: Optional[int]
 
 
@@ -75,10 +75,11 @@ class _PermutationEngine(PerturbationEngine):
     coalition row must drop exactly one feature.
 
     A chunk's perturbed batch is ``x`` repeated per row with only the dropped feature's elements
-    rewritten (a scatter over the positions of :class:`_FeaturePositions`), so a chunk costs
-    O(size of its features), not O(rows * volume): in the model-call path the engine's buffer
-    keeps ``x`` between chunks and only the previous chunk's writes are undone. A model that
-    writes to its input (bumping the buffer's version counter) gets a full refill instead.
+    rewritten (gathered from the shuffled examples at the positions of
+    :class:`_FeaturePositions`), so a chunk costs O(size of its features), not O(rows * volume):
+    in the model-call path the engine's buffer keeps ``x`` between chunks and only the previous
+    chunk's writes are undone. A model that writes to its input (bumping the buffer's version
+    counter) gets a full refill instead.
     """
 
     permutations: List[Tensor]
@@ -100,69 +101,70 @@ class _PermutationEngine(PerturbationEngine):
         m = mask.shape[0] if x.numel() else 0
         ids = mask.expand((m,) + tuple(x.shape[1:])).reshape(-1)
         counts = torch.bincount(ids, minlength=self.num_features)
-        positions = torch.argsort(ids)  # any order within a feature will do
-        offsets = torch.cumsum(counts, 0) - counts
-        return _FeaturePositions(positions, offsets, counts, m > 1, size)
+        small = torch.int16 if self.num_features <= torch.iinfo(torch.int16).max else torch.int32
+        positions = torch.argsort(ids.to(small))  # a narrower key sorts faster; order within a feature is free
+        bounds = [0] + torch.cumsum(counts, 0).tolist()
+        return _FeaturePositions(positions, bounds, counts, m > 1, size)
 
     def release_buffers(self) -> None:
         self._states.clear()
         super().release_buffers()
 
-    def _scatter_indices(self, t: int, dropped: Tensor) -> Tuple[Tensor, Tensor]:
-        """Flat destination indices in ``[rows, N, size]`` and source indices in ``x`` ``[N, size]``
-        of the elements that row ``r`` takes from the shuffled batch (its feature ``dropped[r]``)."""
-        where = self.feature_positions()[t]
-        n, size = self.num_examples, where.size
-        lengths = where.counts[dropped]
-        row = torch.repeat_interleave(torch.arange(dropped.numel(), device=dropped.device), lengths)
-        first = (torch.cumsum(lengths, 0) - lengths)[row]
-        flat = where.positions[where.offsets[dropped][row] + torch.arange(row.numel(), device=row.device) - first]
-        perm = self.permutations[t][dropped][row]  # [T, N]
-        if where.per_example:  # flat = example * size + position
-            example = torch.div(flat, size, rounding_mode="floor")
-            src = perm.gather(1, example.unsqueeze(1)).squeeze(1) * size + (flat - example * size)
-            return row * (n * size) + flat, src
-        examples = torch.arange(n, device=row.device) * size
-        dst = (row * (n * size) + flat).unsqueeze(1) + examples
-        return dst.reshape(-1), (perm * size + flat.unsqueeze(1)).reshape(-1)
+    def _copy_feature(self, t: int, out_row: Tensor, feature: int, shuffled: bool) -> None:
+        """Write feature ``feature``'s elements of ``out_row`` ``[N, *S]`` (contiguous): from the
+        examples permuted by ``permutations[t][feature]`` if ``shuffled``, else from ``x``."""
+        where = self._positions[t]
+        start, stop = where.bounds[feature], where.bounds[feature + 1]
+        if start == stop:
+            return
+        x = self._contiguous[t]
+        flat = where.positions[start:stop]
+        if where.per_example:  # flat indices in [N * size]
+            src = flat
+            if shuffled:
+                example = torch.div(flat, where.size, rounding_mode="floor")
+                src = flat + (self.permutations[t][feature].index_select(0, example) - example) * where.size
+            out_row.view(-1).index_copy_(0, flat, x.view(-1).index_select(0, src))
+            return
+        rows_of_x = x.view(x.shape[0], -1)
+        values = rows_of_x.index_select(1, flat)  # [N, count]
+        if shuffled:
+            values = values.index_select(0, self.permutations[t][feature])
+        out_row.view(x.shape[0], -1).index_copy_(1, flat, values)
 
-    def _fill(self, t: int, dropped: Tensor) -> Tensor:
+    def _fill(self, t: int, dropped: List[int]) -> Tensor:
         """``[rows, *x.shape]`` perturbed copies of input ``t``: in the engine's reused buffer on
         the model-call path (undoing only the previous chunk's writes), freshly allocated otherwise."""
         x = self._contiguous[t]
-        rows = dropped.numel()
-        flat_x = x.view(-1)
-        dst, src = self._scatter_indices(t, dropped)
+        rows = len(dropped)
+        self.feature_positions()
         if not self._into_buffers:
             out = x.unsqueeze(0).expand((rows,) + tuple(x.shape)).contiguous()
-            out.view(-1)[dst] = flat_x[src]
-            return out
-        out = self.output_buffer(t, rows)
-        base = self._buffers[t]
-        state = self._states.get(t)
-        flat_base = base.view(-1)
-        if state is None or state.buffer() is not base or state.version is None or state.version != _version(base):
-            out.copy_(x.unsqueeze(0).expand_as(out))
-            clean_rows = rows
         else:
-            if state.written.numel():
-                flat_base[state.written] = flat_x[state.written % max(x.numel(), 1)]
-            clean_rows = state.clean_rows
-            if rows > clean_rows:
-                out[clean_rows:].copy_(x.unsqueeze(0).expand_as(out[clean_rows:]))
+            out = self.output_buffer(t, rows)
+            base = self._buffers[t]
+            state = self._states.get(t)
+            if state is None or state.buffer() is not base or state.version is None or state.version != _version(base):
+                out.copy_(x.unsqueeze(0).expand_as(out))
                 clean_rows = rows
-        flat_base[dst] = flat_x[src]
-        self._states[t] = _BufferState(weakref.ref(base), clean_rows, dst, _version(base))
+            else:
+                for r, feature in enumerate(state.written):
+                    self._copy_feature(t, base[r], feature, shuffled=False)
+                clean_rows = state.clean_rows
+                if rows > clean_rows:
+                    out[clean_rows:].copy_(x.unsqueeze(0).expand_as(out[clean_rows:]))
+                    clean_rows = rows
+        for r, feature in enumerate(dropped):
+            self._copy_feature(t, out[r], feature, shuffled=True)
+        if self._into_buffers:
+            self._states[t] = _BufferState(weakref.ref(base), clean_rows, dropped, _version(base))
         return out
 
     def perturbed_inputs(self, keep: Tensor) -> Tuple[Tensor, ...]:
         rows = keep.shape[0]
-        batches = []
-        for t, x in enumerate(self.inputs):
-            dropped = (~keep.to(x.device)).to(torch.uint8).argmax(dim=1)
-            out = self._fill(t, dropped)
-            batches.append(out.reshape((rows * x.shape[0],) + tuple(x.shape[1:])))
-        return tuple(batches)
+        dropped = (~keep).to(torch.uint8).argmax(dim=1).tolist()
+        return tuple(self._fill(t, dropped).reshape((rows * x.shape[0],) + tuple(x.shape[1:]))
+                     for t, x in enumerate(self.inputs))
 
 
 def _draw_permutations(engine: _PermutationEngine, rows_per_eval: int) -> List[Tensor]:
