@@ -3,10 +3,10 @@
 Permutation feature importance (Breiman 2001; Fisher, Rudin & Dominici 2019): feature ``f`` is
 credited with ``f(batch) - f(batch with feature f shuffled among the N examples)``. Each
 coalition row of the engine drops one feature; instead of the baseline, the dropped feature's
-elements take the values of a shuffled copy of the batch. Only those elements are written (one
-scatter per input tensor and model call, all rows of the call at once, through a feature ->
-positions map sorted once per call), so the work outside the model scales with the features'
-sizes, not with ``rows * volume``.
+elements take the values of the shuffled examples. Only those elements are written (a gather and
+a copy per row at the feature's positions, from a feature -> positions map sorted once per call,
+into the engine's buffer, which keeps the input between model calls), so the work outside the
+model scales with the features' sizes, not with ``rows * volume`` per model call.
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ class _PermutationEngine(PerturbationEngine):
     def _copy_feature(self, t: int, out_row: Tensor, feature: int, shuffled: bool) -> None:
         """Write feature ``feature``'s elements of ``out_row`` ``[N, *S]`` (contiguous): from the
         examples permuted by ``permutations[t][feature]`` if ``shuffled``, else from ``x``."""
-        where = self._positions[t]
+        where = self.feature_positions()[t]
         start, stop = where.bounds[feature], where.bounds[feature + 1]
         if start == stop:
             return
@@ -137,7 +137,6 @@ class _PermutationEngine(PerturbationEngine):
         the model-call path (undoing only the previous chunk's writes), freshly allocated otherwise."""
         x = self._contiguous[t]
         rows = len(dropped)
-        self.feature_positions()
         if not self._into_buffers:
             out = x.unsqueeze(0).expand((rows,) + tuple(x.shape)).contiguous()
         else:
@@ -173,8 +172,8 @@ def _draw_permutations(engine: _PermutationEngine, rows_per_eval: int) -> List[T
     a feature of the chunk (ascending), one ``torch.randperm(N)`` per feature of the chunk
     (redrawn while it is the identity), on the default CPU generator.
 
-    The draws are the only per-feature Python work (about 3 us each, next to one model
-    evaluation per feature); the perturbed inputs are built by :class:`_PermutationEngine`.
+    Which tensors hold which features comes from the engine's position maps (no ``unique``
+    over the masks). The perturbed inputs are built by :class:`_PermutationEngine`.
     """
     n = engine.num_examples
     num_features = engine.num_features
