@@ -195,3 +195,114 @@ def test_cuda_same_permutations_as_cpu():
                                                       perturbations_per_eval=3)
     assert cuda.device.type == "cuda"
     torch.testing.assert_close(cuda.cpu(), cpu, atol=ATOL, rtol=RTOL)
+
+
+# ---------------------------------------------------------------- the scatter path (only the dropped
+# feature's elements are written; the engine's buffer keeps the input between chunks)
+
+PPES = [1, 3, "auto"]
+
+
+def _both_ppe(forward, inputs, ppe, num_features, **kwargs):
+    """"auto" takes every feature in one model call on these small inputs: Captum's draws with
+    perturbations_per_eval = number of features."""
+    captum_ppe = num_features if ppe == "auto" else ppe
+    return _both(forward, inputs, perturbations_per_eval=ppe, captum_kwargs=dict(perturbations_per_eval=captum_ppe),
+                 **kwargs)
+
+
+@pytest.mark.parametrize("ppe", PPES)
+def test_per_example_masks_with_gaps(ppe):
+    n = 4
+    ids = torch.randint(0, 9, (n, 1, 3, 4, 4)) * 3  # per-example, id gaps, some ids in a few examples only
+    num_features = ids.unique().numel()
+    ours, theirs = _both_ppe(ConvNet(), torch.randn(n, 1, 3, 4, 4), ppe, num_features, target=[0, 2, 1, 1],
+                             feature_mask=ids)
+    _assert_close(ours, theirs)
+    assert theirs.abs().max() > 0
+
+
+@pytest.mark.parametrize("ppe", PPES)
+def test_tuple_shared_ids_feature_absent_from_a_tensor(ppe):
+    n = 3
+    inputs = (torch.randn(n, 4), torch.randn(n, 1, 5))
+    # id 0 and 4 in both, 1/2 only in the first, 6/7 only in the second, per-example second mask
+    mask = (torch.tensor([[0, 1, 2, 4]]), torch.tensor([[[6, 4, 0, 7, 7]], [[0, 0, 6, 4, 7]], [[4, 6, 7, 0, 0]]]))
+    args = (torch.rand(n, 1) + 0.5,)
+    ours, theirs = _both_ppe(TupleMLP(), inputs, ppe, 6, target=2, additional_forward_args=args, feature_mask=mask)
+    _assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("ppe", [1, 3, 4, 16])
+def test_model_returning_a_view_of_its_input(ppe):
+    """The output aliases the reused buffer: it must be copied before the next chunk rewrites it."""
+    x = torch.randn(3, 2, 6)
+    mask = torch.arange(12).reshape(1, 2, 6) % 7  # 7 features: chunks of 3 + 3 + 1, 4 + 3, one of 7
+    ours, theirs = _both(lambda t: t[:, 0, :3], x, target=1, feature_mask=mask, perturbations_per_eval=ppe)
+    _assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("ppe", [2, 3, 5])
+def test_chunk_boundaries_and_model_writing_its_input(ppe):
+    """A model that adds to its perturbed batch in place: the next chunk must start from the input
+    again (Captum builds a fresh batch per call), whatever the chunk sizes (11 features)."""
+    n = 4
+    model = ConvNet()
+    sizes = []
+
+    def forward(t):
+        sizes.append(t.shape[0])
+        if t.shape[0] > n:
+            t.add_(1.0)
+        return model(t)
+
+    mask = torch.arange(48).reshape(1, 1, 3, 4, 4) % 11
+    ours, theirs = _both(forward, torch.randn(n, 1, 3, 4, 4), target=0, feature_mask=mask, perturbations_per_eval=ppe)
+    _assert_close(ours, theirs)
+    assert sizes[-1] == (11 % ppe or ppe) * n  # the short last chunk
+
+
+def test_inference_mode_and_non_contiguous_input():
+    x = torch.randn(4, 3, 4, 1, 2).permute(0, 4, 3, 1, 2)  # [4, 2, 1, 3, 4], not contiguous
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(24, 3))
+    mask = GRID.expand(1, 2, 3, 1, 4)
+    mask = (mask + torch.tensor([0, 6]).view(1, 2, 1, 1, 1)).transpose(2, 3)  # 12 features
+    with torch.inference_mode():
+        ours, theirs = _both(model, x, target=1, feature_mask=mask, perturbations_per_eval=5)
+    _assert_close(ours, theirs)
+
+
+def test_out_of_memory_halving_keeps_captum_permutations():
+    """"auto" starts with all 6 features in one call; the model runs out of memory above 3 rows:
+    the chunks shrink but the permutations stay those drawn for one chunk of 6 (Captum's)."""
+    n, model = 3, ConvNet()
+    x = torch.randn(n, 1, 3, 4, 4)
+    sizes = []
+
+    def forward(t):
+        if t.shape[0] > 3 * n:
+            raise torch.OutOfMemoryError("test")
+        sizes.append(t.shape[0])
+        return model(t)
+
+    torch.manual_seed(5)
+    theirs = ca.FeaturePermutation(model).attribute(x, target=2, feature_mask=GRID, perturbations_per_eval=6)
+    torch.manual_seed(5)
+    ours = FeaturePermutation(forward).attribute(x, target=2, feature_mask=GRID, perturbations_per_eval="auto")
+    _assert_close(ours, theirs)
+    assert sizes == [n, 3 * n, 3 * n]
+
+
+def test_perturbed_inputs_outside_model_calls_are_fresh():
+    """Outside the model-call path the batch is a new tensor (the engine's buffer is untouched)."""
+    x = torch.randn(3, 2, 6)
+    mask = torch.arange(12).reshape(1, 2, 6) % 5
+    engine = fp_module._PermutationEngine(lambda t: t.sum((1, 2)), (x,), (0.0,), (mask,), compact_ids=True)
+    engine.permutations = [torch.tensor([[1, 2, 0], [2, 0, 1], [1, 0, 2], [0, 2, 1], [2, 1, 0]])]
+    keep = torch.ones(5, 5, dtype=torch.bool)
+    keep[torch.arange(5), torch.tensor([3, 0, 4, 1, 2])] = False
+    first = engine.perturbed_inputs(keep)[0].reshape(5, 3, 2, 6)
+    for r, f in enumerate([3, 0, 4, 1, 2]):
+        shuffled = x[engine.permutations[0][f]]
+        torch.testing.assert_close(first[r], torch.where(mask == f, shuffled, x), rtol=0, atol=0)
+    assert not engine._buffers and engine.perturbed_inputs(keep)[0].data_ptr() != first.data_ptr()

@@ -3,14 +3,18 @@
 Permutation feature importance (Breiman 2001; Fisher, Rudin & Dominici 2019): feature ``f`` is
 credited with ``f(batch) - f(batch with feature f shuffled among the N examples)``. Each
 coalition row of the engine drops one feature; instead of the baseline, the dropped feature's
-elements take the values of a shuffled copy of the batch (one gather + ``torch.where`` per input
-tensor and model call, all rows of the call at once).
+elements take the values of the shuffled examples. Only those elements are written (a gather and
+a copy per row at the feature's positions, from a feature -> positions map sorted once per call,
+into the engine's buffer, which keeps the input between model calls), so the work outside the
+model scales with the features' sizes, not with ``rows * volume`` per model call.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, List, Optional, Tuple, Union
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from captum._utils.common import (_format_additional_forward_args, _format_feature_mask, _format_output,
@@ -30,44 +34,151 @@ __all__ = ["FeaturePermutation"]
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class _FeaturePositions:
+    """Where each feature lives in one input tensor ``x`` ``[N, *S]`` (``size = prod(S)``).
+
+    The mask, expanded to ``[m, *S]`` (``m``: its first dim, 1 or ``N``), is sorted once by id:
+    the flat indices (in ``[m * size]``) of feature ``f`` are ``positions[start:stop]`` with
+    ``start, stop = bounds[f], bounds[f + 1]``.
+    """
+
+    positions: Tensor
+    bounds: List[int]
+    counts: Tensor
+    per_example: bool  # m == N > 1: the positions carry their example (index // size)
+    size: int
+
+
+@dataclass
+class _BufferState:
+    """The engine's buffer for one input holds ``x`` on its first ``clean_rows`` rows except for
+    feature ``written[r]`` in row ``r``, as long as nobody wrote to it since (version ``version``)."""
+
+    buffer: "weakref.ref[Tensor]"
+    clean_rows: int
+    written: List[int]
+    version: Optional[int]
+
+
+def _version(t: Tensor) -> Optional[int]:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors have no version counter: never trusted as clean
+        return None
+
+
 class _PermutationEngine(PerturbationEngine):
     """Engine whose dropped feature takes shuffled values instead of the baseline.
 
     :attr:`permutations` holds one ``(F, N)`` int64 table per input tensor (on its device):
     row ``f`` is the permutation of the examples used for feature ``f`` in that tensor. Every
     coalition row must drop exactly one feature.
+
+    A chunk's perturbed batch is ``x`` repeated per row with only the dropped feature's elements
+    rewritten (gathered from the shuffled examples at the positions of
+    :class:`_FeaturePositions`), so a chunk costs O(size of its features), not O(rows * volume):
+    in the model-call path the engine's buffer keeps ``x`` between chunks and only the previous
+    chunk's writes are undone. A model that writes to its input (bumping the buffer's version
+    counter) gets a full refill instead.
     """
 
     permutations: List[Tensor]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._positions: Optional[List[_FeaturePositions]] = None
+        self._states: Dict[int, _BufferState] = {}
+        self._contiguous = [x.contiguous() for x in self.inputs]
+
+    def feature_positions(self) -> List[_FeaturePositions]:
+        """The per-input position maps, built on first use (one sort of each mask)."""
+        if self._positions is None:
+            self._positions = [self._index_mask(x, mask) for x, mask in zip(self.inputs, self.masks)]
+        return self._positions
+
+    def _index_mask(self, x: Tensor, mask: Tensor) -> _FeaturePositions:
+        size = math.prod(x.shape[1:])
+        m = mask.shape[0] if x.numel() else 0
+        ids = mask.expand((m,) + tuple(x.shape[1:])).reshape(-1)
+        counts = torch.bincount(ids, minlength=self.num_features)
+        small = torch.int16 if self.num_features <= torch.iinfo(torch.int16).max else torch.int32
+        positions = torch.argsort(ids.to(small))  # a narrower key sorts faster; order within a feature is free
+        bounds = [0] + torch.cumsum(counts, 0).tolist()
+        return _FeaturePositions(positions, bounds, counts, m > 1, size)
+
+    def release_buffers(self) -> None:
+        self._states.clear()
+        super().release_buffers()
+
+    def _copy_feature(self, t: int, out_row: Tensor, feature: int, shuffled: bool) -> None:
+        """Write feature ``feature``'s elements of ``out_row`` ``[N, *S]`` (contiguous): from the
+        examples permuted by ``permutations[t][feature]`` if ``shuffled``, else from ``x``."""
+        where = self.feature_positions()[t]
+        start, stop = where.bounds[feature], where.bounds[feature + 1]
+        if start == stop:
+            return
+        x = self._contiguous[t]
+        flat = where.positions[start:stop]
+        if where.per_example:  # flat indices in [N * size]
+            src = flat
+            if shuffled:
+                example = torch.div(flat, where.size, rounding_mode="floor")
+                src = flat + (self.permutations[t][feature].index_select(0, example) - example) * where.size
+            out_row.view(-1).index_copy_(0, flat, x.view(-1).index_select(0, src))
+            return
+        rows_of_x = x.view(x.shape[0], -1)
+        values = rows_of_x.index_select(1, flat)  # [N, count]
+        if shuffled:
+            values = values.index_select(0, self.permutations[t][feature])
+        out_row.view(x.shape[0], -1).index_copy_(1, flat, values)
+
+    def _fill(self, t: int, dropped: List[int]) -> Tensor:
+        """``[rows, *x.shape]`` perturbed copies of input ``t``: in the engine's reused buffer on
+        the model-call path (undoing only the previous chunk's writes), freshly allocated otherwise."""
+        x = self._contiguous[t]
+        rows = len(dropped)
+        if not self._into_buffers:
+            out = x.unsqueeze(0).expand((rows,) + tuple(x.shape)).contiguous()
+        else:
+            out = self.output_buffer(t, rows)
+            base = self._buffers[t]
+            state = self._states.get(t)
+            if state is None or state.buffer() is not base or state.version is None or state.version != _version(base):
+                out.copy_(x.unsqueeze(0).expand_as(out))
+                clean_rows = rows
+            else:
+                for r, feature in enumerate(state.written):
+                    self._copy_feature(t, base[r], feature, shuffled=False)
+                clean_rows = state.clean_rows
+                if rows > clean_rows:
+                    out[clean_rows:].copy_(x.unsqueeze(0).expand_as(out[clean_rows:]))
+                    clean_rows = rows
+        for r, feature in enumerate(dropped):
+            self._copy_feature(t, out[r], feature, shuffled=True)
+        if self._into_buffers:
+            self._states[t] = _BufferState(weakref.ref(base), clean_rows, dropped, _version(base))
+        return out
+
     def perturbed_inputs(self, keep: Tensor) -> Tuple[Tensor, ...]:
         rows = keep.shape[0]
-        batches = []
-        for x, mask, perms in zip(self.inputs, self.masks, self.permutations):
-            keep_dev = keep.to(x.device)
-            dropped = (~keep_dev).to(torch.uint8).argmax(dim=1)
-            order = perms[dropped].reshape(-1)  # [rows * N]: example n of row r reads order[r * N + n]
-            shuffled = x.index_select(0, order).reshape((rows,) + tuple(x.shape))
-            out = torch.where(keep_dev[:, mask], x, shuffled)
-            batches.append(out.reshape((rows * x.shape[0],) + tuple(x.shape[1:])))
-        return tuple(batches)
+        dropped = (~keep).to(torch.uint8).argmax(dim=1).tolist()
+        return tuple(self._fill(t, dropped).reshape((rows * x.shape[0],) + tuple(x.shape[1:]))
+                     for t, x in enumerate(self.inputs))
 
 
-def _draw_permutations(engine: PerturbationEngine, rows_per_eval: int) -> List[Tensor]:
+def _draw_permutations(engine: _PermutationEngine, rows_per_eval: int) -> List[Tensor]:
     """Permutations drawn exactly as Captum 0.9 draws them, so the same torch seed gives the same
     shuffles: features visited in chunks of ``rows_per_eval``; for every input tensor that holds
     a feature of the chunk (ascending), one ``torch.randperm(N)`` per feature of the chunk
     (redrawn while it is the identity), on the default CPU generator.
 
-    The draws are the only per-feature Python work (about 3 us each, next to one model
-    evaluation per feature); the perturbed inputs are built by :class:`_PermutationEngine`.
+    Which tensors hold which features comes from the engine's position maps (no ``unique``
+    over the masks). The perturbed inputs are built by :class:`_PermutationEngine`.
     """
     n = engine.num_examples
     num_features = engine.num_features
-    present = torch.zeros((len(engine.inputs), num_features), dtype=torch.bool)
-    for t, (x, mask) in enumerate(zip(engine.inputs, engine.masks)):
-        if x.numel() and mask.numel():
-            present[t, torch.unique(mask).cpu()] = True
+    present = torch.stack([where.counts.cpu() > 0 for where in engine.feature_positions()])
     tables = [torch.arange(n).repeat(num_features, 1) for _ in engine.inputs]
     identity = torch.arange(n)
     order = engine.feature_order.tolist()
