@@ -232,13 +232,6 @@ class Test(BaseTest):
                     mode="max",
                 )
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="mmxai_fast FeaturePermutation draws every tensor's permutations over inputs[0]'s "
-        "N and does not skip features whose tensors have fewer than 2 rows, so a sparse list "
-        "input (its own dim 0, possibly empty) is not supported yet; Captum permutes each tensor "
-        "over its own dim 0 and skips such features",
-    )
     def test_empty_sparse_features(self) -> None:
         model = BasicModelWithSparseInputs()
         inp1 = torch.tensor([[1.0, -2.0, 3.0], [2.0, -1.0, 3.0]])
