@@ -1,5 +1,4 @@
 """mmxai_fast.attr.FeaturePermutation against Captum 0.9: same permutations at the same seed."""
-import inspect
 import logging
 from unittest import mock
 
@@ -11,24 +10,9 @@ import mmxai_fast
 import mmxai_fast.attr.feature_permutation as fp_module
 from mmxai_fast.attr import AttributionInputError, FeatureAblation, FeaturePermutation, patch_captum, unpatch_captum
 
-from attr_models import ConvNet
+from attr_models import ConvNet, GRID, signature_params, TupleMLP
 
 ATOL, RTOL = 1e-5, 1e-4  # float32 model outputs, batched differently from Captum
-GRID = (torch.arange(3).view(3, 1, 1) * 2 + torch.arange(4).view(1, 1, 4) // 2).view(1, 1, 3, 1, 4)  # 6 ids
-
-
-class TupleMLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(9, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-
-    def forward(self, a, b, scale):
-        return self.net(torch.cat((a, b.flatten(1)), dim=1)) * scale
-
-
-def _params(func):
-    """Names, kinds and defaults (annotations are strings on our side: postponed evaluation)."""
-    return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values()]
 
 
 def _assert_close(ours, theirs):
@@ -126,8 +110,8 @@ def test_custom_perm_func_runs_captum():
 
 
 def test_signature_hierarchy_and_progress(capsys):
-    assert _params(FeaturePermutation.attribute) == _params(ca.FeaturePermutation.attribute)
-    assert _params(FeaturePermutation.__init__) == _params(ca.FeaturePermutation.__init__)
+    assert signature_params(FeaturePermutation.attribute) == signature_params(ca.FeaturePermutation.attribute)
+    assert signature_params(FeaturePermutation.__init__) == signature_params(ca.FeaturePermutation.__init__)
     perm = FeaturePermutation(ConvNet())
     assert isinstance(perm, ca.FeaturePermutation) and isinstance(perm, FeatureAblation)
     assert mmxai_fast.FeaturePermutation is FeaturePermutation

@@ -11,19 +11,9 @@ from mmxai_fast.attr import AttributionInputError, KernelShap, Lime, ShapleyValu
 import mmxai_fast.attr.kernel_shap as ks_module
 from mmxai_fast.attr.kernel_shap import all_coalitions, kernel_shap_rows
 
-from attr_models import ConvNet
+from attr_models import ConvNet, GRID, TupleMLP
 
-GRID = (torch.arange(3).view(3, 1, 1) * 2 + torch.arange(4).view(1, 1, 4) // 2).view(1, 1, 3, 1, 4)  # 6 ids
 EXACT_ATOL, EXACT_RTOL = 1e-5, 1e-4  # float32 model outputs; float64 solve vs float64 Shapley sums
-
-
-class TupleMLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(9, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-
-    def forward(self, a, b, scale):
-        return self.net(torch.cat((a, b.flatten(1)), dim=1)) * scale
 
 
 def _toy_game(num_features=6, seed=7):

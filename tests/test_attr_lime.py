@@ -1,5 +1,4 @@
 """mmxai_fast.attr.Lime against Captum 0.9 (same samples at the same seed) and the torch WLS model."""
-import inspect
 import warnings
 
 import captum.attr as ca
@@ -14,25 +13,11 @@ import mmxai_fast
 from mmxai_fast.attr import AttributionInputError, Lime, TorchWeightedLinearRegression, patch_captum, unpatch_captum
 from mmxai_fast.attr.linear_model import weighted_least_squares
 
-from attr_models import ConvNet
+from attr_models import ConvNet, GRID, signature_params, TupleMLP
 
 # Same samples and weights; the Lasso fit (coordinate descent, tol 1e-4) sees float32 model
 # outputs that differ from Captum's in the last bits, so coefficients agree to ~1e-6.
 ATOL, RTOL = 1e-5, 1e-4
-GRID = (torch.arange(3).view(3, 1, 1) * 2 + torch.arange(4).view(1, 1, 4) // 2).view(1, 1, 3, 1, 4)  # 6 ids
-
-
-class TupleMLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(9, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-
-    def forward(self, a, b, scale):
-        return self.net(torch.cat((a, b.flatten(1)), dim=1)) * scale
-
-
-def _params(func):
-    return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values()]
 
 
 def _assert_close(ours, theirs, atol=ATOL, rtol=RTOL):
@@ -171,8 +156,8 @@ def test_custom_similarity_runs_captum():
 
 
 def test_signature_hierarchy_progress_and_patch(capsys):
-    assert _params(Lime.attribute) == _params(ca.Lime.attribute)
-    assert _params(Lime.__init__) == _params(ca.Lime.__init__)
+    assert signature_params(Lime.attribute) == signature_params(ca.Lime.attribute)
+    assert signature_params(Lime.__init__) == signature_params(ca.Lime.__init__)
     assert isinstance(Lime(ConvNet()), ca.Lime) and mmxai_fast.Lime is Lime
     Lime(ConvNet()).attribute(torch.randn(1, 1, 3, 4, 4), target=0, feature_mask=GRID, n_samples=9,
                               perturbations_per_eval=4, show_progress=True)

@@ -7,21 +7,9 @@ import torch
 
 from mmxai_fast.attr import AttributionInputError, ShapleyValues, ShapleyValueSampling
 
-from attr_models import ConvNet
+from attr_models import ConvNet, GRID, TupleMLP
 
 ATOL, RTOL = 1e-5, 1e-4
-
-
-class TupleMLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(9, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-
-    def forward(self, a, b, scale):
-        return self.net(torch.cat((a, b.flatten(1)), dim=1)) * scale
-
-
-GRID = (torch.arange(3).view(3, 1, 1) * 2 + torch.arange(4).view(1, 1, 4) // 2).view(1, 1, 3, 1, 4)  # 6 ids
 
 
 def _assert_close(ours, theirs):
