@@ -290,3 +290,27 @@ def test_perturbed_inputs_outside_model_calls_are_fresh():
         shuffled = x[engine.permutations[0][f]]
         torch.testing.assert_close(first[r], torch.where(mask == f, shuffled, x), rtol=0, atol=0)
     assert not engine._buffers and engine.perturbed_inputs(keep)[0].data_ptr() != first.data_ptr()
+
+
+class _SparseModel(torch.nn.Module):
+    """A dense [N, 3] input and a sparse list with its own length, one scalar per batch."""
+
+    def forward(self, dense, sparse):
+        return (dense * torch.tensor([1.0, -2.0, 0.5])).sum() + (sparse.float() * torch.arange(sparse.shape[0])).sum()
+
+
+def test_sparse_list_input_is_shuffled_over_its_own_length_like_captum():
+    dense = torch.tensor([[1.0, -2.0, 3.0], [2.0, -1.0, 3.0], [0.5, 4.0, -1.0]])
+    sparse = torch.tensor([1, 7, 2, 4, 5, 3, 6])
+    torch.manual_seed(5)
+    expected = ca.FeaturePermutation(_SparseModel()).attribute((dense, sparse))
+    torch.manual_seed(5)
+    got = FeaturePermutation(_SparseModel()).attribute((dense, sparse))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e.to(g.dtype))
+
+
+def test_a_tensor_with_one_row_cannot_be_shuffled():
+    dense = torch.randn(3, 3)
+    with pytest.raises(AttributionInputError, match=r"inputs\[1\].*dim 0 must be >= 2"):
+        FeaturePermutation(_SparseModel()).attribute((dense, torch.tensor([4])))

@@ -170,23 +170,29 @@ class _PermutationEngine(PerturbationEngine):
 def _draw_permutations(engine: _PermutationEngine, rows_per_eval: int) -> List[Tensor]:
     """Permutations drawn exactly as Captum 0.9 draws them, so the same torch seed gives the same
     shuffles: features visited in chunks of ``rows_per_eval``; for every input tensor that holds
-    a feature of the chunk (ascending), one ``torch.randperm(N)`` per feature of the chunk
-    (redrawn while it is the identity), on the default CPU generator.
+    a feature of the chunk (ascending), one ``torch.randperm(n_t)`` per feature of the chunk
+    (``n_t``: that tensor's own dim 0, which differs from ``N`` for sparse list inputs; redrawn
+    while it is the identity), on the default CPU generator.
 
     Which tensors hold which features comes from the engine's position maps (no ``unique``
     over the masks). The perturbed inputs are built by :class:`_PermutationEngine`.
     """
-    n = engine.num_examples
     num_features = engine.num_features
+    sizes = [x.shape[0] for x in engine.inputs]  # each tensor is shuffled over its own dim 0 (sparse lists)
     present = torch.stack([where.counts.cpu() > 0 for where in engine.feature_positions()])
-    tables = [torch.arange(n).repeat(num_features, 1) for _ in engine.inputs]
-    identity = torch.arange(n)
+    for t, n in enumerate(sizes):
+        if n < 2 and bool(present[t].any()):
+            raise AttributionInputError(
+                f"cannot permute features of inputs[{t}]: it holds features but has {n} row(s) to shuffle "
+                f"(dim 0 must be >= 2)")
+    tables = [torch.arange(n).repeat(num_features, 1) for n in sizes]
+    identities = [torch.arange(n) for n in sizes]
     order = engine.feature_order.tolist()
     for start in range(0, len(order), rows_per_eval):
         chunk = order[start:start + rows_per_eval]
         touched = present[:, chunk].any(dim=1).nonzero().flatten().tolist()
         for t in touched:
-            table = tables[t]
+            table, n, identity = tables[t], sizes[t], identities[t]
             for f in chunk:
                 perm = torch.randperm(n)
                 while torch.equal(perm, identity):

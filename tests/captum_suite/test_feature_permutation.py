@@ -8,7 +8,6 @@ default ``perm_func`` of our class (re-exported by our module), tested as upstre
 """
 from typing import List, Tuple
 
-import pytest
 import torch
 from captum.attr import FeaturePermutation as CaptumFeaturePermutation
 from torch import Tensor
@@ -243,13 +242,6 @@ class Test(BaseTest):
         self.assertEqual(attr1.shape, (1, 3))
         self.assertEqual(attr2.shape, (1,))
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="mmxai_fast FeaturePermutation draws every tensor's permutations over inputs[0]'s "
-        "N and does not skip features whose tensors have fewer than 2 rows, so a sparse list "
-        "input (its own dim 0, possibly empty) is not supported yet; Captum permutes each tensor "
-        "over its own dim 0 and skips such features",
-    )
     def test_sparse_features(self) -> None:
         model = BasicModelWithSparseInputs()
         inp1 = torch.tensor([[1.0, -2.0, 3.0], [2.0, -1.0, 3.0]])
