@@ -75,3 +75,14 @@ def print_rows(rows: List[dict]) -> None:
         target = f">={r['target']}x" if r.get("target") else ""
         status = "" if not r.get("target") else ("  ok" if r["speedup"] >= r["target"] else "  MISSED")
         print(f"{r['case']:44s} {r['impl']:34s} {r['median_s'] * 1e3:10.2f} {r['iqr_s'] * 1e3:8.2f} {ratio:>8s} {target:>7s}{status}")
+
+
+def run_benches(benches: Dict[str, Callable[[torch.device, bool], List[dict]]], only, device: torch.device,
+                quick: bool) -> List[dict]:
+    """Run the named bench functions (all, or those in ``only``) and print their rows."""
+    rows: List[dict] = []
+    for name, bench in benches.items():
+        if not only or name in only:
+            rows.extend(bench(device, quick))
+    print_rows(rows)
+    return rows

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import environment, measure, print_rows, write_json_atomically  # noqa: E402
+from _harness import environment, measure, run_benches, write_json_atomically  # noqa: E402
 
 from mmxai_fast.ct import select_window_from_cam  # noqa: E402
 from mmxai_fast.models import VGG3D  # noqa: E402
@@ -134,12 +134,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     benches = {"window_selection": bench_window_selection, "modality_shapley": bench_modality_shapley}
-    rows = []
-    for name, bench in benches.items():
-        if args.only and name not in args.only:
-            continue
-        rows.extend(bench(device, args.quick))
-    print_rows(rows)
+    rows = run_benches(benches, args.only, device, args.quick)
     # On a shared, oversubscribed CPU, OpenMP threads that spin while waiting (the default) steal
     # the cores from the threads doing the work: record the policy the run used.
     env = dict(environment(device), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import environment, measure, print_rows, write_json_atomically  # noqa: E402
+from _harness import environment, measure, run_benches, write_json_atomically  # noqa: E402
 
 from mmxai_fast.ops import (HU_WINDOW_PRESETS, OcclusionWindows, hu_window, occlusion_attribution,  # noqa: E402
                             occlusion_attribution_reference, occlusion_batch, perturb, vq_nearest)
@@ -157,12 +157,7 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.manual_seed(0)
     benches = {"perturb": bench_perturb, "hu_window": bench_hu_window, "vq": bench_vq, "occlusion": bench_occlusion}
-    rows = []
-    for name, bench in benches.items():
-        if args.only and name not in args.only:
-            continue
-        rows.extend(bench(device, args.quick))
-    print_rows(rows)
+    rows = run_benches(benches, args.only, device, args.quick)
     payload = {"environment": environment(device), "ceilings": device_ceilings(device), "rows": rows,
                "command": " ".join(["python", "benchmarks/bench_ops.py"] + (argv or sys.argv[1:]))}
     write_json_atomically(args.out, payload)

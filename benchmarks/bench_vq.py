@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import environment, measure, print_rows, write_json_atomically  # noqa: E402
+from _harness import environment, measure, run_benches, write_json_atomically  # noqa: E402
 
 from mmxai_fast.models import VQEncoderDecoder  # noqa: E402
 from mmxai_fast.ops import vq_nearest  # noqa: E402
@@ -139,12 +139,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     benches = {"quantizer": bench_quantizer, "ablation": bench_ablation}
-    rows = []
-    for name, bench in benches.items():
-        if args.only and name not in args.only:
-            continue
-        rows.extend(bench(device, args.quick))
-    print_rows(rows)
+    rows = run_benches(benches, args.only, device, args.quick)
     env = environment(device)
     vqp, _ = _vqp()
     env["vector_quantize_pytorch"] = getattr(vqp, "__version__", None) if vqp is not None else None

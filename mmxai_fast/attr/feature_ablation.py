@@ -82,23 +82,29 @@ class FeatureAblation(_CaptumFeatureAblation):
         with torch.no_grad():
             engine = PerturbationEngine(self.forward_func, formatted_inputs, baselines, formatted_mask, target,
                                         formatted_args, perturbations_per_eval, compact_ids=True)
-            order = engine.feature_order
-            num_rows = order.numel()
             with engine.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 initial = engine.initialize()
-                engine.set_progress_total(math.ceil(num_rows / engine.rows_per_eval) + 1)
-                order_dev = order.to(formatted_inputs[0].device)
-
-                def make_keep(start: int, stop: int) -> Tensor:
-                    keep = torch.ones((stop - start, engine.num_features), dtype=torch.bool, device=order_dev.device)
-                    keep[torch.arange(stop - start, device=order_dev.device), order_dev[start:stop]] = False
-                    return keep
-
-                outputs = engine.evaluate_chunks(num_rows, make_keep)
-                flat_initial = initial.reshape(1, -1)
-                diff = flat_initial - outputs.reshape(num_rows, -1).to(flat_initial.device)
-                table = torch.zeros((engine.num_features, flat_initial.shape[1]), dtype=flat_initial.dtype,
-                                    device=flat_initial.device)
-                table[order.to(table.device)] = diff.to(table.dtype)
-                attributions = engine.to_input_shapes(table)
+                attributions = self._ablate_one_feature_per_row(engine, initial)
         return _format_output(is_inputs_tuple, attributions)
+
+    @staticmethod
+    def _ablate_one_feature_per_row(engine: PerturbationEngine, initial: Tensor) -> Tuple[Tensor, ...]:
+        """One coalition row per feature (in Captum's visiting order) with only that feature
+        removed; attributions = ``initial`` output - output with the feature removed."""
+        order = engine.feature_order
+        num_rows = order.numel()
+        engine.set_progress_total(math.ceil(num_rows / engine.rows_per_eval) + 1)
+        order_dev = order.to(engine.inputs[0].device)
+
+        def make_keep(start: int, stop: int) -> Tensor:
+            keep = torch.ones((stop - start, engine.num_features), dtype=torch.bool, device=order_dev.device)
+            keep[torch.arange(stop - start, device=order_dev.device), order_dev[start:stop]] = False
+            return keep
+
+        outputs = engine.evaluate_chunks(num_rows, make_keep)
+        flat_initial = initial.reshape(1, -1)
+        diff = flat_initial - outputs.reshape(num_rows, -1).to(flat_initial.device)
+        table = torch.zeros((engine.num_features, flat_initial.shape[1]), dtype=flat_initial.dtype,
+                            device=flat_initial.device)
+        table[order.to(table.device)] = diff.to(table.dtype)
+        return engine.to_input_shapes(table)

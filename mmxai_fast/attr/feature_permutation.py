@@ -278,29 +278,16 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
             engine = _PermutationEngine(self.forward_func, formatted_inputs, (0.0,) * len(formatted_inputs),
                                         formatted_mask, target, formatted_args, perturbations_per_eval,
                                         compact_ids=True)
-            order = engine.feature_order
-            num_rows = order.numel()
             with engine.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 initial = initialize_checked(engine)
-                flat_initial = initial.reshape(1, -1)
-                table = torch.zeros((engine.num_features, flat_initial.shape[1]), dtype=flat_initial.dtype,
-                                    device=flat_initial.device)
                 if engine.num_examples < self._min_examples_per_batch_grouped:
-                    logger.warning(f"Skipping all {num_rows} feature groups since the inputs' 0th dim "
-                                   f"({engine.num_examples}) is less than {self._min_examples_per_batch_grouped}")
+                    logger.warning(f"Skipping all {engine.feature_order.numel()} feature groups since the inputs' "
+                                   f"0th dim ({engine.num_examples}) is less than "
+                                   f"{self._min_examples_per_batch_grouped}")
                     engine.set_progress_total(1)
-                    return _format_output(is_inputs_tuple, engine.to_input_shapes(table))
+                    zeros = torch.zeros((engine.num_features, initial.numel()), dtype=initial.dtype,
+                                        device=initial.device)
+                    return _format_output(is_inputs_tuple, engine.to_input_shapes(zeros))
                 engine.permutations = _draw_permutations(engine, engine.rows_per_eval)
-                engine.set_progress_total(math.ceil(num_rows / engine.rows_per_eval) + 1)
-                order_dev = order.to(formatted_inputs[0].device)
-
-                def make_keep(start: int, stop: int) -> Tensor:
-                    keep = torch.ones((stop - start, engine.num_features), dtype=torch.bool, device=order_dev.device)
-                    keep[torch.arange(stop - start, device=order_dev.device), order_dev[start:stop]] = False
-                    return keep
-
-                outputs = engine.evaluate_chunks(num_rows, make_keep)
-                diff = flat_initial - outputs.reshape(num_rows, -1).to(flat_initial.device)
-                table[order.to(table.device)] = diff.to(table.dtype)
-                attributions = engine.to_input_shapes(table)
+                attributions = self._ablate_one_feature_per_row(engine, initial)
         return _format_output(is_inputs_tuple, attributions)
