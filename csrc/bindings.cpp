@@ -8,9 +8,10 @@ void register_hu_window(pybind11::module_& m);
 void register_perturb(pybind11::module_& m);
 void register_occlusion(pybind11::module_& m);
 void register_shapley(pybind11::module_& m);
-void register_vq(pybind11::module_& m);
+void register_vq_nearest(pybind11::module_& m);
+void register_codeword_histogram(pybind11::module_& m);
 void register_slic(pybind11::module_& m);
-void register_histogram(pybind11::module_& m);
+void register_thresholded_value_histogram(pybind11::module_& m);
 }  // namespace mmxai
 
 PYBIND11_MODULE(_C, m) {
@@ -21,7 +22,8 @@ PYBIND11_MODULE(_C, m) {
   mmxai::register_perturb(m);
   mmxai::register_occlusion(m);
   mmxai::register_shapley(m);
-  mmxai::register_vq(m);
+  mmxai::register_vq_nearest(m);
+  mmxai::register_codeword_histogram(m);
   mmxai::register_slic(m);
-  mmxai::register_histogram(m);
+  mmxai::register_thresholded_value_histogram(m);
 }

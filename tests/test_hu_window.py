@@ -3,7 +3,7 @@ import torch
 
 import mmxai_fast
 from mmxai_fast.ops import HU_WINDOW_PRESETS, HUWindow, hu_window, hu_window_reference
-from mmxai_fast.ops.windows import parse_windows
+from mmxai_fast.ops.hu_window import parse_windows
 from helpers import CPU_BACKENDS, FLOAT_DTYPES, assert_close_to_reference, non_contiguous
 
 SHAPES = [(1,), (7,), (5, 123, 123), (3, 17, 9, 11), (4, 6, 5, 7)]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mmxai_fast.ops.perturbation import MASK_DTYPES, perturb, perturb_reference
+from mmxai_fast.ops.perturb import MASK_DTYPES, perturb, perturb_reference
 from helpers import CPU_BACKENDS, FLOAT_DTYPES, assert_close_to_reference, non_contiguous
 
 # (x shape, mask shape): odd sizes, 2D, 3D, 4-channel 3D with a full and a channel-shared mask.

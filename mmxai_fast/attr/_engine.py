@@ -57,7 +57,7 @@ from captum._utils.common import _expand_additional_forward_args, _expand_target
 from captum._utils.progress import progress as captum_progress
 from torch import Tensor
 
-from ..ops.perturbation import MASK_DTYPES, perturb
+from ..ops.perturb import MASK_DTYPES, perturb
 
 __all__ = ["AttributionInputError", "PerturbationEngine", "check_perturbations_per_eval", "ids_present"]
 

@@ -18,8 +18,8 @@ from typing import List, Optional, Tuple
 import torch
 
 from .._validation import require_floating, require_tensor
-from ..ops.histogram import thresholded_value_histogram
-from ..ops.windows import HUWindow
+from ..ops.thresholded_value_histogram import thresholded_value_histogram
+from ..ops.hu_window import HUWindow
 
 __all__ = ["FixedGrowingWindowSchedule", "select_window_from_cam", "FULL_HU_RANGE"]
 

@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..ops.windows import hu_window, parse_windows
+from ..ops.hu_window import hu_window, parse_windows
 
 __all__ = ["HUWindowTransform"]
 

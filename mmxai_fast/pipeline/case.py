@@ -261,7 +261,7 @@ def load_case(modalities: Union[Mapping[str, PathLike], PathLike], roi: Optional
 
 
 def _window_name(window) -> str:
-    from ..ops.windows import HU_WINDOW_PRESETS, HUWindow
+    from ..ops.hu_window import HU_WINDOW_PRESETS, HUWindow
 
     if isinstance(window, str):
         return window
@@ -295,7 +295,7 @@ def load_ct_case(path: PathLike, windows: Sequence = ("brain", "subdural", "bone
     """
     from scipy import ndimage
 
-    from ..ops.windows import hu_window, parse_windows
+    from ..ops.hu_window import hu_window, parse_windows
 
     data, affine = _load_image(path, "ct")
     data = _squeeze_volume(data, "ct", path)

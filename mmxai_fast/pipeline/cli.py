@@ -89,7 +89,7 @@ def _modalities(pairs: List[str], parser) -> Dict[str, str]:
 
 
 def _windows(items: List[str], parser):
-    from ..ops.windows import HU_WINDOW_PRESETS
+    from ..ops.hu_window import HU_WINDOW_PRESETS
 
     windows = []
     for item in items:

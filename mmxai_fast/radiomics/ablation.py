@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..ops.vq import codeword_histogram
+from ..ops.codeword_histogram import codeword_histogram
 from .histograms import _check_range
 from .._validation import positive_int, require_floating, require_integer, require_ndim, require_tensor
 

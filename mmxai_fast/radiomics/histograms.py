@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..ops.vq import codeword_histogram
+from ..ops.codeword_histogram import codeword_histogram
 from .._validation import positive_int, require_integer, require_ndim, require_same_device, require_tensor
 
 __all__ = ["volume_codeword_histograms", "volume_codeword_histograms_reference"]

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.vq import codeword_histogram, vq_nearest
+from ..ops.codeword_histogram import codeword_histogram
+from ..ops.vq_nearest import vq_nearest
 from .._validation import positive_int, require_floating, require_tensor
 
 __all__ = ["VectorQuantizer", "ema_codebook_update"]

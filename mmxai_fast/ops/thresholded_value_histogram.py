@@ -9,8 +9,8 @@ Policy: floating values are rounded half to even (``torch.round``) before binnin
 compared exactly (in float64), so a NaN score never counts.
 
 Naming chain: ``thresholded_value_histogram_reference`` (oracle and fallback),
-``_thresholded_value_histogram_cpu`` (C++ ``csrc/cpu/histogram_cpu.cpp``),
-``_thresholded_value_histogram_triton`` (``kernels/triton/histogram.py``), the registered
+``_thresholded_value_histogram_cpu`` (C++ ``csrc/cpu/thresholded_value_histogram_cpu.cpp``),
+``_thresholded_value_histogram_triton`` (``kernels/triton/thresholded_value_histogram.py``), the registered
 ``torch.ops.mmxai_fast.thresholded_value_histogram`` and the public ``thresholded_value_histogram``.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _thresholded_value_histogram_triton(values, scores, threshold, low, high, ba
     counts = torch.zeros((rows_v.shape[0], high - low + 1), dtype=torch.int64, device=values.device)
     if rows_v.numel():
         threshold_t = torch.tensor([threshold], dtype=torch.float64, device=values.device)
-        triton_module("histogram").thresholded_value_histogram_forward(rows_v, rows_s, threshold_t, low, counts)
+        triton_module("thresholded_value_histogram").thresholded_value_histogram_forward(rows_v, rows_s, threshold_t, low, counts)
     return counts if batch_dims else counts[0]
 
 

@@ -1,4 +1,4 @@
-"""Vector quantisation: ``vq_nearest`` and ``codeword_histogram`` (deep radiomics, Kobayashi et al.).
+"""Vector quantisation: ``vq_nearest``, the nearest codeword (deep radiomics, Kobayashi et al.).
 
 A VQ-VAE encoder maps a volume to ``z_e`` of ``D`` features per position; each position is
 replaced by its nearest codeword of a learned codebook ``[K, D]``, and the histogram of codeword
@@ -15,11 +15,10 @@ every backend. The expansion loses precision when ``||z - e||^2`` is much smalle
 ``eps`` is float32's for float16/bfloat16/float32 inputs (computed in float32) and float64's for
 float64.
 
-Naming chain: ``vq_nearest_reference`` / ``codeword_histogram_reference`` (oracles and fallbacks),
-``_vq_nearest_cpu`` / ``_codeword_histogram_cpu`` (C++), ``_vq_nearest_triton`` /
-``_codeword_histogram_triton`` (``kernels/triton/vq.py``), the registered
-``torch.ops.mmxai_fast.vq_nearest`` / ``torch.ops.mmxai_fast.codeword_histogram`` and the public
-``vq_nearest`` / ``codeword_histogram``.
+Naming chain: ``vq_nearest_reference`` (oracle and fallback), ``_vq_nearest_cpu`` (C++
+``csrc/cpu/vq_nearest_cpu.cpp``), ``_vq_nearest_triton`` (``kernels/triton/vq_nearest.py``), the
+registered ``torch.ops.mmxai_fast.vq_nearest`` and the public ``vq_nearest``. The histogram of the
+indices is ``codeword_histogram`` (``ops/codeword_histogram.py``).
 """
 from __future__ import annotations
 
@@ -36,10 +35,6 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REFERENCE_CHUNK_ELEMENTS = 1 << 23
 _MAX_CODEWORDS = (1 << 31) - 128  # the C++ kernel keeps slot indices in int32 next to float32
 
-
-# ---------------------------------------------------------------------------------------------
-# vq_nearest
-# ---------------------------------------------------------------------------------------------
 
 
 def vq_nearest_reference(z: torch.Tensor, codebook: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +90,7 @@ def _vq_nearest_triton(z, codebook):
     indices = torch.empty(n, dtype=torch.int64, device=z.device)
     dist = torch.empty(n, dtype=z.dtype, device=z.device)
     if n:
-        triton_module("vq").vq_nearest_forward(z, codebook, indices, dist)
+        triton_module("vq_nearest").vq_nearest_forward(z, codebook, indices, dist)
     return indices, dist
 
 
@@ -160,113 +155,3 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *, backend: str = None
     if z.shape[1] != codebook.shape[1]:
         raise ValueError(f"z feature size must match codebook's D={codebook.shape[1]}, got z of shape {tuple(z.shape)}")
     return torch.ops.mmxai_fast.vq_nearest(z, codebook, backend or "")
-
-
-# ---------------------------------------------------------------------------------------------
-# codeword_histogram
-# ---------------------------------------------------------------------------------------------
-
-
-def _as_batches(indices: torch.Tensor, batch_dims: int) -> torch.Tensor:
-    """``indices`` as ``[B, L]`` (``B = 1`` when ``batch_dims == 0``)."""
-    batch = indices.shape[0] if batch_dims else 1
-    return indices.reshape(batch, -1) if indices.numel() else indices.new_zeros((batch, 0))
-
-
-def codeword_histogram_reference(indices: torch.Tensor, num_codewords: int, batch_dims: int = 0) -> torch.Tensor:
-    """Plain-PyTorch oracle: ``scatter_add`` of ones into ``[B, K]`` counts.
-
-    Args:
-        indices: integer, values in ``[0, num_codewords)``; ``(B, ...)`` when ``batch_dims == 1``.
-        num_codewords: ``K``.
-        batch_dims: 0 or 1.
-
-    Returns:
-        int64 ``(K,)`` (``batch_dims == 0``) or ``(B, K)``.
-    """
-    flat = _as_batches(indices, batch_dims).to(torch.int64)
-    counts = torch.zeros((flat.shape[0], num_codewords), dtype=torch.int64, device=indices.device)
-    counts.scatter_add_(1, flat, torch.ones_like(flat))
-    return counts if batch_dims else counts[0]
-
-
-def _histogram_kernel_input(indices, batch_dims):
-    flat = _as_batches(indices, batch_dims)
-    if flat.dtype not in (torch.int32, torch.int64):
-        flat = flat.to(torch.int64)
-    return flat.contiguous()
-
-
-def _codeword_histogram_cpu(indices, num_codewords, batch_dims):
-    flat = _histogram_kernel_input(indices, batch_dims)
-    counts = torch.empty((flat.shape[0], num_codewords), dtype=torch.int64)
-    compiled_module().codeword_histogram(flat.data_ptr(), dtype_code(flat.dtype), flat.shape[0],
-                                         flat.shape[1], num_codewords, counts.data_ptr())
-    return counts if batch_dims else counts[0]
-
-
-def _codeword_histogram_triton(indices, num_codewords, batch_dims):
-    flat = _histogram_kernel_input(indices, batch_dims)
-    counts = torch.zeros((flat.shape[0], num_codewords), dtype=torch.int64, device=indices.device)
-    if flat.numel():
-        triton_module("vq").codeword_histogram_forward(flat, counts)
-    return counts if batch_dims else counts[0]
-
-
-_HIST_IMPLS = {"reference": codeword_histogram_reference, "cpu": _codeword_histogram_cpu,
-               "triton": _codeword_histogram_triton}
-
-
-def _check_index_range(indices: torch.Tensor, num_codewords: int) -> None:
-    if indices.numel() == 0:
-        return
-    low, high = torch.aminmax(indices)
-    low, high = int(low), int(high)
-    if low < 0 or high >= num_codewords:
-        raise ValueError(f"indices must be in [0, {num_codewords}) (num_codewords), got min {low} and max {high}")
-
-
-@torch.library.custom_op("mmxai_fast::codeword_histogram", mutates_args=())
-def _codeword_histogram_op(indices: torch.Tensor, num_codewords: int, batch_dims: int, backend: str) -> torch.Tensor:
-    # Data-dependent check here rather than in the public function, so torch.compile does not
-    # graph-break; it runs before any counting on every backend.
-    _check_index_range(indices, num_codewords)
-    chosen = resolve_backend("codeword_histogram", backend, indices.device, _HIST_IMPLS)
-    return _HIST_IMPLS[chosen](indices, num_codewords, batch_dims)
-
-
-@_codeword_histogram_op.register_fake
-def _(indices, num_codewords, batch_dims, backend):
-    shape = (indices.shape[0], num_codewords) if batch_dims else (num_codewords,)
-    return indices.new_empty(shape, dtype=torch.int64)
-
-
-def codeword_histogram(indices: torch.Tensor, num_codewords: int, *, batch_dims: int = 0,
-                       backend: str = None) -> torch.Tensor:
-    """Counts of each codeword index (deep-radiomics feature vector).
-
-    Args:
-        indices: integer codeword indices in ``[0, num_codewords)``, any shape; with
-            ``batch_dims=1`` the first dim is the batch (one histogram per volume), ``(B, ...)``.
-        num_codewords: ``K >= 1``, the number of bins.
-        batch_dims: 0 (one histogram over everything) or 1 (one per entry of the first dim).
-        backend: ``None``/``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
-
-    Returns:
-        int64 ``(K,)`` when ``batch_dims == 0``, ``(B, K)`` when ``batch_dims == 1``.
-
-    Raises:
-        TypeError: ``indices`` is not an integer tensor.
-        ValueError: ``num_codewords < 1``, ``batch_dims`` not 0 or 1, ``batch_dims=1`` with 0-dim
-            ``indices``, or an index outside ``[0, num_codewords)``.
-        BackendUnavailableError: an explicitly requested backend cannot run.
-    """
-    require_tensor(indices, "indices")
-    require_integer(indices, "indices")
-    if isinstance(num_codewords, bool) or not isinstance(num_codewords, int) or num_codewords < 1:
-        raise ValueError(f"num_codewords must be an int >= 1, got {num_codewords!r}")
-    if isinstance(batch_dims, bool) or batch_dims not in (0, 1):
-        raise ValueError(f"batch_dims must be 0 or 1, got {batch_dims!r}")
-    if batch_dims == 1 and indices.dim() == 0:
-        raise ValueError("indices must have a batch dim (B, ...) when batch_dims=1, got a 0-dim tensor")
-    return torch.ops.mmxai_fast.codeword_histogram(indices, num_codewords, batch_dims, backend or "")

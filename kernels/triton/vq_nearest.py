@@ -1,4 +1,4 @@
-"""Triton kernels for VQ: nearest-codeword lookup and codeword histograms.
+"""Triton kernels for ``vq_nearest``: nearest-codeword lookup.
 
 ``_vq_nearest_kernel``: one program per BLOCK_N rows of z. It loops over the codebook in BLOCK_K
 tiles, computes the tile's scores ``||e_k||^2 - 2 z . e_k`` with ``tl.dot`` (IEEE precision, no TF32)
@@ -123,24 +123,3 @@ def vq_nearest_forward(z, codebook, indices, dist):
                              z.stride(0), z.stride(1), codebook.stride(0), codebook.stride(1),
                              BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, COMPUTE_F64=f64)
     return indices, dist
-
-
-@triton.jit
-def _codeword_histogram_kernel(idx_ptr, out_ptr, total, L, K, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = offs < total
-    idx = tl.load(idx_ptr + offs, mask=valid, other=0).to(tl.int64)
-    batch = offs // L
-    # The caller has checked the range; the mask only keeps a bad index from writing elsewhere.
-    ok = valid & (idx >= 0) & (idx < K)
-    tl.atomic_add(out_ptr + batch * K + idx, tl.full([BLOCK], 1, tl.int64), mask=ok)
-
-
-def codeword_histogram_forward(indices, counts):
-    """indices: contiguous int32/int64 [B, L] in [0, K); counts: zeroed int64 [B, K], added to."""
-    total = indices.numel()
-    block = 1024
-    grid = (triton.cdiv(total, block),)
-    _codeword_histogram_kernel[grid](indices, counts, total, indices.shape[1], counts.shape[1], BLOCK=block)
-    return counts

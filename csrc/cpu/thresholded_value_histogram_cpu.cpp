@@ -210,7 +210,7 @@ void thresholded_value_histogram(uintptr_t values, const std::string& values_dty
 
 }  // namespace
 
-void register_histogram(pybind11::module_& m) {
+void register_thresholded_value_histogram(pybind11::module_& m) {
   m.def("thresholded_value_histogram", &thresholded_value_histogram,
         pybind11::call_guard<pybind11::gil_scoped_release>(),
         "thresholded_value_histogram(values_ptr, values_dtype, scores_ptr, scores_dtype, B, L, threshold, low, "
