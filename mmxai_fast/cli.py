@@ -1,6 +1,6 @@
 """Command line: ``mmxai-fast demo`` (train and explain a 3D CNN on synthetic brain MRI),
-``mmxai-fast tour`` (a tour of the kernels), ``mmxai-fast backends`` and ``mmxai-fast explain``
-(NIfTI case + model -> heatmaps)."""
+``mmxai-fast tour`` (a tour of the kernels), ``mmxai-fast backends``, ``mmxai-fast explain``
+(NIfTI case + model -> heatmaps) and ``mmxai-fast run`` (an unmodified Captum script on the engine)."""
 from __future__ import annotations
 
 import argparse
@@ -76,8 +76,10 @@ def main(argv=None) -> int:
     tour.set_defaults(func=_cmd_tour)
     sub.add_parser("backends", help="which backends are usable here, and why not").set_defaults(func=_cmd_backends)
     from .pipeline.cli import add_explain_parser
+    from .run_script import add_run_parser
 
     add_explain_parser(sub)
+    add_run_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -6,21 +6,37 @@
 ``captum.attr`` and in the ``captum.attr._core.<module>`` that defines each one, so code that
 looks them up there (``captum.attr.Occlusion(model)``, or ``from captum.attr import Occlusion``
 run after the call) gets the engine's drop-in classes. Names already bound elsewhere before the
-call (``from captum.attr import X`` executed earlier) are not touched.
+call (``from captum.attr import X`` executed earlier) are patched in place: each Captum class's
+own ``attribute`` dispatches, for instances of exactly that class (created before or after the
+call), to the engine's class (the instance's ``__class__`` is ours for the duration of the call:
+our classes subclass Captum's and add no state of their own). Subclasses written by users keep
+Captum's behaviour. :func:`unpatch_captum` restores every replaced attribute.
+
+``patch_captum(batch="auto")`` (and the other :class:`~mmxai_fast.attr._model_policy.ModelPolicy`
+settings) also runs every ``attribute`` call's model through a
+:class:`~mmxai_fast.attr._model_policy.ModelRunner`: ``perturbations_per_eval=1`` becomes a chunk
+chosen by measured throughput where batching is safe, 3D inputs go channels-last where faster,
+model calls run under inference mode; calls and model time are counted in
+:data:`~mmxai_fast.attr._model_policy.REPORT`.
 
 One exception keeps Captum itself working: a defining module whose own code looks a class up by
 its global name (Captum 0.9's ``ShapleyValues.__init__`` calls
 ``ShapleyValueSampling.__init__``) keeps the original under that name there, because our classes
 subclass Captum's and calling theirs through ours would recurse. ``captum.attr`` still gets ours.
 """
+import functools
 import importlib
 import inspect
+import threading
+import time
 import types
-from typing import Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import captum.attr
+import torch
 
 from . import feature_ablation, feature_permutation, kernel_shap, lime, occlusion, shapley_value
+from ._model_policy import REPORT, ModelPolicy, ModelRunner
 
 __all__ = ["patch_captum", "unpatch_captum"]
 
@@ -35,7 +51,7 @@ _OURS = {
 }
 
 #: (module, name, original value) of every attribute replaced; empty when not patched.
-_saved: List[Tuple[types.ModuleType, str, object]] = []
+_saved: List[Tuple[Any, str, object]] = []
 
 
 def _code_names(code: types.CodeType) -> set:
@@ -71,6 +87,103 @@ def _targets() -> Dict[str, List[types.ModuleType]]:
     return targets
 
 
+_local = threading.local()  # the policy call in progress on this thread (nested calls pass through)
+
+
+def _policy_attribute(original: Callable, policy: ModelPolicy) -> Callable:
+    """``original`` (an unwrapped ``attribute``) with its model run by a :class:`ModelRunner`."""
+    signature = inspect.signature(original)
+
+    def attribute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_local, "active", False):
+            return original(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        inputs = bound.arguments["inputs"]
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+        extra = bound.arguments.get("additional_forward_args")
+        extra = () if extra is None else (extra if isinstance(extra, tuple) else (extra,))
+        stats = REPORT[type(self).__name__]
+        forward = self.forward_func
+        num_examples = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() else 1
+        runner = ModelRunner(forward, policy, stats, num_examples)
+        start = time.perf_counter()
+        _local.active = True
+        self.forward_func = runner
+        try:
+            if (policy.batch == "auto" and bound.arguments.get("perturbations_per_eval", None) == 1
+                    and all(isinstance(x, torch.Tensor) for x in inputs)):
+                bound.arguments["perturbations_per_eval"] = runner.choose_perturbations_per_eval(
+                    inputs, extra, _perturbation_count(bound.arguments))
+            return original(*bound.args, **bound.kwargs)
+        finally:
+            self.forward_func = forward
+            _local.active = False
+            stats.calls += 1
+            stats.wall_s += time.perf_counter() - start
+
+    return attribute
+
+
+def _perturbation_count(arguments: Dict[str, Any]) -> Optional[int]:
+    """An upper bound on the useful chunk: the number of features when a feature mask is given
+    (FeatureAblation makes exactly that many perturbations), else None."""
+    masks = arguments.get("feature_mask")
+    masks = masks if isinstance(masks, tuple) else (masks,)
+    if not masks or not all(isinstance(m, torch.Tensor) and m.numel() for m in masks):
+        return None
+    return sum(int(m.max()) + 1 for m in masks)
+
+
+def _dispatcher(captum_cls: type, ours: type, original: Callable) -> Callable:
+    """Captum's ``attribute`` that runs ours for instances of exactly ``captum_cls``."""
+
+    def unwrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(self) is not captum_cls:
+            return inspect.unwrap(original)(self, *args, **kwargs)
+        self.__class__ = ours
+        try:
+            return inspect.unwrap(ours.attribute)(self, *args, **kwargs)
+        finally:
+            self.__class__ = captum_cls
+
+    @functools.wraps(original)
+    def attribute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(self) is not captum_cls:
+            return original(self, *args, **kwargs)
+        self.__class__ = ours
+        try:
+            return ours.attribute(self, *args, **kwargs)
+        finally:
+            self.__class__ = captum_cls
+
+    attribute.__wrapped__ = unwrapped  # NoiseTunnel calls attribute.__wrapped__(instance, ...)
+    return attribute
+
+
+_ABSENT = object()  # marks an attribute that only a base class defined: unpatching deletes it
+
+
+def _replace(owner: Any, name: str, value: Any) -> None:
+    _saved.append((owner, name, vars(owner).get(name, _ABSENT)))
+    setattr(owner, name, value)
+
+
+def _install_policy(ours: type, policy: ModelPolicy) -> None:
+    if "attribute" not in vars(ours):
+        return  # inherited from one of our classes, which gets the policy itself
+    original = vars(ours)["attribute"]
+    unwrapped = inspect.unwrap(original)
+    wrapped_policy = _policy_attribute(unwrapped, policy)
+
+    @functools.wraps(original)
+    def attribute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return wrapped_policy(self, *args, **kwargs)
+
+    attribute.__wrapped__ = wrapped_policy
+    _replace(ours, "attribute", attribute)
+
+
 class _Patch:
     """Returned by :func:`patch_captum`; as a context manager it unpatches on exit."""
 
@@ -82,28 +195,45 @@ class _Patch:
         return False
 
 
-def patch_captum() -> _Patch:
-    """Swap the engine's drop-in classes into ``captum.attr`` (see the module docstring).
+def patch_captum(batch: Optional[str] = None, *, policy: Optional[ModelPolicy] = None, **settings: Any) -> _Patch:
+    """Run Captum's perturbation classes on the engine (see the module docstring).
 
-    Idempotent: a second call while patched changes nothing. Usable as a context manager::
+    Args:
+        batch: ``"auto"``: ``perturbations_per_eval=1`` becomes a measured chunk size where that is
+            safe; ``"keep"`` or ``None`` (default): the caller's value is kept.
+        policy: a whole :class:`~mmxai_fast.attr._model_policy.ModelPolicy` instead of keywords.
+        **settings: other ``ModelPolicy`` fields (``channels_last``, ``inference_mode``,
+            ``autocast``, ``compile``, ``cuda_graphs``).
 
-        with mmxai_fast.patch_captum():
+    With no argument only the classes are swapped (Captum's results, the caller's batching).
+    Idempotent while patched (a second call changes nothing; unpatch first to change settings).
+    Usable as a context manager::
+
+        with mmxai_fast.patch_captum(batch="auto"):
             attr = captum.attr.Occlusion(model).attribute(x, (1, 8, 8, 8), target=0)
 
     Returns:
         an object whose ``__exit__`` calls :func:`unpatch_captum`.
     """
+    if policy is None and (batch is not None or settings):
+        policy = ModelPolicy(batch=batch, **settings)
     if not _saved:
         for name, modules in _targets().items():
             ours = _OURS[name][0]
+            captum_cls = vars(modules[0])[name]
             for module in modules:
-                _saved.append((module, name, vars(module)[name]))
-                setattr(module, name, ours)
+                _replace(module, name, ours)
+            _replace(captum_cls, "attribute", _dispatcher(captum_cls, ours, captum_cls.attribute))
+            if policy is not None:
+                _install_policy(ours, policy)
     return _Patch()
 
 
 def unpatch_captum() -> None:
     """Restore Captum's original classes (no-op when not patched)."""
     while _saved:
-        module, name, original = _saved.pop()
-        setattr(module, name, original)
+        owner, name, original = _saved.pop()
+        if original is _ABSENT:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
