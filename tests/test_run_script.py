@@ -1,0 +1,70 @@
+"""``mmxai-fast run SCRIPT``: argv, exit codes and exceptions pass through; the script runs on the engine."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mmxai_fast.cli import main
+from mmxai_fast.run_script import run_script
+
+PIPELINE = textwrap.dedent("""
+    import sys
+    import torch
+    from captum.attr import FeatureAblation   # imported before anything is patched
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 6 ** 3, 2)).eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+    mask = torch.arange(512).reshape(1, 1, 8, 8, 8) // 64
+    attr = FeatureAblation(model).attribute(x, target=0, feature_mask=mask)
+    print("argv", sys.argv[1:], "name", __name__, "sum", round(float(attr.sum()), 4))
+    sys.exit(int(sys.argv[1]))
+""")
+
+
+@pytest.fixture
+def script(tmp_path):
+    path = tmp_path / "pipeline.py"
+    path.write_text(PIPELINE)
+    return path
+
+
+def test_argv_exit_code_and_report(script, capsys):
+    code = main(["run", "--report", str(script), "3", "--their-flag"])
+    out, err = capsys.readouterr()
+    assert code == 3
+    assert "argv ['3', '--their-flag'] name __main__" in out
+    assert "FeatureAblation: 1 calls, 9 evaluations" in err  # the top-level import ran on the engine
+
+
+def test_results_equal_plain_python(script):
+    plain = subprocess.run([sys.executable, str(script), "0"], capture_output=True, text=True, check=True)
+    patched = subprocess.run([sys.executable, "-m", "mmxai_fast", "run", str(script), "0"],
+                             capture_output=True, text=True, check=True)
+    assert plain.stdout.split("sum")[1] == patched.stdout.split("sum")[1]
+
+
+def test_exceptions_pass_through(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise KeyError('from the script')\n")
+    with pytest.raises(KeyError, match="from the script"):
+        run_script(str(bad), [])
+    result = subprocess.run([sys.executable, "-m", "mmxai_fast", "run", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 1 and "KeyError: 'from the script'" in result.stderr
+
+
+def test_captum_is_unpatched_after_the_script(script):
+    import captum.attr
+
+    original = captum.attr.FeatureAblation
+    main(["run", "--batch", "keep", str(script), "0"])
+    assert captum.attr.FeatureAblation is original
+
+
+def test_missing_script_is_one_line_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(tmp_path / "nope.py")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SCRIPT must be an existing file" in err[0]
