@@ -1,8 +1,7 @@
 """mmxai_fast: a compiled-kernel engine for explaining deep networks on multi-modal medical images."""
 from ._backends import BACKEND_ENV, BackendUnavailableError, backends
 from . import ops
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Captum drop-in classes, reachable as mmxai_fast.<Name>; imported on first use so that
 # `import mmxai_fast` (and the kernels alone) does not pay for importing Captum.
