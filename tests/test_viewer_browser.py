@@ -109,7 +109,7 @@ def test_opens_on_the_roi_slice_with_every_modality_and_method(page):
 
 
 def test_slider_moves_the_slice_shown(page):
-    d, meta, images = page
+    d, _, images = page
     before = canvas_pixels(d, "view-0-0")
     slider = d.find_element("id", "slice")
     slider.click()  # a click in the middle of the track: about the middle slice
