@@ -138,7 +138,11 @@ def _pack(volume: np.ndarray) -> bytes:
     delta = np.empty_like(raw)
     delta[..., 0] = raw[..., 0]
     np.subtract(raw[..., 1:], raw[..., :-1], out=delta[..., 1:])
-    return zlib.compress(delta.tobytes(), 1)  # level 6 saves only 1-10% here, at twice the time
+    # Noisy images: run-length matches (the zero background) plus Huffman beat LZ search, faster;
+    # heatmaps (superpixels, windows) repeat longer patterns. Level 6 saves 1-10% at 2-3x the time.
+    strategy = zlib.Z_RLE if volume.dtype == np.uint8 else zlib.Z_DEFAULT_STRATEGY
+    packer = zlib.compressobj(1, zlib.DEFLATED, 15, 9, strategy)
+    return packer.compress(delta) + packer.flush()
 
 
 def _initial_slices(roi: Optional[np.ndarray], heat: np.ndarray) -> List[int]:
