@@ -152,13 +152,15 @@ def test_write_explanation_writes_the_viewer_and_refuses_nan(tmp_path):
 def test_page_is_self_contained_and_escapes_names():
     case = make_case(names=("t1</script><script>alert(1)</script>", "flair"))
     exp = make_explanation(case)
-    exp.settings = {"note": "<b>&"}
+    exp.settings = {"note": "<b>&", "odd": float("nan"), "array": np.arange(2), "obj": object}
     page = render_viewer(case, {"Occ <i>": exp}).decode()
     assert "alert(1)</script>" not in page and "<b>" not in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched from anywhere
     assert "@import" not in page and "url(" not in page
     meta, _ = parse(page.encode())
     assert meta["modalities"][0].startswith("t1</script>") and meta["rows"][0]["label"] == "Occ <i>"
+    settings = meta["rows"][0]["settings"]
+    assert settings["odd"] is None and settings["array"] == [0, 1] and settings["obj"] == str(object)
 
 
 def test_several_methods_same_name_and_stderr_summary():

@@ -176,7 +176,17 @@ def _stderr_summary(exp, peak: float) -> Optional[Dict[str, float]]:
 
 
 def _json_safe(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    """Plain JSON values: arrays as lists, other objects as strings, NaN/inf as None."""
+    def clean(value):
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return clean(json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))))
 
 
 def _payload(case: Case, rows, smooth_sigma, max_size: int, title: str):
