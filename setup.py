@@ -48,7 +48,7 @@ setup(
     packages=find_packages(include=["mmxai_fast", "mmxai_fast.*"])
     + ["mmxai_fast.kernels", "mmxai_fast.kernels.triton", "mmxai_fast.kernels.cuda"],
     package_dir={"mmxai_fast": "mmxai_fast", "mmxai_fast.kernels": "kernels"},
-    package_data={"mmxai_fast.kernels.cuda": ["*.cu", "*.cuh"]},
+    package_data={"mmxai_fast.kernels.cuda": ["*.cu", "*.cuh"], "mmxai_fast.pipeline": ["*.html"]},
     ext_modules=[CMakeExtension("mmxai_fast._C", ROOT)],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

@@ -14,7 +14,7 @@ from mmxai_fast.models import VGG3D
 from pipeline_data import AFFINE, ANATOMICAL, save, volumes, write_case
 
 KW = {"in_channels": 2, "widths": [4, 8], "hidden": 8}
-OUTPUTS = {"importance.json", "summary.json", "heatmaps.png", "importance.png"}
+OUTPUTS = {"importance.json", "summary.json", "heatmaps.png", "importance.png", "viewer.html"}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from mmxai_fast.pipeline import outputs
 from pipeline_data import AFFINE
 
 NAMES = {"t1_heatmap.nii.gz", "t2_heatmap.nii.gz", "importance.json", "summary.json", "heatmaps.png",
-         "importance.png"}
+         "importance.png", "viewer.html"}
 
 
 def _case_and_explanation(names=("t1", "t2")):

@@ -17,3 +17,9 @@ fi
 # The build itself never needs torch (see pyproject.toml): build isolation fetches only
 # setuptools, pybind11 and cmake.
 "${INSTALL[@]}" ".[test]"
+# The viewer tests drive a headless Chromium: Debian's packages, installed only as root, only when
+# missing, and never failing the bootstrap (the tests skip, saying why, without a browser).
+if [ "$(id -u)" = 0 ] && ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } \
+    >/dev/null 2>&1 || echo "bootstrap: could not install chromium (viewer browser tests will skip)" >&2
+fi

@@ -88,6 +88,7 @@ def render_explanation(case: Case, explanation, *, slice: Optional[int] = None,
                        smooth_sigma: Optional[float] = None) -> Dict[str, bytes]:
     """Every output file's content, in memory (see :func:`write_explanation`)."""
     from .figures import _display_slice, plot_explanation, plot_modality_importance, scale_signed
+    from .viewer import render_viewer
 
     attributions = explanation.attributions
     if tuple(attributions.shape) != tuple(case.image.shape):
@@ -108,6 +109,7 @@ def render_explanation(case: Case, explanation, *, slice: Optional[int] = None,
     files["summary.json"] = _json_bytes(summary)
     files["heatmaps.png"] = _png_bytes(plot_explanation(case, explanation, slice=index, smooth_sigma=smooth_sigma))
     files["importance.png"] = _png_bytes(plot_modality_importance(explanation))
+    files["viewer.html"] = render_viewer(case, [explanation], smooth_sigma=smooth_sigma)
     return files
 
 
@@ -118,7 +120,7 @@ def write_explanation(case: Case, explanation, out_dir: Union[str, os.PathLike],
     Files: ``<modality>_heatmap.nii.gz`` (raw float32 attributions, the case's affine),
     ``importance.json`` (``{modality: share}``), ``summary.json`` (method, target, run stats,
     slice, settings), ``heatmaps.png`` (:func:`~mmxai_fast.pipeline.figures.plot_explanation`)
-    and ``importance.png``. Everything is rendered and validated before the first byte is written,
+    ``importance.png`` and ``viewer.html`` (:func:`~mmxai_fast.pipeline.viewer.render_viewer`). Everything is rendered and validated before the first byte is written,
     and written all-or-nothing (:func:`write_files_atomically`).
 
     Args:
