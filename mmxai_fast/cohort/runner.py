@@ -210,8 +210,9 @@ def run_cohort(specs: Sequence[CaseSpec], model: torch.nn.Module, out_dir: Union
             atomic_write_bytes(out / FAILURES_NAME, (json.dumps(failures, indent=2) + "\n").encode())
             finished = _finished(out, specs)
             write_manifest(out, settings_dict, model_hash, finished)
-            if len(finished) == len(specs):
-                shutil.rmtree(out / WORK_DIR, ignore_errors=True)
+            # every case was attempted: what is left in .work is staging debris (checkpoints
+            # belong to finished cases and were removed with them)
+            shutil.rmtree(out / WORK_DIR, ignore_errors=True)
         dist.barrier()
     finally:
         if run.overall is not None:
