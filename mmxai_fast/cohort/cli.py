@@ -148,7 +148,8 @@ def run_cohort_cli(args) -> int:
     if dist.rank == 0:
         print(f"cohort: {len(report.done)}/{len(specs)} cases done ({len(report.skipped)} were done before, "
               f"{len(report.failed)} failed, see {args.out}/failures.json); shard {report.shard}, "
-              f"{dist.world_size} rank(s), {report.wall_s:.1f} s, {report.cases_per_hour:.0f} cases/hour on rank 0")
+              f"{dist.world_size} rank(s), {report.wall_s:.1f} s, {report.cases_per_hour:.0f} cases/hour on rank 0, "
+              f"{report.resumed_permutations} permutations resumed from checkpoints on rank 0")
     return 0
 
 
