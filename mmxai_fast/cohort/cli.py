@@ -183,8 +183,8 @@ def _profile_inputs(args, parser):
         except CaseError as exc:
             parser.error(f"--modality: {exc}")
     else:
-        if args.phantom_size < 16:
-            parser.error(f"--phantom-size: must be >= 16, got {args.phantom_size}")
+        if args.phantom_size < 24:
+            parser.error(f"--phantom-size: must be >= 24, got {args.phantom_size}")
         from ..demo import phantom_case
         from ..phantom import make_brain_phantom
 
