@@ -95,8 +95,8 @@ class AttributionProfile:
         """The breakdown as text: phases with their share of the wall time, evaluations per
         second, and the ``top`` most expensive ops."""
         lines = [f"wall time          {self.wall_s:.3f} s",
-                 f"model              {self.model_s:.3f} s ({100 * self.model_share:.1f}%), "
-                 f"{self.model_calls} calls, {self.model_examples} inputs",
+                 (f"model              {self.model_s:.3f} s ({100 * self.model_share:.1f}%), "
+                  f"{self.model_calls} calls, {self.model_examples} inputs"),
                  f"engine             {self.wall_s - self.model_s:.3f} s ({100 * (1 - self.model_share):.1f}%)",
                  f"evaluations/s      {self.evaluations_per_s:.1f}", "phases:"]
         for name in PHASES:

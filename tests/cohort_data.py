@@ -36,10 +36,12 @@ def make_cohort(root: Path, n_cases: int, shape: Sequence[int] = (12, 12, 12), s
     return ids
 
 
-def save_model(path: Path, seed: int = 0) -> Path:
+def save_model(path: Path, seed: int = 0, factory_kwargs: str = FACTORY_KWARGS) -> Path:
+    import json
+
     from mmxai_fast.models import VGG3D
 
     torch.manual_seed(seed)
-    model = VGG3D(in_channels=4, widths=(4, 8), hidden=8)
+    model = VGG3D(**json.loads(factory_kwargs))
     torch.save(model.state_dict(), str(path))
     return path

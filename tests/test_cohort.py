@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -157,7 +156,7 @@ def _cli(cases, model, out, *extra):
 
 
 def test_cohort_cli_writes_cases_skips_them_on_rerun_and_lists_failures(tmp_path, cohort, capsys):
-    cases, model = cohort
+    _, model = cohort
     broken = tmp_path / "cases"
     make_cohort(broken, 3)
     (broken / "Case_001" / "Case_001_t2.nii.gz").write_bytes(b"not a nifti")  # fails to load

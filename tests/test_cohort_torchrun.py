@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cohort_data import FACTORY, FACTORY_KWARGS, MODALITIES, make_cohort, save_model
+from cohort_data import FACTORY, FACTORY_KWARGS, make_cohort, save_model
 from mmxai_fast.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -89,7 +89,6 @@ def init_distributed(device: Optional[str] = None) -> Dist:
             else the CPU.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         chosen = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
