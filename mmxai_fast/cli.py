@@ -80,6 +80,10 @@ def main(argv=None) -> int:
 
     add_explain_parser(sub)
     add_run_parser(sub)
+    from .cohort.cli import add_cohort_parser, add_profile_parser  # argparse only; the work is imported lazily
+
+    add_cohort_parser(sub)
+    add_profile_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
