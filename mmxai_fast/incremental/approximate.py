@@ -49,8 +49,9 @@ def _coarse_positions(count: int, factor: int) -> torch.Tensor:
     return torch.tensor(pos, dtype=torch.int64)
 
 
-def _interpolate_dim(values: torch.Tensor, dim: int, pos: torch.Tensor, count: int) -> torch.Tensor:
-    """Piecewise-linear interpolation along ``dim`` from samples at ``pos`` to ``0 .. count-1``."""
+def _interpolate_dim(values: torch.Tensor, dim: int, pos: torch.Tensor, count: int, peak: bool = False) -> torch.Tensor:
+    """Piecewise-linear interpolation along ``dim`` from samples at ``pos`` to ``0 .. count-1``
+    (``peak``: the larger of the two neighbouring samples instead)."""
     j = torch.arange(count)
     hi = torch.searchsorted(pos, j).clamp(1, max(len(pos) - 1, 1))
     lo = hi - 1 if len(pos) > 1 else torch.zeros_like(hi)
@@ -60,7 +61,7 @@ def _interpolate_dim(values: torch.Tensor, dim: int, pos: torch.Tensor, count: i
     shape = [1] * values.dim()
     shape[dim] = count
     a, b = values.index_select(dim, lo), values.index_select(dim, hi)
-    return a + (b - a) * w.view(shape)
+    return torch.maximum(a, b) if peak else a + (b - a) * w.view(shape)
 
 
 def drilldown_occlusion(evaluate: Evaluate, reference_output: torch.Tensor, x: torch.Tensor,
@@ -69,8 +70,8 @@ def drilldown_occlusion(evaluate: Evaluate, reference_output: torch.Tensor, x: t
                         ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Adaptive drill-down Occlusion: evaluate every ``coarse_factor``-th window position per dim
     (plus the last), interpolate the window differences linearly over the window grid, then
-    evaluate exactly the ``fraction`` of the remaining windows with the largest interpolated
-    ``|difference|``; the attribution uses exact differences where evaluated, interpolated ones
+    evaluate exactly the ``fraction`` of all windows (among those not yet evaluated) next to the
+    largest coarse ``|difference|``; the attribution uses exact differences where evaluated, interpolated ones
     elsewhere.
 
     Returns:
@@ -91,10 +92,16 @@ def drilldown_occlusion(evaluate: Evaluate, reference_output: torch.Tensor, x: t
     coarse_ids = flat.reshape(-1)
     coarse = occlusion_diffs(evaluate, reference_output, x, windows, coarse_ids, baseline, target, chunk)
     est = coarse.reshape(mesh[0].shape).double()
+    peak = est.abs()
     for d, (pos, c) in enumerate(zip(grids, counts)):
         est = _interpolate_dim(est, d, pos, c)
+        peak = _interpolate_dim(peak, d, pos, c, peak=True)
     # est is indexed [j_0, j_1, ...]; window ids run with j_0 fastest
-    est_flat = est.permute(*reversed(range(len(counts)))).reshape(-1)
+    order = tuple(reversed(range(len(counts))))
+    est_flat = est.permute(*order).reshape(-1)
+    # refine next to the largest coarse samples (a peak between samples is missed by the
+    # interpolation alone); the interpolated magnitude breaks ties
+    priority = peak.permute(*order).reshape(-1) + 1e-3 * est_flat.abs()
     evaluated = torch.zeros(windows.num_windows, dtype=torch.bool)
     evaluated[coarse_ids] = True
     diffs = est_flat.clone()
@@ -102,7 +109,7 @@ def drilldown_occlusion(evaluate: Evaluate, reference_output: torch.Tensor, x: t
     rest = (~evaluated).nonzero().squeeze(1)
     n_fine = min(len(rest), math.ceil(fraction * windows.num_windows))
     if n_fine:
-        pick = rest[torch.topk(est_flat[rest].abs(), n_fine).indices]
+        pick = rest[torch.topk(priority[rest], n_fine).indices]
         diffs[pick] = occlusion_diffs(evaluate, reference_output, x, windows, pick, baseline, target, chunk).double()
         evaluated[pick] = True
     attr = occlusion_attribution(diffs.float(), windows).unsqueeze(0)

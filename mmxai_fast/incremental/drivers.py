@@ -112,12 +112,14 @@ def _ranks(perms: torch.Tensor) -> torch.Tensor:
 
 def shapley(model: torch.nn.Module, x: torch.Tensor, feature_mask: torch.Tensor, perms: torch.Tensor,
             baseline=0.0, target: Optional[int] = None, chains: int = 4, incremental: bool = True,
-            runner: Optional[IncrementalRunner] = None, threshold: Optional[float] = None) -> torch.Tensor:
+            runner: Optional[IncrementalRunner] = None, threshold: Optional[float] = None,
+            steps: Optional[int] = None) -> torch.Tensor:
     """Shapley value sampling over the permutations ``perms`` (``[P, F]``, e.g. from
     ``ops.random_permutations``): per-feature values ``[F]`` (mean marginal contribution), as
     Captum's ``ShapleyValueSampling`` for those permutations. ``chains`` permutations advance
     together; incrementally each step recomputes only the bounding box of the feature it adds,
-    starting from the previous step's activations."""
+    starting from the previous step's activations. ``steps`` stops each chain after that many
+    features (a partial chain with the cost per step of the full one: for benchmarks)."""
     _example(x)
     if perms.dim() != 2 or perms.shape[0] < 1:
         raise ValueError(f"perms must be [P, F] with P >= 1, got shape {tuple(perms.shape)}")
@@ -137,7 +139,7 @@ def shapley(model: torch.nn.Module, x: torch.Tensor, feature_mask: torch.Tensor,
         ranks = _ranks(group)
         prev = start.expand(group.shape[0]).clone()
         states = runner.start_chains(group.shape[0]) if incremental else None
-        for k in range(num_features):
+        for k in range(num_features if steps is None else min(steps, num_features)):
             inputs = perturb(x[0], feature_mask, ranks <= k, fill, validate_ids=k == 0)
             added = group[:, k]
             if incremental:
