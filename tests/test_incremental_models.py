@@ -20,21 +20,18 @@ def test_project_models_exact(factory):
     assert plan.unsupported == []
 
 
-def test_monai_resnet18_exact():
+@pytest.mark.parametrize("name,boxes", [
+    ("resnet18", [[[0, 8]] * 3, [[12, 20], [24, 32], [3, 11]]]),
+    ("DenseNet121", [[[20, 28], [0, 8], [12, 20]]]),
+])
+def test_monai_models_exact(name, boxes):
     monai = pytest.importorskip("monai")
     torch.manual_seed(0)
-    model = randomise_norms(monai.networks.nets.resnet18(spatial_dims=3, n_input_channels=4, num_classes=2))
+    nets = monai.networks.nets
+    model = (nets.resnet18(spatial_dims=3, n_input_channels=4, num_classes=2) if name == "resnet18" else
+             nets.DenseNet121(spatial_dims=3, in_channels=4, out_channels=2))
     x = torch.randn(1, 4, 32, 32, 32)
-    plan, _ = check(model, x, [[[0, 8]] * 3, [[12, 20], [24, 32], [3, 11]]], atol=1e-5)
-    assert plan.unsupported == []
-
-
-def test_monai_densenet121_exact():
-    monai = pytest.importorskip("monai")
-    torch.manual_seed(0)
-    model = randomise_norms(monai.networks.nets.DenseNet121(spatial_dims=3, in_channels=4, out_channels=2))
-    x = torch.randn(1, 4, 32, 32, 32)
-    plan, _ = check(model, x, [[[20, 28], [0, 8], [12, 20]]], atol=1e-5)
+    plan, _ = check(randomise_norms(model), x, boxes, atol=1e-5)
     assert plan.unsupported == []
 
 

@@ -241,9 +241,9 @@ def _classify(node: fx.Node, infos: Dict[fx.Node, NodeInfo], modules, nd: int) -
     if node.op == "call_module":
         _classify_module(info, modules[node.target], nd, infos)
     elif node.op == "call_function":
-        _classify_function(info, infos, nd)
+        _classify_call(info, infos, nd, _UNARY_FUNCTIONS, _BINARY)
     elif node.op == "call_method":
-        _classify_method(info, infos, nd)
+        _classify_call(info, infos, nd, _UNARY_METHODS, _BINARY_METHODS)
     if info.kind == "dense" and not info.reason:
         info.reason = f"{node.op} {node.target} is not supported incrementally"
     return info
@@ -352,23 +352,14 @@ def _classify_elementwise(info: NodeInfo, infos, nd: int, binary: bool) -> None:
     info.flops_per_position = float(info.shape[0])
 
 
-def _classify_function(info: NodeInfo, infos, nd: int) -> None:
+def _classify_call(info: NodeInfo, infos, nd: int, unary, binary) -> None:
+    """call_function / call_method: elementwise ops and channel concatenation."""
     target = info.node.target
-    if target in _UNARY_FUNCTIONS:
-        _classify_elementwise(info, infos, nd, binary=False)
-    elif target in _BINARY:
-        _classify_elementwise(info, infos, nd, binary=True)
+    if target in unary or target in binary:
+        _classify_elementwise(info, infos, nd, binary=target in binary)
     elif target is torch.cat:
         dim = info.node.kwargs.get("dim", info.node.args[1] if len(info.node.args) > 1 else 0)
         if dim in (1, -nd - 1) and all(infos[a].kind != "const" for a in info.node.all_input_nodes):
             info.kind = "cat"
         else:
             info.reason = f"concatenation along dim {dim} (only channels, dim 1)"
-
-
-def _classify_method(info: NodeInfo, infos, nd: int) -> None:
-    target = info.node.target
-    if target in _UNARY_METHODS:
-        _classify_elementwise(info, infos, nd, binary=False)
-    elif target in _BINARY_METHODS:
-        _classify_elementwise(info, infos, nd, binary=True)
