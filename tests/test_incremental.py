@@ -179,7 +179,7 @@ def test_predicted_speedup_tracks_box_size():
     small = runner.predicted_speedup(torch.tensor([[[10, 14]] * 3]))
     full = runner.predicted_speedup(torch.tensor([[[0, 32]] * 3]))
     # conv FLOPs dominate: the boxes grow 4 -> 6 -> 8, ratios 32^3 / 6^3 = 152 and 32^3 / 8^3 = 64
-    assert 64 < small < 152 and 0.9 < full <= 1.0
+    assert 64 < small < 152 and 0.9 < full < 1.01
 
 
 def test_bad_arguments_name_the_argument():

@@ -47,9 +47,9 @@ def test_occlusion_driver_matches_dense_and_captum():
     dense = occlusion(model, x, (4, 3, 4), 3, baseline=0.5, target=1, incremental=False)
     ref = captum.Occlusion(model).attribute(x, sliding_window_shapes=(2, 4, 3, 4), strides=(1, 3, 3, 3),
                                             baselines=0.5, target=1)
-    scale = ref.abs().max()
-    assert (inc - dense).abs().max() <= 1e-5 * scale
-    assert (inc - ref).abs().max() <= 1e-5 * scale
+    # the map holds differences of O(1) float32 outputs: absolute tolerance, not relative to the map
+    assert (inc - dense).abs().max() <= 1e-6
+    assert (inc - ref).abs().max() <= 1e-6
 
 
 def test_shapley_chains_match_dense_chains():

@@ -33,30 +33,40 @@ def _slices(a, b):
     return (slice(None),) + tuple(slice(x, y) for x, y in zip(a, b))
 
 
+def _row_indices(starts: torch.Tensor, size, bounds):
+    """Per spatial dim: clamped indices ``[B, 1.., R_d, ..1]`` of ``starts + arange(R_d)`` and
+    the mask of the positions inside ``[0, bounds_d)`` (broadcast to ``[B, *R]``)."""
+    rows, nd = starts.shape
+    idx, inside = [], None
+    for d in range(nd):
+        pos = starts[:, d:d + 1] + torch.arange(size[d])
+        shape = [rows] + [1] * nd
+        shape[d + 1] = size[d]
+        ok = ((pos >= 0) & (pos < bounds[d])).view(shape)
+        inside = ok if inside is None else inside & ok
+        idx.append(pos.clamp(0, bounds[d] - 1).view(shape))
+    return idx, inside
+
+
 def _gather(v: _Patched, starts: List[List[int]], size, pad: float) -> torch.Tensor:
-    """``[B, C, *size]``: each row's values on its region (``pad`` outside the map)."""
+    """``[B, C, *size]``: each row's values on its region (``pad`` outside the map), gathered for
+    all rows at once (a few large ops instead of several small copies per row)."""
     if v.overlay and v.data is not None and tuple(size) == v.size and starts == v.starts:
         return v.data
-    base, spatial = v.base, v.base.shape[2:]
-    per_row = base.shape[0] != 1
-    out = base.new_empty((len(starts), base.shape[1], *size))
-    for r, st in enumerate(starts):
-        a = [max(s, 0) for s in st]
-        b = [min(s + n, m) for s, n, m in zip(st, size, spatial)]
-        row = out[r]
-        if any(x != s for x, s in zip(a, st)) or any(y != s + n for y, s, n in zip(b, st, size)):
-            row.fill_(pad)
-        if all(x < y for x, y in zip(a, b)):
-            row[_slices([x - s for x, s in zip(a, st)], [y - s for y, s in zip(b, st)])] = \
-                (base[r] if per_row else base[0])[_slices(a, b)]
-        if v.overlay and v.data is not None:
-            ps = v.starts[r]
-            pa = [max(x, p) for x, p in zip(a, ps)]
-            pb = [min(y, p + n) for y, p, n in zip(b, ps, v.size)]
-            if all(x < y for x, y in zip(pa, pb)):
-                row[_slices([x - s for x, s in zip(pa, st)], [y - s for y, s in zip(pb, st)])] = \
-                    v.data[r][_slices([x - p for x, p in zip(pa, ps)], [y - p for y, p in zip(pb, ps)])]
-    return out
+    base, nd = v.base, len(size)
+    rows = len(starts)
+    st = torch.tensor(starts, dtype=torch.int64).view(rows, nd)
+    idx, inside = _row_indices(st, size, base.shape[2:])
+    which = torch.arange(rows) if base.shape[0] != 1 else torch.zeros(rows, dtype=torch.int64)
+    out = base.movedim(1, -1)[(which.view([rows] + [1] * nd), *idx)]  # [B, *size, C]
+    if not bool(inside.all()):
+        out = out.masked_fill(~inside.unsqueeze(-1), pad)
+    if v.overlay and v.data is not None:
+        rel, in_patch = _row_indices(st - torch.tensor(v.starts, dtype=torch.int64).view(rows, nd), size, v.size)
+        # rel is clamped: outside the patch it reads a wrong patch value, masked out below
+        patch = v.data.movedim(1, -1)[(torch.arange(rows).view([rows] + [1] * nd), *rel)]
+        out = torch.where(in_patch.unsqueeze(-1), patch, out)
+    return out.movedim(-1, 1).contiguous()
 
 
 def _densify(v: _Patched, rows: int) -> torch.Tensor:
