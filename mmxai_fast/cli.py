@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     from .pipeline.cli import add_explain_parser
 
     add_explain_parser(sub)
+    from .pipeline.evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -31,7 +31,8 @@ from torch import Tensor
 
 from ..attr.kernel_shap import constrained_shapley_solve
 
-__all__ = ["LeverageState", "RegressionAdjustedState", "BOOTSTRAP_REPLICATES"]
+__all__ = ["LeverageState", "RegressionAdjustedState", "BOOTSTRAP_REPLICATES", "leverage_rows", "leverage_weights",
+           "draw_leverage_pairs"]
 
 BOOTSTRAP_REPLICATES = 32
 #: Coalition sizes whose subsets number at most this many may be enumerated.
@@ -65,6 +66,70 @@ def _enumerate_pairs(num: int, s: int, device) -> Tensor:
     return torch.stack((rows, ~rows), 1).reshape(-1, num)
 
 
+def _allocate(num: int, pairs: int, enumerated=(), sampled=()):
+    """Water-filling of ``pairs`` over the half sizes ``1 .. F/2`` (share 1, 1/2 for ``F/2``):
+    sizes whose pairs fit in their share are enumerated. Returns (enumerate, sample, pairs left)."""
+    open_sizes = [s for s in range(1, num // 2 + 1) if s not in enumerated]
+    enumerate_now = []
+    while open_sizes:
+        share = {s: (0.5 if 2 * s == num else 1.0) for s in open_sizes}
+        unit = pairs / sum(share.values())
+        fits = [s for s in open_sizes if s not in sampled and _pair_capacity(num, s) <= _MAX_ENUMERATED
+                and _pair_capacity(num, s) <= unit * share[s]]
+        if not fits:
+            break
+        for s in fits:
+            pairs -= int(_pair_capacity(num, s))
+            open_sizes.remove(s)
+            enumerate_now.append(s)
+    return enumerate_now, open_sizes, max(pairs, 0)
+
+
+def draw_leverage_pairs(num: int, pairs: int, generator, device, enumerated=(), sampled=(), first_id: int = 0):
+    """Leverage SHAP coalitions for ``pairs`` complementary pairs: ``(rows [R, F], pair id per row
+    [R] (-1 for enumerated sizes), sizes enumerated, sizes sampled)``."""
+    enumerate_now, open_sizes, pairs = _allocate(num, pairs, enumerated, sampled)
+    rows, ids = [], []
+    for s in enumerate_now:
+        rows.append(_enumerate_pairs(num, s, device))
+        ids.append(torch.full((rows[-1].shape[0],), -1, dtype=torch.int64, device=device))
+    if open_sizes and pairs > 0:
+        probs = torch.tensor([0.5 if 2 * s == num else 1.0 for s in open_sizes], device=device)
+        choice = torch.multinomial(probs, pairs, replacement=True, generator=generator)
+        sizes = torch.tensor(open_sizes, device=device)[choice]
+        first = torch.unique(_uniform_subsets(sizes, num, generator, device), dim=0)  # without repeats
+        first = first[torch.randperm(first.shape[0], generator=generator, device=device)]
+        rows.append(torch.stack((first, ~first), 1).reshape(-1, num))
+        ids.append((first_id + torch.arange(first.shape[0], device=device)).repeat_interleave(2))
+    else:
+        open_sizes = []
+    empty = torch.zeros((0, num), dtype=torch.bool, device=device)
+    return (torch.cat(rows) if rows else empty, torch.cat(ids) if ids else empty.new_zeros(0, dtype=torch.int64),
+            enumerate_now, open_sizes)
+
+
+def leverage_rows(groups: int, n_samples: int, num_features: int, device) -> Tensor:
+    """``[G, R]`` rows for :class:`~mmxai_fast.attr.KernelShap` ``sampler="leverage"``: the full and
+    the empty coalition, then Leverage SHAP pairs for ``n_samples - 2`` evaluations (torch's
+    global RNG; the same coalitions for every group; ``R <= n_samples`` after deduplication)."""
+    if num_features < 2:
+        raise ValueError(f"leverage sampling needs at least 2 features, got {num_features}")
+    rows = draw_leverage_pairs(num_features, max(n_samples - 2, 0) // 2, None, device)[0]
+    return torch.cat((_ends(num_features, device), rows)).expand(groups, -1, -1)
+
+
+def leverage_weights(rows: Tensor) -> Tensor:
+    """Weights ``[..., R]`` float64 of Leverage SHAP rows: ``(F - 1) / (s (F - s) n_s)`` with ``n_s``
+    the rows of size ``s`` (the two ends, solved as constraints, get 1)."""
+    num = rows.shape[-1]
+    sizes = rows.sum(-1)
+    counts = torch.nn.functional.one_hot(sizes, num + 1).sum(-2, keepdim=True).to(torch.float64)
+    n_s = counts.expand(*sizes.shape, -1).gather(-1, sizes.unsqueeze(-1)).squeeze(-1)
+    s = sizes.to(torch.float64).clamp(1, num - 1)
+    weights = (num - 1) / (s * (num - s) * n_s)
+    return torch.where((sizes == 0) | (sizes == num), 1.0, weights)
+
+
 class LeverageState:
     """Running Leverage SHAP estimate on a game (see the module docstring)."""
 
@@ -80,48 +145,16 @@ class LeverageState:
         self.enumerated: set = set()
         self.sampled: set = set()
 
-    def _allocate(self, pairs: int):
-        """Water-filling of ``pairs`` over the half sizes ``1 .. F/2`` (share 1, 1/2 for ``F/2``):
-        sizes whose pairs fit in their share are enumerated."""
-        num = self.num
-        open_sizes = [s for s in range(1, num // 2 + 1) if s not in self.enumerated]
-        enumerate_now = []
-        while open_sizes:
-            share = {s: (0.5 if 2 * s == num else 1.0) for s in open_sizes}
-            unit = pairs / sum(share.values())
-            fits = [s for s in open_sizes if s not in self.sampled and _pair_capacity(num, s) <= _MAX_ENUMERATED
-                    and _pair_capacity(num, s) <= unit * share[s]]
-            if not fits:
-                break
-            for s in fits:
-                pairs -= int(_pair_capacity(num, s))
-                open_sizes.remove(s)
-                enumerate_now.append(s)
-        return enumerate_now, open_sizes, max(pairs, 0)
-
     def step(self, budget: int) -> None:
-        enumerate_now, open_sizes, pairs = self._allocate(max(1, budget // 2))
-        new_rows, new_ids = [], []
-        for s in enumerate_now:
-            rows = _enumerate_pairs(self.num, s, self.device)
-            new_rows.append(rows)
-            new_ids.append(torch.full((rows.shape[0],), -1, dtype=torch.int64, device=self.device))
-            self.enumerated.add(s)
-        if open_sizes and pairs > 0:
-            probs = torch.tensor([0.5 if 2 * s == self.num else 1.0 for s in open_sizes], device=self.device)
-            choice = torch.multinomial(probs, pairs, replacement=True, generator=self.gen)
-            sizes = torch.tensor(open_sizes, device=self.device)[choice]
-            first = torch.unique(_uniform_subsets(sizes, self.num, self.gen, self.device), dim=0)  # no repeats
-            ids = self.n_pairs + torch.arange(first.shape[0], device=self.device)
-            self.n_pairs += first.shape[0]
-            new_rows.append(torch.stack((first, ~first), 1).reshape(-1, self.num))
-            new_ids.append(ids.repeat_interleave(2))
-            self.sampled.update(open_sizes)
-        if new_rows:
-            rows = torch.cat(new_rows)
+        rows, ids, enumerated, sampled = draw_leverage_pairs(self.num, max(1, budget // 2), self.gen, self.device,
+                                                             self.enumerated, self.sampled, self.n_pairs)
+        self.enumerated.update(enumerated)
+        self.sampled.update(sampled)
+        self.n_pairs = max(self.n_pairs, int(ids.max()) + 1 if ids.numel() else 0)
+        if rows.shape[0]:
             self.rows.append(rows)
             self.values.append(self.game(rows))
-            self.pair_ids.append(torch.cat(new_ids))
+            self.pair_ids.append(ids)
             self.n_evaluations += rows.shape[0]
 
     def _solve(self, multipliers: Tensor) -> Tensor:
