@@ -39,6 +39,30 @@ BOOTSTRAP_REPLICATES = 32
 _MAX_ENUMERATED = 2 ** 16
 
 
+def constrained_solve(rows: Tensor, outputs: Tensor, weights: Tensor) -> Tensor:
+    """:func:`~mmxai_fast.attr.kernel_shap.constrained_shapley_solve` by the normal equations
+    (``[G, F, F]`` Cholesky instead of a pseudo-inverse of ``[G, R, F]``; the same minimum-norm
+    answer): the centred design has the null vector ``1``, so ``C^T W C + 1 1^T`` is invertible
+    and its solution has ``sum u = 0``. Falls back to the pseudo-inverse when a gram is singular."""
+    num = rows.shape[-1]
+    values = outputs.to(device=rows.device, dtype=torch.float64)
+    full, empty = values[:, 0], values[:, 1]
+    delta = (full - empty).unsqueeze(-1)
+    if rows.shape[1] <= 2:
+        return delta.expand(-1, num) / num
+    z = rows[:, 2:].to(torch.float64)
+    target = values[:, 2:] - empty.unsqueeze(-1) - z.sum(-1) * delta / num
+    centred = z - z.mean(-1, keepdim=True)
+    weighted = centred * weights[:, 2:].unsqueeze(-1)
+    gram = weighted.transpose(1, 2) @ centred
+    scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp(min=1e-300).view(-1, 1, 1)
+    factor, info = torch.linalg.cholesky_ex(gram + scale / num)
+    if bool((info != 0).any()):
+        return constrained_shapley_solve(rows, outputs, weights)
+    u = torch.cholesky_solve((weighted.transpose(1, 2) @ target.unsqueeze(-1)), factor).squeeze(-1)
+    return delta / num + u
+
+
 def _ends(num: int, device) -> Tensor:
     return torch.stack((torch.ones(num, dtype=torch.bool, device=device), torch.zeros(num, dtype=torch.bool, device=device)))
 
@@ -167,7 +191,7 @@ class LeverageState:
         kernel = (self.num - 1) / (s * (self.num - s))
         weights = kernel * multipliers / counts.gather(1, sizes.expand_as(multipliers)).clamp(min=1e-300)
         groups = multipliers.shape[0]
-        return constrained_shapley_solve(rows.expand(groups, -1, -1), values.expand(groups, -1), weights)
+        return constrained_solve(rows.expand(groups, -1, -1), values.expand(groups, -1), weights)
 
     def estimate(self):
         ids = torch.cat(self.pair_ids)

@@ -9,8 +9,8 @@ Every evaluated coalition of size ``l`` updates the ``l``-stratum mean "with ``i
 members and "without ``i``" of all the others: no marginal contributions, every evaluation serves
 all ``F`` features. The strata of sizes 0 and F are exact (one evaluation each); sizes 1 and F-1
 are enumerated (``2 F`` evaluations) when the budget has room for more than that, as in the
-paper's warm-up; the other sizes are drawn uniformly (``2 .. F-2``) with uniform members, in
-complementary pairs. An empty cell takes its stratum's mean (the same value enters both sums
+paper's warm-up; the other sizes are drawn uniformly (``2 .. F-2``) with uniform members
+(independent draws, so that the cells' errors are nearly independent). An empty cell takes its stratum's mean (the same value enters both sums
 and cancels when the stratum is empty). Standard errors combine the cells' sample variances
 (pooled per stratum for cells with fewer than 2 samples), treating the cells as independent.
 """
@@ -55,13 +55,11 @@ class StratifiedState:
             self.warm = True
             budget -= 2 * num
         low, high = (2, num - 2) if self.warm else (1, num - 1)
-        if high < low or budget < 2:
+        if high < low or budget < 1:
             return
-        pairs = budget // 2
-        sizes = torch.randint(low, high + 1, (pairs,), generator=self.gen, device=self.device)
-        ranks = torch.rand((pairs, num), generator=self.gen, device=self.device).argsort(-1).argsort(-1)
-        first = ranks < sizes.view(-1, 1)
-        self._add(torch.stack((first, ~first), 1).reshape(-1, num))
+        sizes = torch.randint(low, high + 1, (budget,), generator=self.gen, device=self.device)
+        ranks = torch.rand((budget, num), generator=self.gen, device=self.device).argsort(-1).argsort(-1)
+        self._add(ranks < sizes.view(-1, 1))
 
     def _cells(self, key: str):
         sums, squares, counts = self.sums[key], self.squares[key], self.counts[key]
