@@ -84,6 +84,9 @@ def main(argv=None) -> int:
 
     add_cohort_parser(sub)
     add_profile_parser(sub)
+    from .pipeline.evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -159,6 +159,7 @@ class KernelShap(Lime, _CaptumKernelShap):
         paired: bool = False,
         exact: Union[bool, str] = False,
         solver: Optional[str] = None,
+        sampler: Optional[str] = None,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Kernel SHAP attributions, as ``captum.attr.KernelShap.attribute``.
 
@@ -169,6 +170,8 @@ class KernelShap(Lime, _CaptumKernelShap):
             paired: complementary coalition sampling.
             exact: ``True`` / ``"auto"``: enumerate all ``2^F`` coalitions (see the class).
             solver: ``None``, ``"sklearn"`` (Captum's fit) or ``"torch"`` (on-device solve).
+            sampler: ``"leverage"``: Leverage SHAP coalitions (:mod:`mmxai_fast.estimators.kernel`),
+                on-device solve; ``None`` / ``"kernel"``: the sampling above.
 
         Returns:
             float32 attributions shaped like the inputs (first dim ``N`` for per-example
@@ -178,6 +181,15 @@ class KernelShap(Lime, _CaptumKernelShap):
             AttributionInputError: invalid arguments (fewer than 2 features, ``exact=True`` with
                 more than 20, ``n_samples < 2`` on the on-device path...) or model outputs.
         """
+        if sampler not in (None, "kernel", "leverage"):
+            raise AttributionInputError(f"sampler must be None, 'kernel' or 'leverage', got {sampler!r}")
+        self._exact = False
+        if sampler == "leverage":  # Leverage SHAP (Musco & Witter 2025), see mmxai_fast.estimators.kernel
+            from ..estimators.kernel import leverage_rows, leverage_weights
+            return self._attribute_on_engine(inputs, baselines, target, additional_forward_args, feature_mask,
+                                             n_samples, perturbations_per_eval, return_input_shape, show_progress,
+                                             leverage_rows, lambda engine, rows: leverage_weights(rows),
+                                             solve=constrained_shapley_solve)
         on_device = _check_extensions(paired, exact, solver)
         self._exact = False
         if not on_device:
