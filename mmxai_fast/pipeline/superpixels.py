@@ -13,6 +13,7 @@ the background gets no attribution.
 from __future__ import annotations
 
 import importlib
+import math
 import types
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -58,8 +59,15 @@ class Superpixels:
     def __post_init__(self):
         if isinstance(self.n_segments, bool) or not isinstance(self.n_segments, int) or self.n_segments < 1:
             raise ValueError(f"Superpixels.n_segments must be an int >= 1, got {self.n_segments!r}")
-        if not (isinstance(self.compactness, (int, float)) and self.compactness > 0):
-            raise ValueError(f"Superpixels.compactness must be > 0, got {self.compactness!r}")
+        if (isinstance(self.compactness, bool) or not isinstance(self.compactness, (int, float))
+                or not math.isfinite(self.compactness) or not self.compactness > 0):
+            raise ValueError(f"Superpixels.compactness must be a finite number > 0, got {self.compactness!r}")
+        if isinstance(self.max_num_iter, bool) or not isinstance(self.max_num_iter, int) or self.max_num_iter < 1:
+            raise ValueError(f"Superpixels.max_num_iter must be an int >= 1, got {self.max_num_iter!r}")
+        if self.spacing is not None and (isinstance(self.spacing, (str, bytes)) or not all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0
+                for s in self.spacing)):
+            raise ValueError(f"Superpixels.spacing must be None or finite numbers > 0, got {self.spacing!r}")
         if self.backend not in SLIC_BACKENDS:
             raise ValueError(f"Superpixels.backend must be one of {SLIC_BACKENDS}, got {self.backend!r}")
 
@@ -112,7 +120,8 @@ def superpixel_mask(case: Case, cfg: Superpixels = Superpixels(), show_progress:
         modalities). Joint: the same ids in every modality.
 
     Raises:
-        ValueError: the spacing does not match the image's dims, or ``backend='mmxai'`` without
+        ValueError: the spacing does not match the image's dims, more segments than voxels, or
+            ``backend='mmxai'`` without
             ``mmxai_fast.ops.slic``.
     """
     slic = _slic_function(cfg.backend)
@@ -121,6 +130,9 @@ def superpixel_mask(case: Case, cfg: Superpixels = Superpixels(), show_progress:
     if len(spacing) != len(spatial):
         raise ValueError(f"Superpixels.spacing must give {len(spatial)} values for a {len(spatial)}D case, "
                          f"got {spacing}")
+    voxels = int(np.prod(spatial))
+    if cfg.n_segments > voxels:
+        raise ValueError(f"Superpixels.n_segments must be at most the case's {voxels} voxels, got {cfg.n_segments}")
     image = case.image.detach().cpu().numpy()
     fg = (np.ones(spatial, dtype=bool) if case.foreground is None
           else case.foreground.detach().cpu().numpy().astype(bool))
