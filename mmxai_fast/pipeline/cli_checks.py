@@ -22,19 +22,21 @@ _REFUSED = {"return_convergence_delta": "explain() keeps the attributions only",
             "additional_forward_args": "the model takes the case as its only input"}
 
 
-def number(value, flag: str, *, low=None, high=None, low_open: bool = False, integer: bool = False) -> Optional[str]:
-    """None if ``value`` is a finite number in range, else the message."""
+def number(value, flag: str, *, low=None, high=None, low_open: bool = False, integer: bool = False,
+           sep: str = ": ") -> Optional[str]:
+    """None if ``value`` is a finite number in range, else the message ``<flag><sep>must be...``."""
+    flag += sep.rstrip()
     if value is None:
         return None
     kind = "an int" if integer else "a finite number"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        return f"{flag}: must be {kind}, got {value!r}"
+        return f"{flag} must be {kind}, got {value!r}"
     if not integer and not math.isfinite(value):
-        return f"{flag}: must be finite, got {value!r}"
+        return f"{flag} must be finite, got {value!r}"
     if low is not None and (value <= low if low_open else value < low):
-        return f"{flag}: must be {'>' if low_open else '>='} {low:g}, got {value!r}"
+        return f"{flag} must be {'>' if low_open else '>='} {low:g}, got {value!r}"
     if high is not None and value > high:
-        return f"{flag}: must be <= {high}, got {value!r}"
+        return f"{flag} must be <= {high}, got {value!r}"
     return None
 
 
@@ -107,13 +109,13 @@ def method_kwargs_error(method: str, kwargs: Mapping[str, Any], ndim: int) -> Op
         elif key == "perturbations_per_eval" and value == "auto":
             message = None
         elif key in _COUNTS:
-            message = number(value, where, low=1, high=INT32_MAX, integer=True)
+            message = number(value, where, low=1, high=INT32_MAX, integer=True, sep=" ")
         elif key in _POSITIVE_REALS:
-            message = number(value, where, low=0, low_open=True)
+            message = number(value, where, low=0, low_open=True, sep=" ")
         elif key in _NON_NEGATIVE_REALS:
-            message = number(value, where, low=0)
+            message = number(value, where, low=0, sep=" ")
         elif key == "permutation_batch":
-            message = number(value, where, low=2, high=1024, integer=True)
+            message = number(value, where, low=2, high=1024, integer=True, sep=" ")
         else:
             default = defaults.get(key, inspect.Parameter.empty)
             if isinstance(default, bool):
