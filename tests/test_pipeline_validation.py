@@ -56,9 +56,12 @@ def test_superpixels_refuse_bad_values(kw, message):
         Superpixels(**kw)
 
 
-def test_more_segments_than_voxels_is_refused_before_slic():
-    with pytest.raises(ValueError, match="n_segments must be at most the case's 120 voxels, got 121"):
-        superpixel_mask(_case(), Superpixels(n_segments=121))
+def test_more_segments_than_voxels_are_capped_at_the_voxels():
+    case = _case()
+    for backend in ("mmxai", "skimage"):
+        mask = superpixel_mask(case, Superpixels(n_segments=2**31 - 1, backend=backend))
+        capped = superpixel_mask(case, Superpixels(n_segments=120, backend=backend))
+        assert torch.equal(mask, capped) and 1 <= int(mask.max()) <= 2 * 120
 
 
 def test_baseline_seed_range():

@@ -53,7 +53,7 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
     method.add_argument("--target", type=int, help="class index to explain (default: the model's prediction)")
     method.add_argument("--n-samples", type=int, help="samples/steps of the method (n_samples, nt_samples or n_steps)")
     method.add_argument("--method-kwargs", metavar="JSON", help="more arguments for the method's attribute(), a JSON object")
-    method.add_argument("--n-segments", type=int, default=200, help="SLIC superpixels per modality (default 200)")
+    method.add_argument("--n-segments", type=int, help="SLIC superpixels per modality (default 200)")
     method.add_argument("--compactness", type=float, default=0.1, help="SLIC compactness on z-scored intensities (default 0.1)")
     method.add_argument("--joint", action="store_true", help="one superpixel mask shared by all modalities")
     method.add_argument("--baseline", default="zeros", help="removed features become: zeros, gaussian, or a number (default zeros)")
@@ -238,7 +238,7 @@ def _load(args, checked, parser):
         if case.image.dim() == 3 or not 0 <= args.slice < depth:
             parser.error(f"--slice: must be in [0, {depth}) for this case, got {args.slice}")
     voxels = case.image[0].numel()
-    if args.n_segments > voxels:
+    if args.n_segments is not None and args.n_segments > voxels:
         parser.error(f"--n-segments: must be at most the case's {voxels} voxels, got {args.n_segments}")
     _fail(method_kwargs_error(checked["method"], checked["method_kwargs"], case.image.dim()), parser)
     _fail(model_run_error(model, case, args.device, args.target), parser)
@@ -254,7 +254,7 @@ def run_explain(args) -> int:
     from .superpixels import Superpixels
 
     explanation = explain(model, case, method=checked["method"], target=args.target,
-                          superpixels=Superpixels(n_segments=args.n_segments, compactness=args.compactness,
+                          superpixels=Superpixels(n_segments=args.n_segments or 200, compactness=args.compactness,
                                                   joint=args.joint),
                           baseline=checked["baseline"], layer=args.layer, method_kwargs=checked["method_kwargs"],
                           device=args.device, show_progress=not args.no_progress, seed=args.seed)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import math
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -114,14 +114,15 @@ def superpixel_mask(case: Case, cfg: Superpixels = Superpixels(), show_progress:
         cfg: :class:`Superpixels`.
         show_progress: tqdm bar over the modalities.
 
+    ``cfg.n_segments`` is capped at the number of foreground voxels.
+
     Returns:
         int64 ``[M, *S]``: 0 on the background, superpixels ``1 .. F``. Per-modality masks: the
         ids of modality ``m`` follow those of modality ``m - 1`` (no id is shared between
         modalities). Joint: the same ids in every modality.
 
     Raises:
-        ValueError: the spacing does not match the image's dims, more segments than voxels, or
-            ``backend='mmxai'`` without
+        ValueError: the spacing does not match the image's dims, or ``backend='mmxai'`` without
             ``mmxai_fast.ops.slic``.
     """
     slic = _slic_function(cfg.backend)
@@ -130,13 +131,13 @@ def superpixel_mask(case: Case, cfg: Superpixels = Superpixels(), show_progress:
     if len(spacing) != len(spatial):
         raise ValueError(f"Superpixels.spacing must give {len(spatial)} values for a {len(spatial)}D case, "
                          f"got {spacing}")
-    voxels = int(np.prod(spatial))
-    if cfg.n_segments > voxels:
-        raise ValueError(f"Superpixels.n_segments must be at most the case's {voxels} voxels, got {cfg.n_segments}")
     image = case.image.detach().cpu().numpy()
     fg = (np.ones(spatial, dtype=bool) if case.foreground is None
           else case.foreground.detach().cpu().numpy().astype(bool))
     standardized = [_standardize(channel, fg) for channel in image]
+    # SLIC's count is approximate; more segments than voxels is one voxel each (and keeps SLIC's
+    # buffers bounded by the case's size).
+    cfg = replace(cfg, n_segments=max(1, min(cfg.n_segments, int(fg.sum()))))
     if cfg.joint:
         labels = _segment(slic, np.stack(standardized, axis=-1), fg, cfg, spacing, multichannel=True)
         return torch.from_numpy(labels).long().expand((len(standardized),) + spatial).contiguous()
