@@ -201,7 +201,6 @@ def _load(args, checked, parser):
 
     from .case import load_case, load_ct_case
     from .cli_checks import method_kwargs_error, model_run_error
-
     from .explain import HOOK_METHODS, resolve_layer
     from .models_io import ModelLoadError, load_state_dict_model, load_torchscript, parse_factory_kwargs
 
@@ -211,8 +210,8 @@ def _load(args, checked, parser):
         else:
             model = load_state_dict_model(args.state_dict, args.factory, parse_factory_kwargs(args.factory_kwargs))
     except ModelLoadError as exc:
-        message = str(exc)
-        parser.error(f"--{exc.argument}: {message.split(':', 1)[1].strip() if message.startswith(exc.argument + ':') else message}")
+        message = str(exc).removeprefix(f"{exc.argument}:").strip()
+        parser.error(f"--{exc.argument}: {message}")
     try:
         if args.ct:
             case = load_ct_case(args.ct, checked["windows"], roi=args.roi, foreground=args.foreground)
