@@ -116,7 +116,7 @@ def _bad(files, tmp):
         (["--modality", f"t1={tmp / 'none.nii.gz'}"] + ok_model + out, "--modality t1: file"),
         (["--modality", f"t1={files['t1']}", f"t2={mismatched}"] + ok_model + out, "--modality: modality 't2': "),
         (["--modality", f"t1={files['t1']}", f"t2={shifted}"] + ok_model + out, "different affine"),
-        (ok_case + ["--roi", mismatched] + ok_model + out, "--modality: roi: "),
+        (ok_case + ["--roi", mismatched] + ok_model + out, "--roi: roi: "),
         (ok_case + ["--model", files["w"]] + out, "--model: "),
         (ok_case + ["--state-dict", files["w"]] + out, "--factory: required with --state-dict"),
         (ok_case + ok_model + ["--factory", "x:y"] + out, "--factory/--factory-kwargs: only with --state-dict"),
@@ -153,6 +153,7 @@ def test_every_bad_argument_exits_2_with_one_line(files, tmp_path, capsys):
             main(["explain"] + args)
         err = capsys.readouterr().err.strip().splitlines()
         assert info.value.code == 2, args
+        assert len(err) == 1, err  # one line, no usage block
         assert err[-1].startswith("mmxai-fast explain: error: "), err
         assert message in err[-1], (message, err[-1])
         assert not (tmp_path / "never").exists()

@@ -96,7 +96,7 @@ def test_failure_while_writing_removes_temporary_files(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="no space left"):
         write_explanation(case, exp, out)
     assert len(calls) == 3
-    assert os.listdir(out) == []
+    assert os.listdir(tmp_path) == []  # neither the folder nor its staging copy
 
 
 def test_write_files_atomically_replaces_existing_files(tmp_path):
@@ -104,3 +104,58 @@ def test_write_files_atomically_replaces_existing_files(tmp_path):
     paths = outputs.write_files_atomically(tmp_path, {"a.json": b"new", "b.bin": b"\x00"})
     assert (tmp_path / "a.json").read_text() == "new" and paths["b.bin"].read_bytes() == b"\x00"
     assert sorted(os.listdir(tmp_path)) == ["a.json", "b.bin"]
+
+
+def test_an_older_output_set_is_replaced_as_a_whole(tmp_path):
+    out = tmp_path / "out"
+    write_explanation(*_case_and_explanation(("t1", "t2", "flair")), out)
+    assert "flair_heatmap.nii.gz" in os.listdir(out)
+    write_explanation(*_case_and_explanation(), out)
+    assert set(os.listdir(out)) == NAMES and os.listdir(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda out: (out / "summary.json").mkdir(parents=True), "summary.json' is a folder"),
+    (lambda out: out.mkdir() or (out / "notes.txt").write_text("mine"), "holds 'notes.txt', which is not an output"),
+    (lambda out: out.write_text("a file"), "exists and is not a folder"),
+])
+def test_refuses_folders_it_would_destroy(tmp_path, make, message):
+    out = tmp_path / "out"
+    make(out)
+    before = sorted(os.walk(tmp_path))
+    with pytest.raises(outputs.OutputError, match=message):
+        write_explanation(*_case_and_explanation(), out)
+    assert sorted(os.walk(tmp_path)) == before
+
+
+def test_leftovers_of_a_killed_run_are_removed_and_a_lost_old_set_restored(tmp_path):
+    out = tmp_path / "out"
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    stale = tmp_path / f".out.{dead}.abc_1.mmxai-staging"
+    stale.mkdir()
+    (stale / "summary.json").write_text("half")
+    old = tmp_path / f".out.{dead}.xyz.mmxai-old"
+    old.mkdir()
+    (old / "summary.json").write_text("old")
+    outputs._clean_leftovers(out)  # out is missing: the old set was moved away, comes back
+    assert sorted(os.listdir(tmp_path)) == ["out"] and (out / "summary.json").read_text() == "old"
+    stale.mkdir()
+    write_explanation(*_case_and_explanation(), out)
+    assert os.listdir(tmp_path) == ["out"] and set(os.listdir(out)) == NAMES
+
+
+def test_bad_file_names_and_values_are_refused_before_writing(tmp_path):
+    for name in ("", "..", "a/b", "x" * 256):
+        with pytest.raises(outputs.OutputError, match="plain names"):
+            outputs.publish_output_set(tmp_path / "o", {name: b""})
+    case, exp = _case_and_explanation()
+    for sigma in (float("nan"), float("inf"), -1.0, "1"):
+        with pytest.raises(ValueError, match="smooth_sigma must be"):
+            write_explanation(case, exp, tmp_path / "o", smooth_sigma=sigma)
+    exp.attributions[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="attributions must be finite"):
+        write_explanation(case, exp, tmp_path / "o")
+    case, exp = _case_and_explanation(names=("a" * 250, "b"))
+    with pytest.raises(outputs.OutputError, match="at most 255 bytes"):
+        write_explanation(case, exp, tmp_path / "o")
+    assert os.listdir(tmp_path) == []

@@ -34,6 +34,8 @@ class Baseline:
             raise ValueError(f"Baseline.kind must be one of {_KINDS}, got {self.kind!r}")
         if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
             raise ValueError(f"Baseline value must be a finite number, got {self.value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"Baseline seed must be an int in [0, 2**63), got {self.seed!r}")
 
     @classmethod
     def zeros(cls) -> "Baseline":

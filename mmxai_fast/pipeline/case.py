@@ -53,7 +53,14 @@ class Case:
         if not isinstance(self.image, Tensor) or self.image.dim() not in (3, 4):
             raise CaseError(f"Case.image must be a [M, X, Y(, Z)] tensor, got "
                             f"{getattr(self.image, 'shape', type(self.image).__name__)}")
+        if self.image.is_complex() or self.image.dtype == torch.bool:
+            raise CaseError(f"Case.image must have a real dtype, got {self.image.dtype}")
+        if self.image.numel() == 0:
+            raise CaseError(f"Case.image must have no empty dim, got shape {tuple(self.image.shape)}")
         self.image = self.image.float()
+        if not bool(torch.isfinite(self.image).all()):
+            raise CaseError(f"Case.image must be finite, got {int((~torch.isfinite(self.image)).sum())} NaN or "
+                            f"infinite values (or values beyond float32's range)")
         self.modalities = tuple(self.modalities)
         if len(self.modalities) != self.image.shape[0]:
             raise CaseError(f"Case.modalities must name the {self.image.shape[0]} modalities of image, "
@@ -61,8 +68,7 @@ class Case:
         if len(set(self.modalities)) != len(self.modalities):
             raise CaseError(f"Case.modalities must be unique, got {self.modalities}")
         self.affine = np.asarray(self.affine, dtype=np.float64)
-        if self.affine.shape != (4, 4):
-            raise CaseError(f"Case.affine must be a (4, 4) matrix, got shape {self.affine.shape}")
+        _check_affine(self.affine, "Case.affine")
         for name in ("foreground", "roi"):
             mask = getattr(self, name)
             if mask is not None:
@@ -82,6 +88,17 @@ class Case:
         return tuple(float(z) for z in zooms[: len(self.spatial_shape)])
 
 
+def _check_affine(affine: np.ndarray, what: str) -> None:
+    if affine.shape != (4, 4):
+        raise CaseError(f"{what} must be a (4, 4) matrix, got shape {affine.shape}")
+    if not np.isfinite(affine).all():
+        raise CaseError(f"{what} must be finite, got {affine.tolist()}")
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if not zooms.min() > 0 or abs(np.linalg.det(affine[:3, :3] / zooms)) < 1e-6:
+        raise CaseError(f"{what} must be invertible (non-zero voxel sizes, independent axes), got "
+                        f"{affine[:3, :3].tolist()}")
+
+
 def _load_image(path: PathLike, what: str):
     import nibabel as nib
 
@@ -93,7 +110,11 @@ def _load_image(path: PathLike, what: str):
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # nibabel raises several types for unreadable files
         raise CaseError(f"{what}: {str(path)!r} is not a readable NIfTI image ({exc})") from exc
-    return data, np.asarray(img.affine, dtype=np.float64)
+    if data.size == 0:
+        raise CaseError(f"{what}: {str(path)!r} has an empty dim, shape {data.shape}")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    _check_affine(affine, f"{what}: the affine of {str(path)!r}")
+    return data, affine
 
 
 def _check_finite(data: np.ndarray, what: str, path) -> None:

@@ -1,14 +1,16 @@
 """``mmxai-fast explain``: NIfTI case + trained model -> heatmaps, importance, figures.
 
-Every argument is checked (files exist, values parse, the model loads, the case loads, the
-Grad-CAM layer and slice exist) before the explanation starts; a bad one ends the command with
-exit status 2 and one line naming it, argparse-style.
+Every argument is checked before the explanation starts: syntax, finite ranges, the device,
+the values inside ``--method-kwargs``, that ``--out`` can receive the output set, then the model
+and the case load, the Grad-CAM layer and slice exist, and one run of the model on the case gives
+a finite ``[1, classes]`` output with ``--target`` in range. A bad argument ends the command with
+exit status 2 and one line, ``mmxai-fast explain: error: --FLAG: ...`` (no usage block).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import math
 from pathlib import Path
 from typing import Dict, List
 
@@ -51,7 +53,7 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
     method.add_argument("--target", type=int, help="class index to explain (default: the model's prediction)")
     method.add_argument("--n-samples", type=int, help="samples/steps of the method (n_samples, nt_samples or n_steps)")
     method.add_argument("--method-kwargs", metavar="JSON", help="more arguments for the method's attribute(), a JSON object")
-    method.add_argument("--n-segments", type=int, default=200, help="SLIC superpixels per modality (default 200)")
+    method.add_argument("--n-segments", type=int, help="SLIC superpixels per modality (default 200)")
     method.add_argument("--compactness", type=float, default=0.1, help="SLIC compactness on z-scored intensities (default 0.1)")
     method.add_argument("--joint", action="store_true", help="one superpixel mask shared by all modalities")
     method.add_argument("--baseline", default="zeros", help="removed features become: zeros, gaussian, or a number (default zeros)")
@@ -63,7 +65,20 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
     out.add_argument("--smooth", type=float, metavar="SIGMA", help="Gaussian smoothing of the figure's heatmaps, in voxels")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_explain, parser=p)
+    p.error = _one_line_error(p)  # type: ignore[method-assign]
     return p
+
+
+def _one_line_error(parser):
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(message).split())}\n")
+
+    return error
+
+
+def _fail(message, parser) -> None:
+    if message:
+        parser.error(message)
 
 
 def _json_object(text: str, flag: str, parser) -> Dict:
@@ -89,7 +104,7 @@ def _modalities(pairs: List[str], parser) -> Dict[str, str]:
 
 
 def _windows(items: List[str], parser):
-    from ..ops.hu_window import HU_WINDOW_PRESETS
+    from ..ops.hu_window import HU_WINDOW_PRESETS, parse_windows
 
     windows = []
     for item in items:
@@ -99,18 +114,24 @@ def _windows(items: List[str], parser):
         level, sep, width = item.partition(":")
         try:
             windows.append((float(level), float(width)))
-            if not sep or float(width) <= 0:
+            if not sep or not float(width) > 0 or not all(math.isfinite(v) for v in windows[-1]):
                 raise ValueError
         except ValueError:
             parser.error(f"--windows: {item!r} is neither a preset ({', '.join(HU_WINDOW_PRESETS)}) nor LEVEL:WIDTH "
-                         f"with WIDTH > 0")
+                         f"with finite LEVEL and WIDTH > 0")
+    try:
+        parse_windows(windows)
+    except ValueError as exc:
+        parser.error(f"--windows: {exc}")
     return windows
 
 
 def _check_args(args, parser) -> dict:
     """Everything that needs no file reading: syntax, ranges, combinations, file existence."""
     from .baselines import Baseline
+    from .cli_checks import GRADCAM_METHODS, INT32_MAX, SEED_MAX, device_error, names_error, number
     from .explain import check_method_kwargs, resolve_method
+    from .outputs import OutputError, check_output_dir
 
     checked = {}
     try:
@@ -127,14 +148,16 @@ def _check_args(args, parser) -> dict:
         parser.error("--factory: required with --state-dict (e.g. mmxai_fast.models:VGG3D)")
     if (args.factory or args.factory_kwargs) and not args.state_dict:
         parser.error("--factory/--factory-kwargs: only with --state-dict")
-    if args.target is not None and args.target < 0:
-        parser.error(f"--target: must be >= 0, got {args.target}")
-    if args.n_segments < 1:
-        parser.error(f"--n-segments: must be >= 1, got {args.n_segments}")
-    if not args.compactness > 0:
-        parser.error(f"--compactness: must be > 0, got {args.compactness}")
-    if args.smooth is not None and args.smooth < 0:
-        parser.error(f"--smooth: must be >= 0, got {args.smooth}")
+    for message in (number(args.target, "--target", low=0, high=INT32_MAX, integer=True),
+                    number(args.n_segments, "--n-segments", low=1, high=INT32_MAX, integer=True),
+                    number(args.compactness, "--compactness", low=0, low_open=True),
+                    number(args.smooth, "--smooth", low=0),
+                    number(args.slice, "--slice", low=0, high=INT32_MAX, integer=True),
+                    number(args.seed, "--seed", low=0, high=SEED_MAX, integer=True),
+                    device_error(args.device)):
+        _fail(message, parser)
+    if args.layer is not None and checked["method"] not in GRADCAM_METHODS:
+        parser.error(f"--layer: only with {' or '.join(GRADCAM_METHODS)}, not {checked['method']}")
     try:
         checked["baseline"] = Baseline.parse(args.baseline, seed=args.seed)
     except ValueError as exc:
@@ -144,22 +167,12 @@ def _check_args(args, parser) -> dict:
         if checked["method"] not in _SAMPLE_ARG:
             parser.error(f"--n-samples: method {checked['method']} takes no sample count "
                          f"(it applies to {', '.join(_SAMPLE_ARG)})")
-        if args.n_samples < 1:
-            parser.error(f"--n-samples: must be >= 1, got {args.n_samples}")
+        _fail(number(args.n_samples, "--n-samples", low=1, high=INT32_MAX, integer=True), parser)
         kwargs[_SAMPLE_ARG[checked["method"]]] = args.n_samples
     try:
         checked["method_kwargs"] = check_method_kwargs(checked["method"], kwargs)
     except ValueError as exc:
         parser.error(f"--method-kwargs: {exc}")
-    if args.device is not None:
-        import torch
-
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            parser.error(f"--device: not a torch device: {args.device!r}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            parser.error(f"--device: {args.device!r} requested but no CUDA device is available")
     checked["modalities"] = _modalities(args.modality, parser) if args.modality else None
     checked["windows"] = _windows(args.windows or list(DEFAULT_WINDOWS), parser) if args.ct else None
     files = [("--image", args.image), ("--ct", args.ct), ("--roi", args.roi), ("--foreground", args.foreground),
@@ -168,15 +181,26 @@ def _check_args(args, parser) -> dict:
     for flag, path in files:
         if path is not None and not Path(path).is_file():
             parser.error(f"{flag}: file {path!r} does not exist")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f"--out: {args.out!r} exists and is not a folder")
+    if args.modality:
+        _fail(names_error(list(checked["modalities"]), "--modality"), parser)
+    if args.names:
+        _fail(names_error(args.names, "--names"), parser)
+    if args.ct:
+        from .case import _window_name
+
+        _fail(names_error([_window_name(w) for w in checked["windows"]], "--windows"), parser)
+    try:
+        check_output_dir(args.out)
+    except OutputError as exc:
+        parser.error(f"--out: {str(exc).removeprefix('out_dir: ')}")
     return checked
 
 
 def _load(args, checked, parser):
-    from .case import CaseError, load_case, load_ct_case
     import torch
 
+    from .case import load_case, load_ct_case
+    from .cli_checks import method_kwargs_error, model_run_error
     from .explain import HOOK_METHODS, resolve_layer
     from .models_io import ModelLoadError, load_state_dict_model, load_torchscript, parse_factory_kwargs
 
@@ -186,15 +210,19 @@ def _load(args, checked, parser):
         else:
             model = load_state_dict_model(args.state_dict, args.factory, parse_factory_kwargs(args.factory_kwargs))
     except ModelLoadError as exc:
-        parser.error(f"--{str(exc).split(':')[0]}: {str(exc).split(':', 1)[1].strip()}")
+        message = str(exc).removeprefix(f"{exc.argument}:").strip()
+        parser.error(f"--{exc.argument}: {message}")
     try:
         if args.ct:
             case = load_ct_case(args.ct, checked["windows"], roi=args.roi, foreground=args.foreground)
         else:
             case = load_case(checked["modalities"] or args.image, roi=args.roi, foreground=args.foreground,
                              normalize=args.normalize, names=args.names)
-    except CaseError as exc:
+    except ValueError as exc:  # CaseError, or a CT window the kernel refuses
         flag = "--modality" if args.modality else "--image" if args.image else "--ct"
+        prefix = str(exc).split(":", 1)[0]
+        flag = {"roi": "--roi", "foreground": "--foreground", "names": "--names", "windows": "--windows",
+                "normalize='zscore'": "--normalize"}.get(prefix, flag)
         parser.error(f"{flag}: {exc}")
     if checked["method"] in HOOK_METHODS and isinstance(model, torch.jit.ScriptModule):
         parser.error(f"--model: method {checked['method']} needs module hooks, which TorchScript models do not "
@@ -208,6 +236,11 @@ def _load(args, checked, parser):
         depth = case.image.shape[-1]
         if case.image.dim() == 3 or not 0 <= args.slice < depth:
             parser.error(f"--slice: must be in [0, {depth}) for this case, got {args.slice}")
+    voxels = case.image[0].numel()
+    if args.n_segments is not None and args.n_segments > voxels:
+        parser.error(f"--n-segments: must be at most the case's {voxels} voxels, got {args.n_segments}")
+    _fail(method_kwargs_error(checked["method"], checked["method_kwargs"], case.image.dim()), parser)
+    _fail(model_run_error(model, case, args.device, args.target), parser)
     return model, case
 
 
@@ -216,15 +249,18 @@ def run_explain(args) -> int:
     checked = _check_args(args, parser)
     model, case = _load(args, checked, parser)
     from .explain import explain
-    from .outputs import write_explanation
+    from .outputs import OutputError, write_explanation
     from .superpixels import Superpixels
 
     explanation = explain(model, case, method=checked["method"], target=args.target,
-                          superpixels=Superpixels(n_segments=args.n_segments, compactness=args.compactness,
+                          superpixels=Superpixels(n_segments=args.n_segments or 200, compactness=args.compactness,
                                                   joint=args.joint),
                           baseline=checked["baseline"], layer=args.layer, method_kwargs=checked["method_kwargs"],
                           device=args.device, show_progress=not args.no_progress, seed=args.seed)
-    written = write_explanation(case, explanation, args.out, slice=args.slice, smooth_sigma=args.smooth)
+    try:
+        written = write_explanation(case, explanation, args.out, slice=args.slice, smooth_sigma=args.smooth)
+    except OutputError as exc:  # the folder changed while the explanation ran
+        parser.error(f"--out: {str(exc).removeprefix('out_dir: ')}")
     stats = explanation.stats
     print(f"method             {stats.method} (target {explanation.target})")
     print(f"model evaluations  {stats.model_evaluations} ({stats.model_inputs} inputs)")

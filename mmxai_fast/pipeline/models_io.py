@@ -20,7 +20,16 @@ _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 
 
 class ModelLoadError(ValueError):
-    """The model cannot be loaded; the message names the argument and the cause."""
+    """The model cannot be loaded; the message names the argument and the cause.
+
+    Attributes:
+        argument: the argument at fault (``"model"``, ``"state-dict"``, ``"factory"``,
+            ``"factory-kwargs"``), the command line's flag without ``--``.
+    """
+
+    def __init__(self, message: str, argument: Optional[str] = None):
+        super().__init__(message)
+        self.argument = argument or message.split(":", 1)[0]
 
 
 def _existing(path: PathLike, what: str) -> Path:
@@ -52,7 +61,7 @@ def resolve_factory(spec: str) -> Callable[..., nn.Module]:
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ModelLoadError(f"factory must look like 'package.module:callable', got {spec!r}")
+        raise ModelLoadError(f"factory must look like 'package.module:callable', got {spec!r}", "factory")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

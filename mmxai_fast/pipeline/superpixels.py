@@ -13,8 +13,9 @@ the background gets no attribution.
 from __future__ import annotations
 
 import importlib
+import math
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -58,8 +59,15 @@ class Superpixels:
     def __post_init__(self):
         if isinstance(self.n_segments, bool) or not isinstance(self.n_segments, int) or self.n_segments < 1:
             raise ValueError(f"Superpixels.n_segments must be an int >= 1, got {self.n_segments!r}")
-        if not (isinstance(self.compactness, (int, float)) and self.compactness > 0):
-            raise ValueError(f"Superpixels.compactness must be > 0, got {self.compactness!r}")
+        if (isinstance(self.compactness, bool) or not isinstance(self.compactness, (int, float))
+                or not math.isfinite(self.compactness) or not self.compactness > 0):
+            raise ValueError(f"Superpixels.compactness must be a finite number > 0, got {self.compactness!r}")
+        if isinstance(self.max_num_iter, bool) or not isinstance(self.max_num_iter, int) or self.max_num_iter < 1:
+            raise ValueError(f"Superpixels.max_num_iter must be an int >= 1, got {self.max_num_iter!r}")
+        if self.spacing is not None and (isinstance(self.spacing, (str, bytes)) or not all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0
+                for s in self.spacing)):
+            raise ValueError(f"Superpixels.spacing must be None or finite numbers > 0, got {self.spacing!r}")
         if self.backend not in SLIC_BACKENDS:
             raise ValueError(f"Superpixels.backend must be one of {SLIC_BACKENDS}, got {self.backend!r}")
 
@@ -106,6 +114,8 @@ def superpixel_mask(case: Case, cfg: Superpixels = Superpixels(), show_progress:
         cfg: :class:`Superpixels`.
         show_progress: tqdm bar over the modalities.
 
+    ``cfg.n_segments`` is capped at the number of foreground voxels.
+
     Returns:
         int64 ``[M, *S]``: 0 on the background, superpixels ``1 .. F``. Per-modality masks: the
         ids of modality ``m`` follow those of modality ``m - 1`` (no id is shared between
@@ -125,6 +135,9 @@ def superpixel_mask(case: Case, cfg: Superpixels = Superpixels(), show_progress:
     fg = (np.ones(spatial, dtype=bool) if case.foreground is None
           else case.foreground.detach().cpu().numpy().astype(bool))
     standardized = [_standardize(channel, fg) for channel in image]
+    # SLIC's count is approximate; more segments than voxels is one voxel each (and keeps SLIC's
+    # buffers bounded by the case's size).
+    cfg = replace(cfg, n_segments=max(1, min(cfg.n_segments, int(fg.sum()))))
     if cfg.joint:
         labels = _segment(slic, np.stack(standardized, axis=-1), fg, cfg, spacing, multichannel=True)
         return torch.from_numpy(labels).long().expand((len(standardized),) + spatial).contiguous()
