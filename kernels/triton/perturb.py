@@ -6,6 +6,8 @@ baseline once and writes ROWS output rows, gathering keep[b, id] from the tiny [
 import triton
 import triton.language as tl
 
+from mmxai_fast._kernels import device_guard
+
 
 @triton.jit
 def _perturb_kernel(x_ptr, mask_ptr, keep_ptr, base_ptr, out_ptr, numel, n_rows, n_features,
@@ -32,6 +34,7 @@ def perturb_forward(x, mask, keep, base, out, rows_per_program=4, block=1024):
     numel = x.numel()
     n_rows, n_features = keep.shape
     grid = (triton.cdiv(numel, block), triton.cdiv(n_rows, rows_per_program))
-    _perturb_kernel[grid](x, mask, keep, base, out, numel, n_rows, n_features,
-                          BASE_SCALAR=base.numel() == 1, ROWS=rows_per_program, BLOCK=block)
+    with device_guard(x):
+        _perturb_kernel[grid](x, mask, keep, base, out, numel, n_rows, n_features,
+                              BASE_SCALAR=base.numel() == 1, ROWS=rows_per_program, BLOCK=block, num_warps=4)
     return out
