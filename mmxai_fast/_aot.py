@@ -76,6 +76,10 @@ def aot_target(arch: int) -> Iterator[List]:
     def compile_only(self, grid):
         def launch(*args, **kwargs):
             kernel = self.run(*args, grid=grid, warmup=True, **kwargs)
+            # Python floats become fp32 kernel scalars once compiled (the interpreter keeps fp64).
+            names = [p.name for p in self.params]
+            kernel.python_float_args = [n for n, a in zip(names, args) if isinstance(a, float)] + \
+                [n for n, a in kwargs.items() if isinstance(a, float)]
             compiled.append(kernel)
             return kernel
         return launch

@@ -106,6 +106,37 @@ def _slic(dtype):
                                _empty((1000,), torch.int64), scalars[4:])
 
 
+def _uses_tensor_cores(kernel) -> bool:
+    ptx = kernel.asm["ptx"]
+    return "mma.sync" in ptx or "wgmma" in ptx
+
+
+def compile_all(archs, select=""):
+    """Compile every case whose name contains ``select`` for each architecture. Returns rows
+    ``{arch, case, memory_bound, kernel, target, registers, spill_stores, spill_loads, shared,
+    error}``; a failed case gives one row with ``error`` set."""
+    from ._aot import aot_target, resource_usage
+
+    rows = []
+    for arch in archs:
+        for name, (memory_bound, build) in AOT_CASES.items():
+            if select not in name:
+                continue
+            base = dict(arch=arch, case=name, memory_bound=memory_bound)
+            try:
+                with aot_target(arch) as kernels:
+                    build()
+                for kernel in kernels:
+                    usage = resource_usage(kernel)
+                    rows.append(dict(base, kernel=usage.name, target=usage.arch, registers=usage.registers,
+                                     spill_stores=usage.spill_stores, spill_loads=usage.spill_loads,
+                                     shared=usage.shared, tensor_core=_uses_tensor_cores(kernel),
+                                     python_float_args=kernel.python_float_args, error=None))
+            except Exception as exc:  # reported per case; the caller fails on any
+                rows.append(dict(base, kernel=None, error=f"{type(exc).__name__}: {exc}"[:3000]))
+    return rows
+
+
 def _cases() -> Dict[str, Tuple[bool, Callable[[], None]]]:
     cases: Dict[str, Tuple[bool, Callable[[], None]]] = {}
 
@@ -117,9 +148,10 @@ def _cases() -> Dict[str, Tuple[bool, Callable[[], None]]]:
     add("perturb[float32, full baseline]", True, _perturb, torch.float32, full_baseline=True)
     for mask_dtype in (torch.int32, torch.int16, torch.uint8):
         add(f"perturb[float32, mask {mask_dtype}]", True, _perturb, torch.float32, mask_dtype)
-    for dtype in (torch.int16, torch.uint8, torch.int32, torch.float32, torch.float64):
-        for out_dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            add(f"hu_window[{dtype} -> {out_dtype}]", True, _hu_window, dtype, out_dtype)
+    for out_dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        add(f"hu_window[torch.int16 -> {out_dtype}]", True, _hu_window, torch.int16, out_dtype)
+    for dtype in (torch.uint8, torch.int32, torch.float32, torch.float64):
+        add(f"hu_window[{dtype} -> torch.float32]", True, _hu_window, dtype, torch.float32)
     for dtype in FLOATS:
         add(f"occlusion_batch[{dtype}]", True, _occlusion_batch, dtype)
     add("occlusion_batch[float32, full baseline]", True, _occlusion_batch, torch.float32, full_baseline=True)
