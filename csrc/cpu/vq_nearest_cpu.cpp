@@ -25,19 +25,12 @@
 namespace mmxai {
 namespace {
 
-// Register blocking: kMR rows x NR codewords of accumulators, sized to the vector registers the
-// build targets. AVX-512: 6 x 64 floats is 24 of 32 zmm (plus 4 for the codebook row and 1
-// broadcast). AVX2 has 16 ymm: 6 x 16 floats is 12 (plus 2 + 1); wider tiles spill the
-// accumulators to the stack every step. double has half the lanes.
+// Register blocking: kMR rows x kNR codewords of accumulators. For float, 6 x 64 is 24 AVX-512
+// registers (plus 4 for the codebook row and 1 broadcast, out of 32); double has half the lanes.
 constexpr int kMR = 6;
-#if defined(__AVX512F__)
-constexpr int kFloatNR = 64;
-#else
-constexpr int kFloatNR = 16;
-#endif
 template <typename T> struct Blocking;
-template <> struct Blocking<float> { static constexpr int NR = kFloatNR; };
-template <> struct Blocking<double> { static constexpr int NR = Blocking<float>::NR / 2; };
+template <> struct Blocking<float> { static constexpr int NR = 64; };
+template <> struct Blocking<double> { static constexpr int NR = 32; };
 constexpr int kRowGroups = 8;              // row groups of kMR per block: 48 rows of z stay in L1
 constexpr int kBlockRows = kMR * kRowGroups;
 
