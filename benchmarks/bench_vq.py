@@ -1,7 +1,7 @@
 """Deep radiomics (Kobayashi et al.): ``VectorQuantizer`` and latent feature ablation against their
 anchors, measured in one run; writes JSON.
 
-    python benchmarks/bench_vq.py --out benchmarks/results/vq_cpu_2core.json [--quick]
+    python benchmarks/bench_vq.py --out benchmarks/results/vq_cpu_2core.json [--quick] [--only nearest]
 
 Ratios are anchor time / mmxai_fast time for the same inputs on the same device.
 
@@ -99,6 +99,56 @@ def bench_quantizer(device, quick):
     return rows
 
 
+def _fma_peak_gflops(threads):
+    """fp32 FMA peak of ``threads`` cores: 2 FMA pipes x lanes (8 with AVX2, 16 with AVX-512)
+    x 2 FLOPs x the clock /proc/cpuinfo reports (None when it cannot be read)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None, {}
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    mhz = [float(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+    if not mhz or "fma" not in flags:
+        return None, {}
+    lanes = 16 if "avx512f" in flags else 8
+    clock = max(mhz) / 1e3
+    return threads * 2 * lanes * 2 * clock, dict(clock_ghz=clock, fp32_lanes=lanes, fma_pipes=2, threads=threads)
+
+
+def _cpu_details():
+    """CPU model, the SIMD flags that matter here and the load average (the machine is shared)."""
+    import os
+
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        info = []
+    model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), None)
+    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
+    return dict(cpu_model=model, cpu_simd=sorted(flags & {"avx2", "fma", "avx512f", "avx512bw", "avx512vl"}),
+                loadavg=list(os.getloadavg()))
+
+
+def bench_nearest(device, quick):
+    """vq_nearest at N=65536, K=512, D=64 against torch.cdist(z, e).argmin(1), same run."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(65536, D, generator=g).to(device)
+    e = torch.randn(K, D, generator=g).to(device)
+    flops = 2.0 * z.shape[0] * K * D
+    repeats = 3 if quick else 9
+    case = f"nearest codeword N={z.shape[0]} K={K} D={D}"
+    mine = measure(lambda: vq_nearest(z, e), device, repeats=repeats, warmup=1)
+    base = measure(lambda: torch.cdist(z, e).argmin(1), device, repeats=repeats, warmup=1)
+    row = dict(case=case, impl="mmxai_fast.vq_nearest", **mine, gflops=flops / mine["median_s"] / 1e9,
+               speedup_vs_cdist_argmin=base["median_s"] / mine["median_s"], target_speedup=3)
+    if device.type == "cpu":
+        peak, detail = _fma_peak_gflops(torch.get_num_threads())
+        if peak:
+            row.update(fma_peak_gflops=peak, peak_assumption=detail, of_fma_peak=row["gflops"] / peak,
+                       target_of_peak=0.4)
+    return [row, dict(case=case, impl="torch.cdist(z, e).argmin(1)", **base, gflops=flops / base["median_s"] / 1e9)]
+
+
 def bench_ablation(device, quick):
     torch.manual_seed(0)
     model = VQEncoderDecoder().to(device).eval()
@@ -135,12 +185,13 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vq.json"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and codewords (smoke run)")
-    parser.add_argument("--only", nargs="*", choices=["quantizer", "ablation"])
+    parser.add_argument("--only", nargs="*", choices=["quantizer", "nearest", "ablation"])
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    benches = {"quantizer": bench_quantizer, "ablation": bench_ablation}
+    benches = {"quantizer": bench_quantizer, "nearest": bench_nearest, "ablation": bench_ablation}
     rows = run_benches(benches, args.only, device, args.quick)
     env = environment(device)
+    env.update(_cpu_details())
     vqp, _ = _vqp()
     env["vector_quantize_pytorch"] = getattr(vqp, "__version__", None) if vqp is not None else None
     if vqp is not None and env["vector_quantize_pytorch"] is None:

@@ -20,20 +20,30 @@ CUDA_TYPE_NAMES = {
 }
 
 
+# The NVRTC options of every CUDA C++ kernel (tests/test_aot_cuda.py compiles the sources offline
+# with these same options).
+NVRTC_OPTIONS = ("-std=c++17",)
+
+
 @functools.lru_cache(maxsize=None)
-def cuda_module(source_name: str, name_expressions: Tuple[str, ...]):
-    """Compile ``kernels/cuda/<source_name>.cu`` once per process (CuPy also caches on disk)."""
+def cuda_module(source_name: str, name_expressions: Tuple[str, ...], device_index: int = 0):
+    """Compile ``kernels/cuda/<source_name>.cu`` once per process and device (CuPy also caches
+    on disk); a module is loaded into the current device's context."""
     cupy = importlib.import_module("cupy")
     code = cuda_source_path(source_name).read_text()
-    return cupy.RawModule(code=code, options=("-std=c++17",), name_expressions=name_expressions)
+    return cupy.RawModule(code=code, options=NVRTC_OPTIONS, name_expressions=name_expressions)
 
 
 def launch(source_name: str, kernel: str, grid: Sequence[int], block: Sequence[int], args) -> None:
-    """Launch ``kernel`` on torch's current stream. Tensor arguments are passed as raw pointers."""
+    """Launch ``kernel`` on torch's current stream of the tensors' device (CuPy and torch device
+    guards: tensors on ``cuda:1`` run on ``cuda:1``). Tensor arguments are passed as raw pointers."""
     cupy = importlib.import_module("cupy")
-    module = cuda_module(source_name, (kernel,))
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    device = tensors[0].device if tensors else torch.device("cuda", torch.cuda.current_device())
     packed = tuple(
         cupy.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args
     )
-    with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
-        module.get_function(kernel)(tuple(grid), tuple(block), packed)
+    with torch.cuda.device(device), cupy.cuda.Device(device.index):
+        module = cuda_module(source_name, (kernel,), device.index)
+        with cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
+            module.get_function(kernel)(tuple(grid), tuple(block), packed)

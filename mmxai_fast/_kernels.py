@@ -5,6 +5,7 @@ checkout (editable install, or PYTHONPATH) it is read from the repository direct
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import sys
@@ -59,3 +60,11 @@ def dtype_code(dtype: torch.dtype) -> str:
 
 def cpu_supports(dtype: torch.dtype) -> bool:
     return dtype in _DTYPE_CODES
+
+
+def device_guard(tensor: torch.Tensor):
+    """``torch.cuda.device(tensor.device)`` for CUDA tensors (Triton launches on the current
+    device, whatever device the tensors are on); a no-op context otherwise."""
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()

@@ -7,13 +7,25 @@
 // Launch order: slic_init_parents, slic_union_neighbours, slic_flatten_parents, each with
 // (labels int32 [N], parent int64 [N], depth, height, width) and a grid-stride loop.
 
-__device__ __forceinline__ long long slic_find(const long long* parent, long long x) {
-  long long p = parent[x];
-  while (p != x) {
-    x = p;
-    p = parent[x];
+// parent[x] <= x always holds (links go from the larger root to the smaller, compression only
+// moves a pointer to an ancestor), so the trees stay acyclic whatever the interleaving. Loads are
+// volatile (relaxed: they see other threads' links); every write to parent is an atomicCAS, so a
+// failed one returns the current parent and the caller carries on from it.
+__device__ __forceinline__ long long slic_load(const long long* parent, long long x) {
+  return *reinterpret_cast<const volatile long long*>(parent + x);
+}
+
+// Root of x with path halving: each visited node is re-pointed to its grandparent (by CAS, so a
+// concurrent link of x is never overwritten).
+__device__ __forceinline__ long long slic_find(long long* parent, long long x) {
+  while (true) {
+    const long long p = slic_load(parent, x);
+    if (p == x) return x;
+    const long long gp = slic_load(parent, p);
+    if (gp != p)
+      atomicCAS(reinterpret_cast<unsigned long long*>(parent + x), (unsigned long long)p, (unsigned long long)gp);
+    x = gp;
   }
-  return x;
 }
 
 // Link the two trees of a and b, the larger root under the smaller one (lock-free: CAS on roots).
@@ -26,7 +38,7 @@ __device__ void slic_union(long long* parent, long long a, long long b) {
     const unsigned long long old = atomicCAS(reinterpret_cast<unsigned long long*>(parent + hi),
                                              (unsigned long long)hi, (unsigned long long)lo);
     if ((long long)old == hi) return;
-    a = hi;  // someone linked hi meanwhile: retry from the new roots
+    a = (long long)old;  // hi was linked meanwhile: continue from the parent the CAS returned
     b = lo;
   }
 }
@@ -55,6 +67,7 @@ extern "C" __global__ void slic_union_neighbours(const int* __restrict__ labels,
 
 extern "C" __global__ void slic_flatten_parents(const int* __restrict__ labels, long long* parent,
                                                 int depth, int height, int width) {
+  // A separate launch: every union is finished, so the roots are final.
   const long long n = (long long)depth * height * width;
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)

@@ -1,14 +1,21 @@
-"""Triton kernel for thresholded_value_histogram: one program per BLOCK elements, atomic adds.
+"""Triton kernel for thresholded_value_histogram: one program per BLOCK elements, block-local
+histograms then one relaxed atomic per touched bin (``_block_histogram.py``).
 
 Atomic integer adds commute, so the counts are exact and deterministic whatever the order.
 """
 import triton
 import triton.language as tl
 
+from mmxai_fast._kernels import device_guard, triton_module
+
+_add_block_histogram = triton_module("_block_histogram")._add_block_histogram
+block_histogram_config = triton_module("_block_histogram").block_histogram_config
+
 
 @triton.jit
 def _thresholded_value_histogram_kernel(values_ptr, scores_ptr, out_ptr, threshold_ptr, total, L, low, K,
-                                        VALUES_FLOAT: tl.constexpr, BLOCK: tl.constexpr):
+                                        VALUES_FLOAT: tl.constexpr, PER_BLOCK: tl.constexpr,
+                                        NUM_BINS: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < total
@@ -30,8 +37,7 @@ def _thresholded_value_histogram_kernel(values_ptr, scores_ptr, out_ptr, thresho
     else:
         bin = v.to(tl.int64) - low
         hit = hit & (bin >= 0) & (bin < K)
-    batch = offs // L
-    tl.atomic_add(out_ptr + batch * K + bin, tl.full([BLOCK], 1, tl.int64), mask=hit)
+    _add_block_histogram(out_ptr, offs, hit, bin, total, L, K, PER_BLOCK, NUM_BINS, BLOCK)
 
 
 def thresholded_value_histogram_forward(values, scores, threshold, low, counts):
@@ -39,8 +45,9 @@ def thresholded_value_histogram_forward(values, scores, threshold, low, counts):
     int64 [B, K], added to."""
     total = values.numel()
     block = 1024
-    grid = (triton.cdiv(total, block),)
-    _thresholded_value_histogram_kernel[grid](values, scores, counts, threshold, total, values.shape[1],
-                                              int(low), counts.shape[1],
-                                              VALUES_FLOAT=values.is_floating_point(), BLOCK=block)
+    per_block, num_bins = block_histogram_config(values.shape[1], counts.shape[1], block)
+    with device_guard(values):
+        _thresholded_value_histogram_kernel[(triton.cdiv(total, block),)](
+            values, scores, counts, threshold, total, values.shape[1], int(low), counts.shape[1],
+            VALUES_FLOAT=values.is_floating_point(), PER_BLOCK=per_block, NUM_BINS=num_bins, BLOCK=block)
     return counts

@@ -1,8 +1,9 @@
 """Triton kernels for ``vq_nearest``: nearest-codeword lookup.
 
 ``_vq_nearest_kernel``: one program per BLOCK_N rows of z. It loops over the codebook in BLOCK_K
-tiles, computes the tile's scores ``||e_k||^2 - 2 z . e_k`` with ``tl.dot`` (IEEE precision, no TF32)
-over BLOCK_D slices of the features, and keeps a running minimum per row; no N x K buffer exists.
+tiles, computes the tile's scores ``||e_k||^2 - 2 z . e_k`` with ``tl.dot`` on tensor cores
+(fp16/bf16 natively, float32 as ``tf32x3``, float64 in IEEE) over BLOCK_D slices of the features,
+and keeps a running minimum per row; no N x K buffer exists.
 Within a tile the lowest index among equal minima is taken, and a later tile replaces the running
 minimum only when strictly smaller, so ties go to the lowest index.
 
@@ -13,9 +14,13 @@ differently), so ``_first_duplicate_kernel`` maps each codeword to the lowest in
 vector (O(K^2 D) compares, negligible next to the O(N K D) search) and the winner is mapped through
 it.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+from mmxai_fast._kernels import device_guard
 
 
 @triton.jit
@@ -53,18 +58,30 @@ def _first_duplicate_kernel(e_ptr, first_ptr, K, D, stride_ek, stride_ed,
 
 
 @triton.jit
+def _operand(x, WIDEN: tl.constexpr):
+    # The interpreter's tl.dot multiplies bfloat16 tiles as raw integer bits; widening to float32
+    # is exact (8-bit mantissas) and only used there. Compiled code keeps native bf16 operands.
+    if WIDEN:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _vq_nearest_kernel(z_ptr, e_ptr, first_ptr, idx_ptr, dist_ptr, N, K, D,
                        stride_zn, stride_zd, stride_ek, stride_ed,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                       COMPUTE_F64: tl.constexpr):
+                       COMPUTE_F64: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr):
     compute = tl.float64 if COMPUTE_F64 else tl.float32
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     cols = tl.arange(0, BLOCK_D)
 
-    z_norm = tl.zeros([BLOCK_N], dtype=compute)
-    for d0 in range(0, D, BLOCK_D):
+    # z's tile stays in registers for the whole codebook when D fits one slice (D <= BLOCK_D).
+    z_first = tl.load(z_ptr + rows[:, None] * stride_zn + cols[None, :] * stride_zd,
+                      mask=row_ok[:, None] & (cols[None, :] < D), other=0)
+    z_norm = tl.sum(z_first.to(compute) * z_first.to(compute), axis=1)
+    for d0 in range(BLOCK_D, D, BLOCK_D):
         d = d0 + cols
         zt = tl.load(z_ptr + rows[:, None] * stride_zn + d[None, :] * stride_zd,
                      mask=row_ok[:, None] & (d[None, :] < D), other=0).to(compute)
@@ -75,17 +92,23 @@ def _vq_nearest_kernel(z_ptr, e_ptr, first_ptr, idx_ptr, dist_ptr, N, K, D,
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
         k_ok = ks < K
-        dot = tl.zeros([BLOCK_N, BLOCK_K], dtype=compute)
-        e_norm = tl.zeros([BLOCK_K], dtype=compute)
-        for d0 in range(0, D, BLOCK_D):
+        et = tl.load(e_ptr + ks[:, None] * stride_ek + cols[None, :] * stride_ed,
+                     mask=k_ok[:, None] & (cols[None, :] < D), other=0)
+        # Tensor cores: fp16/bf16 operands natively, float32 as tf32x3 (three TF32 products of
+        # the hi/lo split: about float32 accuracy), float64 in IEEE; accumulation in ``compute``.
+        dot = tl.dot(_operand(z_first, WIDEN), tl.trans(_operand(et, WIDEN)), out_dtype=compute,
+                     input_precision=PRECISION)
+        e_norm = tl.sum(et.to(compute) * et.to(compute), axis=1)
+        for d0 in range(BLOCK_D, D, BLOCK_D):
             d = d0 + cols
             d_ok = d[None, :] < D
             zt = tl.load(z_ptr + rows[:, None] * stride_zn + d[None, :] * stride_zd,
-                         mask=row_ok[:, None] & d_ok, other=0).to(compute)
-            et = tl.load(e_ptr + ks[:, None] * stride_ek + d[None, :] * stride_ed,
-                         mask=k_ok[:, None] & d_ok, other=0).to(compute)
-            dot = tl.dot(zt, tl.trans(et), dot, input_precision="ieee")
-            e_norm += tl.sum(et * et, axis=1)
+                         mask=row_ok[:, None] & d_ok, other=0)
+            ed = tl.load(e_ptr + ks[:, None] * stride_ek + d[None, :] * stride_ed,
+                         mask=k_ok[:, None] & d_ok, other=0)
+            dot = tl.dot(_operand(zt, WIDEN), tl.trans(_operand(ed, WIDEN)), dot, out_dtype=compute,
+                         input_precision=PRECISION)
+            e_norm += tl.sum(ed.to(compute) * ed.to(compute), axis=1)
         scores = e_norm[None, :] - 2 * dot
         scores = tl.where(k_ok[None, :], scores, float("inf"))
         tile_min = tl.min(scores, axis=1)
@@ -103,23 +126,42 @@ def _vq_nearest_kernel(z_ptr, e_ptr, first_ptr, idx_ptr, dist_ptr, N, K, D,
     tl.store(dist_ptr + rows, dist.to(dist_ptr.dtype.element_ty), mask=row_ok)
 
 
-def vq_nearest_forward(z, codebook, indices, dist):
+def vq_nearest_config(dtype, d):
+    """(BLOCK_N, BLOCK_K, BLOCK_D, num_warps, input_precision) for features of ``dtype``, ``D = d``."""
+    # tl.dot needs every tile dim >= 16; D is sliced into BLOCK_D columns, masked past D.
+    if dtype == torch.float64:
+        return 32, 32, min(max(16, triton.next_power_of_2(d)), 32), 8, "ieee"
+    block_d = min(max(16, triton.next_power_of_2(d)), 128)
+    if dtype == torch.float32:  # tf32x3 keeps hi/lo splits of both tiles: 128 x 32 tiles, 8 warps: no spills
+        return 128, 32, min(block_d, 64), 8, "tf32x3"
+    return 128, 64, block_d, 8, "tf32"  # fp16/bf16: native tensor-core operands
+
+
+def vq_nearest_forward(z, codebook, indices, dist, first=None):
     """z: [N, D], codebook: [K, D] (same floating dtype, any strides); indices int64 [N] and dist
-    [N] in z's dtype are written."""
+    [N] in z's dtype are written. ``first`` (int64 [K], from ``vq_first_duplicates``) may be
+    passed when the codebook is fixed over many calls."""
     n, d = z.shape
     k = codebook.shape[0]
-    f64 = z.dtype.itemsize == 8
-    # tl.dot needs every tile dim >= 16; D is sliced into BLOCK_D columns, masked past D.
-    block_d = min(max(16, triton.next_power_of_2(d)), 32 if f64 else 64)
-    block_n = 32 if f64 else 64
-    block_k = 32 if f64 else 64
-    first = torch.empty(k, dtype=torch.int64, device=z.device)
-    dup_block = 32
-    _first_duplicate_kernel[(triton.cdiv(k, dup_block),)](
-        codebook, first, k, d, codebook.stride(0), codebook.stride(1),
-        BLOCK_K=dup_block, BLOCK_J=dup_block, BLOCK_D=16)
-    grid = (triton.cdiv(n, block_n),)
-    _vq_nearest_kernel[grid](z, codebook, first, indices, dist, n, k, d,
-                             z.stride(0), z.stride(1), codebook.stride(0), codebook.stride(1),
-                             BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, COMPUTE_F64=f64)
+    block_n, block_k, block_d, warps, precision = vq_nearest_config(z.dtype, d)
+    with device_guard(z):
+        if first is None:
+            first = vq_first_duplicates(codebook)
+        _vq_nearest_kernel[(triton.cdiv(n, block_n),)](
+            z, codebook, first, indices, dist, n, k, d, z.stride(0), z.stride(1),
+            codebook.stride(0), codebook.stride(1), BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d,
+            COMPUTE_F64=z.dtype == torch.float64, PRECISION=precision,
+            WIDEN=z.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1", num_warps=warps)
     return indices, dist
+
+
+def vq_first_duplicates(codebook):
+    """int64 [K]: the lowest index holding the same vector as each codeword."""
+    k, d = codebook.shape
+    first = torch.empty(k, dtype=torch.int64, device=codebook.device)
+    dup_block = 32
+    with device_guard(codebook):
+        _first_duplicate_kernel[(triton.cdiv(k, dup_block),)](
+            codebook, first, k, d, codebook.stride(0), codebook.stride(1),
+            BLOCK_K=dup_block, BLOCK_J=16, BLOCK_D=16)
+    return first

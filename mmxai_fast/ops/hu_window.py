@@ -13,6 +13,7 @@ Naming chain: ``hu_window_reference`` (oracle and fallback), ``_hu_window_cpu`` 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple, Union
@@ -130,7 +131,13 @@ def _lowers_and_inverses(levels, widths):
 
 
 def _window_tensors(levels, widths, device):
-    """Window lower bounds and inverse widths as float64 tensors on ``device`` (GPU kernels)."""
+    """Window lower bounds and inverse widths as float64 tensors on ``device`` (GPU kernels),
+    made once per (windows, device): later calls do no host-to-device copy."""
+    return _cached_window_tensors(tuple(levels), tuple(widths), torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_window_tensors(levels, widths, device):
     lowers, inverses = _lowers_and_inverses(levels, widths)
     return (torch.tensor(lowers, dtype=torch.float64, device=device),
             torch.tensor(inverses, dtype=torch.float64, device=device))

@@ -71,7 +71,8 @@ def _thresholded_value_histogram_triton(values, scores, threshold, low, high, ba
     rows_v, rows_s = _as_rows(values, batch_dims).contiguous(), _as_rows(scores, batch_dims).contiguous()
     counts = torch.zeros((rows_v.shape[0], high - low + 1), dtype=torch.int64, device=values.device)
     if rows_v.numel():
-        threshold_t = torch.tensor([threshold], dtype=torch.float64, device=values.device)
+        # A fill kernel, not a pageable host-to-device copy: no host synchronisation.
+        threshold_t = torch.full((1,), float(threshold), dtype=torch.float64, device=values.device)
         triton_module("thresholded_value_histogram").thresholded_value_histogram_forward(rows_v, rows_s, threshold_t, low, counts)
     return counts if batch_dims else counts[0]
 
