@@ -6,11 +6,12 @@ from typing import Optional
 from captum._utils.common import _run_forward
 from torch import Tensor
 
-from ._engine import AttributionInputError, PerturbationEngine
+from ._errors import AttributionInputError
+from ._evaluator import Evaluator
 
 
-def initialize_checked(engine: PerturbationEngine, keep_row: Optional[Tensor] = None) -> Tensor:
-    """:meth:`PerturbationEngine.initialize`, turning an indexing failure of the target into an
+def initialize_checked(engine: Evaluator, keep_row: Optional[Tensor] = None) -> Tensor:
+    """:meth:`Evaluator.initialize`, turning an indexing failure of the target into an
     :class:`AttributionInputError` that names the target and the output shape (found by one more
     call without the target, on the failure path only)."""
     try:
