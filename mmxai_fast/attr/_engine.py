@@ -38,25 +38,28 @@ def coalition_evaluator(forward_func: Callable, inputs: Tuple[Tensor, ...], base
                         additional_forward_args: Optional[Tuple[Any, ...]] = None,
                         perturbations_per_eval: Union[int, str] = 1, *, compact_ids: bool,
                         num_features: Optional[int] = None, shared_masks_per_batch: bool = True,
-                        ) -> Tuple[Evaluator, FeatureMap]:
+                        background_id: Optional[int] = None) -> Tuple[Evaluator, FeatureMap]:
     """Validate, number the features and build the evaluator of coalition rows ``[rows, F]``.
 
     ``shared_masks_per_batch``: a scalar-per-batch model needs masks with first dim 1 (off for
     Lime's per-example ids). ``num_features``: row width when wider than the ids present.
+    ``background_id``: a mask id that is no feature (never removed, attribution 0).
     """
     inputs, perturber, features = _coalition_parts(inputs, baselines, feature_mask, perturbations_per_eval,
-                                                   compact_ids, num_features)
+                                                   compact_ids, num_features, background_id)
     evaluator = Evaluator(forward_func, inputs, perturber, target, additional_forward_args, perturbations_per_eval,
                           check_batch_output=features.require_shared if shared_masks_per_batch else None)
     return evaluator, features
 
 
-def _coalition_parts(inputs, baselines, feature_mask, perturbations_per_eval, compact_ids, num_features=None):
+def _coalition_parts(inputs, baselines, feature_mask, perturbations_per_eval, compact_ids, num_features=None,
+                     background_id=None):
     check_perturbations_per_eval(perturbations_per_eval)
     inputs = check_inputs(inputs)
     baselines = check_baselines(baselines, inputs)
-    features = FeatureMap(feature_mask, inputs, compact_ids=compact_ids, num_features=num_features)
-    return inputs, CoalitionPerturber(inputs, baselines, features.masks), features
+    features = FeatureMap(feature_mask, inputs, compact_ids=compact_ids, num_features=num_features,
+                          background_id=background_id)
+    return inputs, CoalitionPerturber(inputs, baselines, features.masks, features.has_background), features
 
 
 class PerturbationEngine(Evaluator):

@@ -113,9 +113,12 @@ class FeatureMap:
     """
 
     def __init__(self, feature_mask: Sequence[Any], inputs: Tuple[Tensor, ...], *, compact_ids: bool,
-                 num_features: Optional[int] = None) -> None:
+                 num_features: Optional[int] = None, background_id: Optional[int] = None) -> None:
         self.inputs = inputs
         masks = check_feature_masks(feature_mask, inputs)
+        if background_id is not None and (isinstance(background_id, bool) or not isinstance(background_id, int)
+                                          or background_id < 0):
+            raise AttributionInputError(f"background_id must be None or an int >= 0, got {background_id!r}")
         if not compact_ids:
             self.num_features = max(int(m.max()) for m in masks if m.numel()) + 1
             self.masks = tuple(m.long() for m in masks)
@@ -135,6 +138,38 @@ class FeatureMap:
             self.num_features, self.feature_ids = max(ids.numel(), 1), ids
         if num_features is not None:  # rows wider than the ids (Lime's per-example ids)
             self.num_features = num_features
+        #: With a declared background: its elements point at column ``num_features`` (one past
+        #: the features), which every row keeps; it is no feature, so no row removes it.
+        self.has_background = False
+        if background_id is not None:
+            self._drop_background(background_id, compact_ids)
+
+    def _drop_background(self, background_id: int, compact_ids: bool) -> None:
+        if compact_ids:
+            found = (self.feature_ids == background_id).nonzero().flatten()
+            if not found.numel():
+                return
+            column = int(found[0])
+            self.feature_ids = torch.cat((self.feature_ids[:column], self.feature_ids[column + 1:]))
+        else:
+            if background_id >= self.num_features:
+                return
+            column = background_id
+            self.feature_ids = torch.cat((self.feature_ids[:column], self.feature_ids[column + 1:]))
+        players = self.num_features - 1
+
+        def shift(cols: Tensor) -> Tensor:
+            return torch.where(cols == column, players, cols - (cols > column).to(cols.dtype))
+
+        self.masks = tuple(shift(m) for m in self.masks)
+        order = self.feature_order
+        self.feature_order = shift(order[order != column])
+        self.num_features, self.has_background = players, True
+
+    @property
+    def num_columns(self) -> int:
+        """Width of the id space of :attr:`masks`: the features, plus the background's column."""
+        return self.num_features + int(self.has_background)
 
     @staticmethod
     def _renumber(mask: Tensor, ids: Tensor) -> Tensor:
@@ -163,6 +198,8 @@ class FeatureMap:
         the masks' first dim (1 or ``T[0]``), like Captum's broadcasting of output differences
         against feature masks. Results live on each input's device, dtype of ``table``.
         """
+        if self.has_background:  # the background is no feature: 0 there
+            table = torch.cat((table, table.new_zeros((1,) + tuple(table.shape[1:]))))
         out_dims = tuple(table.shape[1:])
         if not out_dims:
             table, out_dims = table.reshape(-1, 1), (1,)

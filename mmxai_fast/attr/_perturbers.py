@@ -35,14 +35,19 @@ def _stack_rows(rows: int, batch: Tensor, x: Tensor) -> Tensor:
 
 class CoalitionPerturber:
     """``keep [rows, F]`` bool -> inputs with feature ``f`` of copy ``r`` from the input where
-    ``keep[r, f]``, else from the baseline. ``masks``: aligned integer masks (``FeatureMap``)."""
+    ``keep[r, f]``, else from the baseline. ``masks``: aligned integer masks (``FeatureMap``);
+    ``keep_last``: the masks hold one more column than the rows (a declared background), kept in
+    every row."""
 
     def __init__(self, inputs: Tuple[Tensor, ...], baselines: Sequence[Union[Tensor, float]],
-                 masks: Sequence[Tensor]) -> None:
+                 masks: Sequence[Tensor], keep_last: bool = False) -> None:
         self.inputs, self.baselines, self.masks = inputs, tuple(baselines), tuple(masks)
+        self.keep_last = keep_last
 
     def __call__(self, keep: Tensor, buffer: Buffer = None) -> Tuple[Tensor, ...]:
         rows = keep.shape[0]
+        if self.keep_last:
+            keep = torch.cat((keep, keep.new_ones((rows, 1))), dim=1)
         batches = []
         for i, (x, mask, base) in enumerate(zip(self.inputs, self.masks, self.baselines)):
             keep_dev = keep.to(x.device)

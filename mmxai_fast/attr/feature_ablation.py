@@ -51,6 +51,8 @@ class FeatureAblation(_CaptumFeatureAblation):
         feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
+        *,
+        background_id: Optional[int] = None,
         **kwargs: Any,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Ablation attributions, as ``captum.attr.FeatureAblation.attribute``.
@@ -66,6 +68,8 @@ class FeatureAblation(_CaptumFeatureAblation):
                 ids are shared across the tuple. None: every scalar is its own feature.
             perturbations_per_eval: ablations per model call (int >= 1) or ``"auto"``.
             show_progress: tqdm progress bar ("Feature Ablation attribution").
+            background_id: a ``feature_mask`` id that is no feature: never ablated (no model
+                call), attribution 0 there. None (default): every id is a feature, as Captum.
             **kwargs: accepted for compatibility with Captum, ignored.
 
         Returns:
@@ -83,7 +87,7 @@ class FeatureAblation(_CaptumFeatureAblation):
         with torch.no_grad():
             evaluator, features = coalition_evaluator(self.forward_func, formatted_inputs, baselines, formatted_mask,
                                                       target, formatted_args, perturbations_per_eval,
-                                                      compact_ids=True)
+                                                      compact_ids=True, background_id=background_id)
             with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 initial = evaluator.initialize()
                 table = ablate_one_feature_per_row(evaluator, features, initial)

@@ -96,6 +96,7 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         target_stderr: Optional[float] = None,
         target_relative_stderr: Optional[float] = None,
         max_samples: Optional[int] = None,
+        background_id: Optional[int] = None,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Shapley value estimates, as ``captum.attr.ShapleyValueSampling.attribute``.
 
@@ -114,6 +115,8 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
             target_relative_stderr: stop once every standard error is at most this times the
                 largest absolute attribution of its output element.
             max_samples: cap on permutations with a stopping rule (default ``10 * n_samples``).
+            background_id: a ``feature_mask`` id that is no feature: always kept, never in a
+                permutation (fewer model calls), attribution 0 there. None: Captum's semantics.
 
         Returns:
             float32 attributions shaped ``[*output_shape, *inputs[i].shape[1:]]`` per input
@@ -132,7 +135,7 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         with torch.no_grad():
             evaluator, features = coalition_evaluator(self.forward_func, inputs_tuple, baselines, formatted_mask,
                                                       target, formatted_args, perturbations_per_eval,
-                                                      compact_ids=False)
+                                                      compact_ids=False, background_id=background_id)
             self._warn_missing_ids(features)
             with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 mean, stderr, count = self._walk(evaluator, features.num_features, plan)
@@ -169,11 +172,11 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
 
     @staticmethod
     def _warn_missing_ids(features: FeatureMap) -> None:
-        present = torch.zeros(features.num_features, dtype=torch.bool)
+        present = torch.zeros(features.num_columns, dtype=torch.bool)
         for mask in features.masks:
             if mask.numel():
                 present[ids_present(mask)] = True
-        if not bool(present.all()):
+        if not bool(present[:features.num_features].all()):
             warnings.warn(_MISSING_IDS_WARNING, stacklevel=3)
 
     def _rounds(self, num_features: int, plan) -> Iterator[Tensor]:
