@@ -25,7 +25,7 @@ import math
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
-from captum._utils.common import _expand_additional_forward_args, _expand_target, _run_forward
+from captum._utils.common import _expand_additional_forward_args, _expand_target, _run_forward, _select_targets
 from captum._utils.progress import progress as captum_progress
 from torch import Tensor
 
@@ -133,7 +133,14 @@ class Evaluator:
                 args = _expand_additional_forward_args(args, rows)
             self._expanded[rows] = (self.target if rows == 1 else _expand_target(self.target, rows), args)
         target, args = self._expanded[rows]
-        out = _as_output_tensor(_run_forward(self.forward_func, model_inputs, target, args))
+        out = _as_output_tensor(_run_forward(self.forward_func, model_inputs, None, args))
+        if target is not None:  # selected here, so a bad target fails with the output's shape in hand
+            try:
+                out = _select_targets(out, target)
+            except (IndexError, RuntimeError) as err:
+                raise AttributionInputError(
+                    f"target {self.target!r} does not index forward_func's output: with {self.num_examples} "
+                    f"examples it has shape {tuple(out.shape)} ({err})") from err
         self.num_model_calls += 1
         if self.progress is not None:
             self.progress.update()

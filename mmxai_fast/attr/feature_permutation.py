@@ -28,7 +28,6 @@ from torch import Tensor
 from ._errors import AttributionInputError
 from ._evaluator import Evaluator, check_perturbations_per_eval
 from ._features import FeatureMap, check_inputs
-from ._target_check import initialize_checked
 from .feature_ablation import FeatureAblation, ablate_one_feature_per_row
 
 __all__ = ["FeaturePermutation"]
@@ -278,7 +277,7 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
             evaluator = Evaluator(self.forward_func, formatted_inputs, perturber, target, formatted_args,
                                   perturbations_per_eval, check_batch_output=features.require_shared)
             with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
-                initial = initialize_checked(evaluator)
+                initial = evaluator.initialize()
                 if evaluator.num_examples < self._min_examples_per_batch_grouped:
                     logger.warning(f"Skipping all {features.feature_order.numel()} feature groups since the inputs' "
                                    f"0th dim ({evaluator.num_examples}) is less than "

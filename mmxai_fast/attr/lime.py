@@ -45,7 +45,6 @@ from ._engine import AttributionInputError, check_perturbations_per_eval, coalit
 from ._evaluator import Evaluator
 from ._features import FeatureMap, check_feature_masks
 from ._perturbers import CoalitionPerturber
-from ._target_check import initialize_checked
 
 __all__ = ["Lime"]
 
@@ -285,7 +284,7 @@ class Lime(_CaptumLime):
         n = engine.num_examples
         device = engine.inputs[0].device
         if n > 1:  # Captum's first call on the batch: one output per example or one per batch?
-            reference = initialize_checked(engine)
+            reference = engine.initialize()
             if reference.numel() == n:
                 groups = n
                 warnings.warn(_PER_EXAMPLE_WARNING, stacklevel=4)
@@ -304,7 +303,7 @@ class Lime(_CaptumLime):
             todo = rows[:, 1:] if first_is_input else rows
         else:
             rows = draw_rows(1, n_samples, num_features, device)
-            first = initialize_checked(engine, rows[:, 0].reshape(1, -1))
+            first = engine.initialize(rows[:, 0].reshape(1, -1))
             if first.numel() != 1:
                 raise AttributionInputError(
                     "Number of outputs is not appropriate, must return one output per perturbed input: "
