@@ -13,7 +13,7 @@ def _view_model(x):
 
 def _problem():
     # Large enough for the perturb kernel's buffer path (tiny batches use torch.where instead).
-    width = ours._engine.SMALL_BATCH_NUMEL // 4 + 4
+    width = ours._perturbers.SMALL_BATCH_NUMEL // 4 + 4
     x = torch.randn(2, 2, width)
     mask = torch.arange(2 * width).reshape(1, 2, width) % 5
     return x, mask

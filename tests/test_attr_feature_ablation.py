@@ -137,7 +137,7 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_float_mask_is_rejected():
-    with pytest.raises(TypeError, match=r"feature_mask\[0\] must have an integer dtype"):
+    with pytest.raises(AttributionInputError, match=r"feature_mask\[0\] must be an integer tensor, got torch.float32"):
         _bad(feature_mask=torch.zeros(1, 1, 3, 4, 4))
 
 

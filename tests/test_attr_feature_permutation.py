@@ -278,18 +278,18 @@ def test_out_of_memory_halving_keeps_captum_permutations():
 
 
 def test_perturbed_inputs_outside_model_calls_are_fresh():
-    """Outside the model-call path the batch is a new tensor (the engine's buffer is untouched)."""
+    """Without an evaluator buffer the batch is a new tensor on every call."""
     x = torch.randn(3, 2, 6)
     mask = torch.arange(12).reshape(1, 2, 6) % 5
-    engine = fp_module._PermutationEngine(lambda t: t.sum((1, 2)), (x,), (0.0,), (mask,), compact_ids=True)
+    engine = fp_module.ShufflePerturber((x,), (mask,), 5)
     engine.permutations = [torch.tensor([[1, 2, 0], [2, 0, 1], [1, 0, 2], [0, 2, 1], [2, 1, 0]])]
     keep = torch.ones(5, 5, dtype=torch.bool)
     keep[torch.arange(5), torch.tensor([3, 0, 4, 1, 2])] = False
-    first = engine.perturbed_inputs(keep)[0].reshape(5, 3, 2, 6)
+    first = engine(keep)[0].reshape(5, 3, 2, 6)
     for r, f in enumerate([3, 0, 4, 1, 2]):
         shuffled = x[engine.permutations[0][f]]
         torch.testing.assert_close(first[r], torch.where(mask == f, shuffled, x), rtol=0, atol=0)
-    assert not engine._buffers and engine.perturbed_inputs(keep)[0].data_ptr() != first.data_ptr()
+    assert not engine._states and engine(keep)[0].data_ptr() != first.data_ptr()
 
 
 class _SparseModel(torch.nn.Module):

@@ -7,7 +7,7 @@ import captum.attr as ca
 import pytest
 import torch
 
-import mmxai_fast.attr.occlusion as occ_module
+import mmxai_fast.attr._perturbers as occ_module
 from mmxai_fast.attr import AttributionInputError, Occlusion
 
 ATOL, RTOL = 1e-5, 1e-4

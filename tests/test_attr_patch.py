@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import mmxai_fast.attr as ma
-import mmxai_fast.attr._engine as engine_module
-import mmxai_fast.attr.occlusion as occ_module
+import mmxai_fast.attr._perturbers as occ_module
 from mmxai_fast.attr import patch_captum, unpatch_captum
 
 NAMES = ["FeatureAblation", "Occlusion", "ShapleyValueSampling", "ShapleyValues"]
@@ -70,10 +69,10 @@ def test_pipeline_identical_and_on_engine(model):
     torch.manual_seed(5)
     expected = pipeline(model, x)
     assert expected[3] == tuple(ORIGINALS[n] for n in ("FeatureAblation", "Occlusion", "ShapleyValueSampling"))
-    # perturbed_inputs, not the perturb kernel: batches this small are built with torch.where
-    engine_cls = engine_module.PerturbationEngine
-    with mock.patch.object(engine_cls, "perturbed_inputs", autospec=True,
-                           side_effect=engine_cls.perturbed_inputs) as perturb_spy, \
+    # the coalition perturber, not the perturb kernel: batches this small are built with torch.where
+    perturber_cls = occ_module.CoalitionPerturber
+    with mock.patch.object(perturber_cls, "__call__", autospec=True,
+                           side_effect=perturber_cls.__call__) as perturb_spy, \
             mock.patch.object(occ_module, "occlusion_batch", wraps=occ_module.occlusion_batch) as occ_spy:
         with patch_captum():
             torch.manual_seed(5)

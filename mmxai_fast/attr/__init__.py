@@ -9,7 +9,8 @@ Captum's own classes, re-exported unchanged so one import serves both.
 from captum.attr import (DeepLift, Deconvolution, GradientShap, GuidedBackprop, GuidedGradCam,
                          InputXGradient, IntegratedGradients, LayerGradCam, NoiseTunnel, Saliency)
 
-from ._engine import AttributionInputError, PerturbationEngine
+from ._engine import AttributionInputError, PerturbationEngine, coalition_evaluator
+from ._evaluator import Evaluator
 from .feature_ablation import FeatureAblation
 from .feature_permutation import FeaturePermutation
 from .kernel_shap import KernelShap
@@ -22,7 +23,7 @@ from .shapley_value import ShapleyValues, ShapleyValueSampling
 __all__ = [
     "FeatureAblation", "Occlusion", "ShapleyValueSampling", "ShapleyValues", "FeaturePermutation", "Lime",
     "KernelShap", "TorchWeightedLinearRegression",
-    "AttributionInputError", "PerturbationEngine", "patch_captum", "unpatch_captum",
+    "AttributionInputError", "Evaluator", "PerturbationEngine", "coalition_evaluator", "patch_captum", "unpatch_captum",
     "Saliency", "Deconvolution", "GuidedBackprop", "NoiseTunnel", "InputXGradient",
     "IntegratedGradients", "DeepLift", "GradientShap", "LayerGradCam", "GuidedGradCam",
 ]

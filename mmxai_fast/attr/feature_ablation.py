@@ -13,7 +13,9 @@ from captum.attr._utils.common import _format_input_baseline
 from captum.log import log_usage
 from torch import Tensor
 
-from ._engine import PerturbationEngine, check_perturbations_per_eval
+from ._engine import coalition_evaluator
+from ._evaluator import Evaluator
+from ._features import FeatureMap
 
 __all__ = ["FeatureAblation"]
 
@@ -49,6 +51,8 @@ class FeatureAblation(_CaptumFeatureAblation):
         feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
+        *,
+        background_id: Optional[int] = None,
         **kwargs: Any,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Ablation attributions, as ``captum.attr.FeatureAblation.attribute``.
@@ -64,6 +68,8 @@ class FeatureAblation(_CaptumFeatureAblation):
                 ids are shared across the tuple. None: every scalar is its own feature.
             perturbations_per_eval: ablations per model call (int >= 1) or ``"auto"``.
             show_progress: tqdm progress bar ("Feature Ablation attribution").
+            background_id: a ``feature_mask`` id that is no feature: never ablated (no model
+                call), attribution 0 there. None (default): every id is a feature, as Captum.
             **kwargs: accepted for compatibility with Captum, ignored.
 
         Returns:
@@ -78,33 +84,32 @@ class FeatureAblation(_CaptumFeatureAblation):
         formatted_inputs, baselines = _format_input_baseline(inputs, baselines)
         formatted_args = _format_additional_forward_args(additional_forward_args)
         formatted_mask = _format_feature_mask(feature_mask, formatted_inputs)
-        check_perturbations_per_eval(perturbations_per_eval)
         with torch.no_grad():
-            engine = PerturbationEngine(self.forward_func, formatted_inputs, baselines, formatted_mask, target,
-                                        formatted_args, perturbations_per_eval, compact_ids=True)
-            with engine.progress_bar(show_progress, f"{self.get_name()} attribution"):
-                initial = engine.initialize()
-                attributions = self._ablate_one_feature_per_row(engine, initial)
-        return _format_output(is_inputs_tuple, attributions)
+            evaluator, features = coalition_evaluator(self.forward_func, formatted_inputs, baselines, formatted_mask,
+                                                      target, formatted_args, perturbations_per_eval,
+                                                      compact_ids=True, background_id=background_id)
+            with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
+                initial = evaluator.initialize()
+                table = ablate_one_feature_per_row(evaluator, features, initial)
+        return _format_output(is_inputs_tuple, features.to_input_shapes(table))
 
-    @staticmethod
-    def _ablate_one_feature_per_row(engine: PerturbationEngine, initial: Tensor) -> Tuple[Tensor, ...]:
-        """One coalition row per feature (in Captum's visiting order) with only that feature
-        removed; attributions = ``initial`` output - output with the feature removed."""
-        order = engine.feature_order
-        num_rows = order.numel()
-        engine.set_progress_total(math.ceil(num_rows / engine.rows_per_eval) + 1)
-        order_dev = order.to(engine.inputs[0].device)
 
-        def make_keep(start: int, stop: int) -> Tensor:
-            keep = torch.ones((stop - start, engine.num_features), dtype=torch.bool, device=order_dev.device)
-            keep[torch.arange(stop - start, device=order_dev.device), order_dev[start:stop]] = False
-            return keep
+def ablate_one_feature_per_row(evaluator: Evaluator, features: FeatureMap, initial: Tensor) -> Tensor:
+    """One row per feature (in Captum's visiting order) with only that feature removed; returns
+    the ``[F, n_outputs]`` table ``initial - output with the feature removed``."""
+    order = features.feature_order
+    num_rows, num_features = order.numel(), features.num_features
+    evaluator.set_progress_total(math.ceil(num_rows / evaluator.rows_per_eval) + 1)
+    order_dev = order.to(evaluator.inputs[0].device)
 
-        outputs = engine.evaluate_chunks(num_rows, make_keep)
-        flat_initial = initial.reshape(1, -1)
-        diff = flat_initial - outputs.reshape(num_rows, -1).to(flat_initial.device)
-        table = torch.zeros((engine.num_features, flat_initial.shape[1]), dtype=flat_initial.dtype,
-                            device=flat_initial.device)
-        table[order.to(table.device)] = diff.to(table.dtype)
-        return engine.to_input_shapes(table)
+    def make_keep(start: int, stop: int) -> Tensor:
+        keep = torch.ones((stop - start, num_features), dtype=torch.bool, device=order_dev.device)
+        keep[torch.arange(stop - start, device=order_dev.device), order_dev[start:stop]] = False
+        return keep
+
+    outputs = evaluator.run(num_rows, make_keep)
+    flat_initial = initial.reshape(1, -1)
+    diff = flat_initial - outputs.reshape(num_rows, -1).to(flat_initial.device)
+    table = torch.zeros((num_features, flat_initial.shape[1]), dtype=flat_initial.dtype, device=flat_initial.device)
+    table[order.to(table.device)] = diff.to(table.dtype)
+    return table

@@ -2,10 +2,10 @@
 
 Permutation feature importance (Breiman 2001; Fisher, Rudin & Dominici 2019): feature ``f`` is
 credited with ``f(batch) - f(batch with feature f shuffled among the N examples)``. Each
-coalition row of the engine drops one feature; instead of the baseline, the dropped feature's
-elements take the values of the shuffled examples. Only those elements are written (a gather and
-a copy per row at the feature's positions, from a feature -> positions map sorted once per call,
-into the engine's buffer, which keeps the input between model calls), so the work outside the
+coalition row drops one feature; instead of the baseline, the dropped feature's elements take
+the values of the shuffled examples (:class:`ShufflePerturber`). Only those elements are written
+(a gather and a copy per row at the feature's positions, from a feature -> positions map sorted
+once per call, into the evaluator's buffer, which keeps the input between model calls), so the work outside the
 model scales with the features' sizes, not with ``rows * volume`` per model call.
 """
 from __future__ import annotations
@@ -25,9 +25,10 @@ from captum.attr._core.feature_permutation import _permute_feature
 from captum.log import log_usage
 from torch import Tensor
 
-from ._engine import AttributionInputError, PerturbationEngine, check_perturbations_per_eval
-from ._target_check import initialize_checked
-from .feature_ablation import FeatureAblation
+from ._errors import AttributionInputError
+from ._evaluator import Evaluator, check_perturbations_per_eval
+from ._features import FeatureMap, check_inputs
+from .feature_ablation import FeatureAblation, ablate_one_feature_per_row
 
 __all__ = ["FeaturePermutation"]
 
@@ -68,28 +69,27 @@ def _version(t: Tensor) -> Optional[int]:
         return None
 
 
-class _PermutationEngine(PerturbationEngine):
-    """Engine whose dropped feature takes shuffled values instead of the baseline.
+class ShufflePerturber:
+    """Coalition rows that each drop exactly one feature -> inputs whose dropped feature takes
+    the values of shuffled examples instead of the baseline.
 
-    :attr:`permutations` holds one ``(F, N)`` int64 table per input tensor (on its device):
-    row ``f`` is the permutation of the examples used for feature ``f`` in that tensor. Every
-    coalition row must drop exactly one feature.
+    :attr:`permutations` holds one ``(F, N_t)`` int64 table per input tensor (on its device):
+    row ``f`` is the permutation of the examples used for feature ``f`` in that tensor.
 
     A chunk's perturbed batch is ``x`` repeated per row with only the dropped feature's elements
     rewritten (gathered from the shuffled examples at the positions of
     :class:`_FeaturePositions`), so a chunk costs O(size of its features), not O(rows * volume):
-    in the model-call path the engine's buffer keeps ``x`` between chunks and only the previous
-    chunk's writes are undone. A model that writes to its input (bumping the buffer's version
-    counter) gets a full refill instead.
+    in the evaluator's buffer ``x`` stays between chunks and only the previous chunk's writes are
+    undone. A model that writes to its input (bumping the buffer's version counter) gets a full
+    refill instead.
     """
 
-    permutations: List[Tensor]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, inputs: Tuple[Tensor, ...], masks: Tuple[Tensor, ...], num_features: int) -> None:
+        self.inputs, self.masks, self.num_features = inputs, masks, num_features
+        self.permutations: List[Tensor] = []
         self._positions: Optional[List[_FeaturePositions]] = None
         self._states: Dict[int, _BufferState] = {}
-        self._contiguous = [x.contiguous() for x in self.inputs]
+        self._contiguous = [x.contiguous() for x in inputs]
 
     def feature_positions(self) -> List[_FeaturePositions]:
         """The per-input position maps, built on first use (one sort of each mask)."""
@@ -107,9 +107,9 @@ class _PermutationEngine(PerturbationEngine):
         bounds = [0] + torch.cumsum(counts, 0).tolist()
         return _FeaturePositions(positions, bounds, counts, m > 1, size)
 
-    def release_buffers(self) -> None:
+    def release(self) -> None:
+        """The evaluator dropped its buffers: nothing is known about them any more."""
         self._states.clear()
-        super().release_buffers()
 
     def _copy_feature(self, t: int, out_row: Tensor, feature: int, shuffled: bool) -> None:
         """Write feature ``feature``'s elements of ``out_row`` ``[N, *S]`` (contiguous): from the
@@ -133,16 +133,16 @@ class _PermutationEngine(PerturbationEngine):
             values = values.index_select(0, self.permutations[t][feature])
         out_row.view(x.shape[0], -1).index_copy_(1, flat, values)
 
-    def _fill(self, t: int, dropped: List[int]) -> Tensor:
-        """``[rows, *x.shape]`` perturbed copies of input ``t``: in the engine's reused buffer on
-        the model-call path (undoing only the previous chunk's writes), freshly allocated otherwise."""
+    def _fill(self, t: int, dropped: List[int], buffer: Optional[Callable[[int, int], Tensor]]) -> Tensor:
+        """``[rows, *x.shape]`` perturbed copies of input ``t``: in the evaluator's reused buffer
+        when given (undoing only the previous chunk's writes), freshly allocated otherwise."""
         x = self._contiguous[t]
         rows = len(dropped)
-        if not self._into_buffers:
+        if buffer is None:
             out = x.unsqueeze(0).expand((rows,) + tuple(x.shape)).contiguous()
         else:
-            out = self.output_buffer(t, rows)
-            base = self._buffers[t]
+            out = buffer(t, rows)
+            base = out if out._base is None else out._base
             state = self._states.get(t)
             if state is None or state.buffer() is not base or state.version is None or state.version != _version(base):
                 out.copy_(x.unsqueeze(0).expand_as(out))
@@ -156,30 +156,30 @@ class _PermutationEngine(PerturbationEngine):
                     clean_rows = rows
         for r, feature in enumerate(dropped):
             self._copy_feature(t, out[r], feature, shuffled=True)
-        if self._into_buffers:
+        if buffer is not None:
             self._states[t] = _BufferState(weakref.ref(base), clean_rows, dropped, _version(base))
         return out
 
-    def perturbed_inputs(self, keep: Tensor) -> Tuple[Tensor, ...]:
+    def __call__(self, keep: Tensor, buffer: Optional[Callable[[int, int], Tensor]] = None) -> Tuple[Tensor, ...]:
         rows = keep.shape[0]
         dropped = (~keep).to(torch.uint8).argmax(dim=1).tolist()
-        return tuple(self._fill(t, dropped).reshape((rows * x.shape[0],) + tuple(x.shape[1:]))
+        return tuple(self._fill(t, dropped, buffer).reshape((rows * x.shape[0],) + tuple(x.shape[1:]))
                      for t, x in enumerate(self.inputs))
 
 
-def _draw_permutations(engine: _PermutationEngine, rows_per_eval: int) -> List[Tensor]:
+def _draw_permutations(perturber: ShufflePerturber, feature_order: Tensor, rows_per_eval: int) -> List[Tensor]:
     """Permutations drawn exactly as Captum 0.9 draws them, so the same torch seed gives the same
     shuffles: features visited in chunks of ``rows_per_eval``; for every input tensor that holds
     a feature of the chunk (ascending), one ``torch.randperm(n_t)`` per feature of the chunk
     (``n_t``: that tensor's own dim 0, which differs from ``N`` for sparse list inputs; redrawn
     while it is the identity), on the default CPU generator.
 
-    Which tensors hold which features comes from the engine's position maps (no ``unique``
-    over the masks). The perturbed inputs are built by :class:`_PermutationEngine`.
+    Which tensors hold which features comes from the perturber's position maps (no ``unique``
+    over the masks).
     """
-    num_features = engine.num_features
-    sizes = [x.shape[0] for x in engine.inputs]  # each tensor is shuffled over its own dim 0 (sparse lists)
-    present = torch.stack([where.counts.cpu() > 0 for where in engine.feature_positions()])
+    num_features = perturber.num_features
+    sizes = [x.shape[0] for x in perturber.inputs]  # each tensor is shuffled over its own dim 0 (sparse lists)
+    present = torch.stack([where.counts.cpu() > 0 for where in perturber.feature_positions()])
     for t, n in enumerate(sizes):
         if n < 2 and bool(present[t].any()):
             raise AttributionInputError(
@@ -187,7 +187,7 @@ def _draw_permutations(engine: _PermutationEngine, rows_per_eval: int) -> List[T
                 f"(dim 0 must be >= 2)")
     tables = [torch.arange(n).repeat(num_features, 1) for n in sizes]
     identities = [torch.arange(n) for n in sizes]
-    order = engine.feature_order.tolist()
+    order = feature_order.tolist()
     for start in range(0, len(order), rows_per_eval):
         chunk = order[start:start + rows_per_eval]
         touched = present[:, chunk].any(dim=1).nonzero().flatten().tolist()
@@ -198,7 +198,7 @@ def _draw_permutations(engine: _PermutationEngine, rows_per_eval: int) -> List[T
                 while torch.equal(perm, identity):
                     perm = torch.randperm(n)
                 table[f] = perm
-    return [table.to(x.device) for table, x in zip(tables, engine.inputs)]
+    return [table.to(x.device) for table, x in zip(tables, perturber.inputs)]
 
 
 class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
@@ -268,26 +268,25 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
                 perturbations_per_eval=1 if perturbations_per_eval == "auto" else perturbations_per_eval,
                 show_progress=show_progress, **kwargs)
         is_inputs_tuple = _is_tuple(inputs)
-        formatted_inputs = _format_tensor_into_tuples(inputs)
+        formatted_inputs = check_inputs(_format_tensor_into_tuples(inputs))
         formatted_args = _format_additional_forward_args(additional_forward_args)
-        formatted_mask = _format_feature_mask(feature_mask, formatted_inputs)
-        for i, mask in enumerate(formatted_mask):
-            if isinstance(mask, Tensor) and (mask.is_floating_point() or mask.is_complex()):
-                raise AttributionInputError(f"feature_mask[{i}] must be an integer tensor, got {mask.dtype}")
+        features = FeatureMap(_format_feature_mask(feature_mask, formatted_inputs), formatted_inputs,
+                              compact_ids=True)
+        perturber = ShufflePerturber(formatted_inputs, features.masks, features.num_features)
         with torch.no_grad():
-            engine = _PermutationEngine(self.forward_func, formatted_inputs, (0.0,) * len(formatted_inputs),
-                                        formatted_mask, target, formatted_args, perturbations_per_eval,
-                                        compact_ids=True)
-            with engine.progress_bar(show_progress, f"{self.get_name()} attribution"):
-                initial = initialize_checked(engine)
-                if engine.num_examples < self._min_examples_per_batch_grouped:
-                    logger.warning(f"Skipping all {engine.feature_order.numel()} feature groups since the inputs' "
-                                   f"0th dim ({engine.num_examples}) is less than "
+            evaluator = Evaluator(self.forward_func, formatted_inputs, perturber, target, formatted_args,
+                                  perturbations_per_eval, check_batch_output=features.require_shared)
+            with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
+                initial = evaluator.initialize()
+                if evaluator.num_examples < self._min_examples_per_batch_grouped:
+                    logger.warning(f"Skipping all {features.feature_order.numel()} feature groups since the inputs' "
+                                   f"0th dim ({evaluator.num_examples}) is less than "
                                    f"{self._min_examples_per_batch_grouped}")
-                    engine.set_progress_total(1)
-                    zeros = torch.zeros((engine.num_features, initial.numel()), dtype=initial.dtype,
+                    evaluator.set_progress_total(1)
+                    table = torch.zeros((features.num_features, initial.numel()), dtype=initial.dtype,
                                         device=initial.device)
-                    return _format_output(is_inputs_tuple, engine.to_input_shapes(zeros))
-                engine.permutations = _draw_permutations(engine, engine.rows_per_eval)
-                attributions = self._ablate_one_feature_per_row(engine, initial)
-        return _format_output(is_inputs_tuple, attributions)
+                else:
+                    perturber.permutations = _draw_permutations(perturber, features.feature_order,
+                                                                evaluator.rows_per_eval)
+                    table = ablate_one_feature_per_row(evaluator, features, initial)
+        return _format_output(is_inputs_tuple, features.to_input_shapes(table))

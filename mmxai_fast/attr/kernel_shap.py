@@ -27,7 +27,8 @@ from captum.attr._core import lime as _captum_lime
 from captum.log import log_usage
 from torch import Tensor
 
-from ._engine import AttributionInputError, PerturbationEngine
+from ._errors import AttributionInputError
+from ._perturbers import CoalitionPerturber
 from .lime import Lime
 from .linear_model import weighted_least_squares
 
@@ -202,7 +203,7 @@ class KernelShap(Lime, _CaptumKernelShap):
                     return_input_shape=return_input_shape, show_progress=show_progress)
             inf_weight = float(self.inf_weight)
 
-            def weigh(engine: PerturbationEngine, rows: Tensor) -> Tensor:
+            def weigh(perturber: CoalitionPerturber, rows: Tensor) -> Tensor:
                 size = rows.sum(-1)
                 ends = (size == 0) | (size == rows.shape[-1])
                 return torch.where(ends, inf_weight, 1.0).to(torch.float64)
@@ -228,7 +229,7 @@ class KernelShap(Lime, _CaptumKernelShap):
             exact_weights["weights"] = weights
             return rows.expand(groups, -1, -1)
 
-        def weigh(engine: PerturbationEngine, rows: Tensor) -> Tensor:
+        def weigh(perturber: CoalitionPerturber, rows: Tensor) -> Tensor:
             if "weights" in exact_weights:
                 return exact_weights["weights"].expand(rows.shape[0], -1)
             return torch.ones(rows.shape[:2], dtype=torch.float64, device=rows.device)

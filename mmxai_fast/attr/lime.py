@@ -41,8 +41,10 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from ._engine import AttributionInputError, PerturbationEngine, _broadcastable, check_perturbations_per_eval
-from ._target_check import initialize_checked
+from ._engine import AttributionInputError, check_perturbations_per_eval, coalition_evaluator
+from ._evaluator import Evaluator
+from ._features import FeatureMap, check_feature_masks
+from ._perturbers import CoalitionPerturber
 
 __all__ = ["Lime"]
 
@@ -75,39 +77,13 @@ def exp_kernel_params(func: Any) -> Optional[Tuple[str, float]]:
     return nonlocals.get("distance_mode", "cosine"), float(nonlocals.get("kernel_width", 1.0))
 
 
-class _SampleEngine(PerturbationEngine):
-    """Engine over per-example ids ``id + n * F``: a coalition row holds one sample per example,
-    so scalar-per-batch models may have per-example masks (the ids are per example anyway)."""
-
-    require_shared_masks_in_agg_mode = False
-
-    def __init__(self, *args: Any, num_ids: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # compact_ids=False counts max id + 1; the rows span every example's full id range.
-        self.num_features = num_ids
-
-
 def interpretable_masks(feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
                         inputs: Tuple[Tensor, ...]) -> Tuple[Tuple[Tensor, ...], int]:
-    """Captum's ``construct_feature_mask`` (default mask, shift to 0 with its warning) after
-    checking count, dtype and shape of the masks; returns the masks and ``F``."""
+    """The shared mask check (:func:`~mmxai_fast.attr._features.check_feature_masks`), then
+    Captum's ``construct_feature_mask`` (default mask, shift to 0 with its warning); returns the
+    masks and ``F``."""
     if feature_mask is not None:
-        masks = _format_tensor_into_tuples(feature_mask)
-        if len(masks) != len(inputs):
-            raise AttributionInputError(
-                f"feature_mask must give one tensor per input tensor ({len(inputs)}), got {len(masks)}")
-        for i, (mask, inp) in enumerate(zip(masks, inputs)):
-            if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex() or \
-                    mask.dtype == torch.bool:
-                raise AttributionInputError(
-                    f"feature_mask[{i}] must be an integer tensor, got "
-                    f"{mask.dtype if isinstance(mask, Tensor) else type(mask).__name__}")
-            if not _broadcastable(mask.shape, inp.shape):
-                raise AttributionInputError(
-                    f"feature_mask[{i}] must be broadcastable to inputs[{i}] {tuple(inp.shape)}, "
-                    f"got shape {tuple(mask.shape)}")
-        if not any(mask.numel() for mask in masks):
-            raise AttributionInputError("feature_mask is empty: no features to perturb")
+        check_feature_masks(_format_tensor_into_tuples(feature_mask), inputs)
     return _captum_lime.construct_feature_mask(feature_mask, inputs)
 
 
@@ -120,18 +96,18 @@ def _per_example_ids(masks: Tuple[Tensor, ...], inputs: Tuple[Tensor, ...], num_
     return tuple(ids)
 
 
-def exp_kernel_weights(engine: PerturbationEngine, rows: Tensor, distance_mode: str, kernel_width: float) -> Tensor:
+def exp_kernel_weights(perturber: CoalitionPerturber, rows: Tensor, distance_mode: str, kernel_width: float) -> Tensor:
     """Captum's default similarity ``exp(-d^2 / (2 w^2))`` for every sample, ``[G, R]`` float64.
 
     ``d`` is ``1 - cos(x, x_z)`` or ``|x - x_z|`` over the flattened (tuple of) example(s), with
     ``x_z = where(z[id], x, baseline)``; both follow from per-feature sums over the input.
     """
     groups, _, num_features = rows.shape
-    n = engine.num_examples
+    n = perturber.inputs[0].shape[0]
     device = rows.device
     names = ("xx", "xb", "bb") if distance_mode == "cosine" else ("dd",)
     sums = {name: torch.zeros(n * num_features, dtype=torch.float64, device=device) for name in names}
-    for x, ids, base in zip(engine.inputs, engine.masks, engine.baselines):
+    for x, ids, base in zip(perturber.inputs, perturber.masks, perturber.baselines):
         xd = x.to(torch.float64)
         bd = torch.as_tensor(base, device=x.device).to(torch.float64).expand(x.shape)
         flat_ids = ids.expand(x.shape).reshape(-1).to(device)
@@ -240,8 +216,8 @@ class Lime(_CaptumLime):
         def draw_rows(groups: int, n: int, num_features: int, device: torch.device) -> Tensor:
             return torch.bernoulli(torch.full((groups, n, num_features), 0.5, device=device)).bool()
 
-        def weigh(engine: PerturbationEngine, rows: Tensor) -> Tensor:
-            return exp_kernel_weights(engine, rows, distance_mode, kernel_width)
+        def weigh(perturber: CoalitionPerturber, rows: Tensor) -> Tensor:
+            return exp_kernel_weights(perturber, rows, distance_mode, kernel_width)
 
         return self._attribute_on_engine(inputs, baselines, target, additional_forward_args, feature_mask, n_samples,
                                          perturbations_per_eval, return_input_shape, show_progress, draw_rows, weigh)
@@ -260,7 +236,7 @@ class Lime(_CaptumLime):
 
     def _attribute_on_engine(self, inputs, baselines, target, additional_forward_args, feature_mask, n_samples,
                              perturbations_per_eval, return_input_shape, show_progress,
-                             draw_rows: RowSampler, weigh: Callable[[PerturbationEngine, Tensor], Tensor],
+                             draw_rows: RowSampler, weigh: Callable[[CoalitionPerturber, Tensor], Tensor],
                              solve: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None):
         """Sample, evaluate on the engine, weigh, fit, format (Lime and KernelShap).
 
@@ -278,12 +254,16 @@ class Lime(_CaptumLime):
             warnings.warn(_MANY_FEATURES_WARNING, stacklevel=3)
         n = formatted_inputs[0].shape[0]
         with torch.no_grad():
-            engine = _SampleEngine(self.forward_func, formatted_inputs, formatted_baselines,
-                                   _per_example_ids(masks, formatted_inputs, num_features), target, formatted_args,
-                                   perturbations_per_eval, compact_ids=False, num_ids=n * num_features)
-            with engine.progress_bar(show_progress, f"{self.get_name()} attribution"):
-                rows, outputs = self._evaluate_samples(engine, num_features, n_samples, draw_rows)
-            weights = weigh(engine, rows)
+            # Every example gets its own ids (id + n * F): one row carries one sample per example,
+            # so scalar-per-batch models may have per-example masks too.
+            evaluator, _ = coalition_evaluator(
+                self.forward_func, formatted_inputs, formatted_baselines,
+                _per_example_ids(masks, formatted_inputs, num_features), target, formatted_args,
+                perturbations_per_eval, compact_ids=False, num_features=n * num_features,
+                shared_masks_per_batch=False)
+            with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
+                rows, outputs = self._evaluate_samples(evaluator, num_features, n_samples, draw_rows)
+            weights = weigh(evaluator.perturber, rows)
             if solve is not None:
                 coefs = [c.reshape(1, -1) for c in solve(rows, outputs, weights).float()]  # [1, F] like Captum's
             else:
@@ -291,20 +271,25 @@ class Lime(_CaptumLime):
         per_example = rows.shape[0] > 1
         if not return_input_shape:
             return torch.cat([c.reshape(1, -1) for c in coefs]) if per_example else coefs[0]
-        return _format_output(is_inputs_tuple, self._to_input_shapes(coefs, masks, formatted_inputs))
+        table = torch.stack([c.flatten() for c in coefs]).float().t()  # [F, G]
+        groups = len(coefs)
+        masks = tuple(m.reshape((1,) * (x.dim() - m.dim()) + tuple(m.shape)) for m, x in zip(masks, formatted_inputs))
+        masks = tuple(m if m.shape[0] == groups else m[:1] for m in masks)
+        return _format_output(is_inputs_tuple, FeatureMap(masks, formatted_inputs, compact_ids=False,
+                                                          num_features=num_features).to_input_shapes(table))
 
-    def _evaluate_samples(self, engine: PerturbationEngine, num_features: int, n_samples: int,
+    def _evaluate_samples(self, engine: Evaluator, num_features: int, n_samples: int,
                           draw_rows: RowSampler) -> Tuple[Tensor, Tensor]:
         """Draw ``[G, R, F]`` samples and evaluate them: returns (rows, outputs ``[G, R]``)."""
         n = engine.num_examples
         device = engine.inputs[0].device
         if n > 1:  # Captum's first call on the batch: one output per example or one per batch?
-            reference = initialize_checked(engine)
+            reference = engine.initialize()
             if reference.numel() == n:
                 groups = n
                 warnings.warn(_PER_EXAMPLE_WARNING, stacklevel=4)
-                if engine.perturbations_per_eval != "auto":  # Captum's calls hold ppe samples: so do ours
-                    engine.rows_per_eval = max(1, engine.perturbations_per_eval // n)
+                engine.samples_per_row = n  # Captum's calls hold ppe samples: so do ours
+                engine.chunk_size()
             elif reference.numel() == 1:
                 groups = 1
             else:
@@ -318,7 +303,7 @@ class Lime(_CaptumLime):
             todo = rows[:, 1:] if first_is_input else rows
         else:
             rows = draw_rows(1, n_samples, num_features, device)
-            first = initialize_checked(engine, rows[:, 0].reshape(1, -1))
+            first = engine.initialize(rows[:, 0].reshape(1, -1))
             if first.numel() != 1:
                 raise AttributionInputError(
                     "Number of outputs is not appropriate, must return one output per perturbed input: "
@@ -333,7 +318,7 @@ class Lime(_CaptumLime):
             return block.transpose(0, 1).reshape(stop - start, n * num_features)
 
         if remaining:
-            evaluated = engine.evaluate_chunks(remaining, make_keep)
+            evaluated = engine.run(remaining, make_keep)
             outputs.append(evaluated.reshape(remaining, -1).to(outputs[0].device if outputs else evaluated.device))
         values = torch.cat(outputs) if len(outputs) > 1 else outputs[0]  # [R, G]
         return rows, values.t()
@@ -347,19 +332,3 @@ class Lime(_CaptumLime):
             self.interpretable_model.fit(DataLoader(data, batch_size=num_rows))
             coefs.append(self.interpretable_model.representation())
         return coefs
-
-    @staticmethod
-    def _to_input_shapes(coefs: List[Tensor], masks: Tuple[Tensor, ...], inputs: Tuple[Tensor, ...]
-                         ) -> Tuple[Tensor, ...]:
-        """``attr[g, idx] = coefs[g][mask[g or 0, idx]]``: ``[G, *inputs[i].shape[1:]]`` float32."""
-        groups = len(coefs)
-        table = torch.stack([c.flatten() for c in coefs]).float()
-        attributions = []
-        for mask, x in zip(masks, inputs):
-            mask = mask.reshape((1,) * (x.dim() - mask.dim()) + tuple(mask.shape)).to(x.device).long()
-            if mask.shape[0] != groups:
-                mask = mask[:1]
-            full = (groups,) + tuple(x.shape[1:])
-            index = mask.expand(full).reshape(groups, -1)
-            attributions.append(torch.gather(table.to(x.device), 1, index).reshape(full))
-        return tuple(attributions)

@@ -2,10 +2,9 @@
 
 Windows are enumerated like Captum 0.9: all windows of ``inputs[0]`` (first trailing dim varying
 fastest, see :mod:`mmxai_fast.ops.occlusion`), then those of ``inputs[1]``, ...; a model call
-may hold windows of several tensors. Each coalition row of the engine is one **global window
-id**; :class:`_OcclusionEngine` overrides :meth:`PerturbationEngine.run_rows` to build the
-occluded copies with :func:`~mmxai_fast.ops.occlusion.occlusion_batch` (a box copy per window,
-no full-size mask), and the per-window output differences become attributions through
+may hold windows of several tensors. Each row is one **global window id**;
+:class:`~mmxai_fast.attr._perturbers.WindowPerturber` builds the occluded copies with
+:func:`~mmxai_fast.ops.occlusion_batch` (a box copy per window, no full-size mask), and the per-window output differences become attributions through
 :func:`~mmxai_fast.ops.occlusion.occlusion_attribution` (mean over the covering windows).
 """
 
@@ -21,8 +20,11 @@ from captum.attr._utils.common import _format_input_baseline
 from captum.log import log_usage
 from torch import Tensor
 
-from ..ops.occlusion import OcclusionWindows, occlusion_attribution, occlusion_batch, occlusion_batch_reference
-from ._engine import AttributionInputError, PerturbationEngine, check_perturbations_per_eval
+from ..ops import OcclusionWindows, occlusion_attribution
+from ._errors import AttributionInputError
+from ._evaluator import Evaluator, check_perturbations_per_eval
+from ._features import check_baselines, check_inputs
+from ._perturbers import WindowPerturber
 
 __all__ = ["Occlusion"]
 
@@ -107,48 +109,6 @@ def _make_windows(inputs, window_shapes, strides) -> Tuple[OcclusionWindows, ...
     return tuple(result)
 
 
-class _OcclusionEngine(PerturbationEngine):
-    """Engine whose coalition rows are global window ids ``[rows]`` (int64, CPU)."""
-
-    def __init__(self, forward_func, inputs, baselines, windows, target, additional_forward_args,
-                 perturbations_per_eval, progress=None):
-        # One constant feature per input: the engine only serves validation, forward and chunking.
-        masks = tuple(torch.zeros((1,) * inp.dim(), dtype=torch.int64, device=inp.device) for inp in inputs)
-        super().__init__(forward_func, inputs, baselines, masks, target, additional_forward_args,
-                         perturbations_per_eval, progress=progress)
-        self.windows = windows
-        counts = [w.num_windows for w in windows]
-        self.offsets = [0] + list(torch.tensor(counts).cumsum(0)[:-1].tolist())
-        self.total_windows = sum(counts)
-
-    def _occluded(self, i: int, ids: Tensor) -> Tensor:
-        """``[rows, *inputs[i].shape]``: row ``r`` occludes local window ``ids[r]`` of input ``i``
-        (ids outside ``[0, num_windows)`` leave that row unperturbed)."""
-        x, windows, base = self.inputs[i], self.windows[i], self.baselines[i]
-        view = x.reshape(tuple(x.shape[:1]) + windows.input_shape)  # 1-d inputs: (N,) -> (N, 1)
-        rows = ids.numel()
-        inside = (ids >= 0) & (ids < windows.num_windows)
-        if isinstance(base, Tensor) and x.dim() == 1 and base.dim() == 1:
-            base = base.unsqueeze(-1)  # (N,) or (1,) against the (N, 1) view
-        batch = occlusion_batch if x.is_floating_point() else occlusion_batch_reference
-        if bool(inside.all()) and x.is_floating_point():  # the hot path: into the reused buffer
-            buffer = self.output_buffer(i, rows).view((rows,) + tuple(view.shape))
-            out = occlusion_batch(view, windows, ids.to(x.device), base, out=buffer)
-        elif bool(inside.all()):
-            out = batch(view, windows, ids.to(x.device), base)
-        else:
-            out = view.unsqueeze(0).repeat((rows,) + (1,) * view.dim())
-            if bool(inside.any()):
-                out[inside.to(x.device)] = batch(view, windows, ids[inside].to(x.device), base)
-        return out.reshape((rows,) + tuple(x.shape))
-
-    def run_rows(self, keep: Tensor, previous_keep: Optional[Tensor]) -> Tensor:
-        rows = keep.shape[0]
-        batches = tuple(self._occluded(i, keep - offset).reshape((rows * x.shape[0],) + tuple(x.shape[1:]))
-                        for i, (x, offset) in enumerate(zip(self.inputs, self.offsets)))
-        return self._forward(batches, rows)
-
-
 class Occlusion(_CaptumOcclusion):
     """Drop-in for ``captum.attr.Occlusion`` (Captum 0.9), batched on the engine.
 
@@ -207,29 +167,31 @@ class Occlusion(_CaptumOcclusion):
         formatted_inputs, baselines = _format_input_baseline(inputs, baselines)
         formatted_args = _format_additional_forward_args(additional_forward_args)
         check_perturbations_per_eval(perturbations_per_eval)
-        PerturbationEngine._check_inputs(formatted_inputs)
+        check_inputs(formatted_inputs)
+        baselines = check_baselines(baselines, formatted_inputs)
         windows = _make_windows(formatted_inputs, _format_windows(sliding_window_shapes, formatted_inputs),
                                 _format_strides(strides, formatted_inputs))
+        perturber = WindowPerturber(formatted_inputs, baselines, windows)
         with torch.no_grad():
-            engine = _OcclusionEngine(self.forward_func, formatted_inputs, baselines, windows, target,
-                                      formatted_args, perturbations_per_eval)
-            num_rows = engine.total_windows
-            with engine.progress_bar(show_progress, f"{self.get_name()} attribution"):
-                initial = engine.initialize()
-                engine.set_progress_total(math.ceil(num_rows / engine.rows_per_eval) + 1)
-                outputs = engine.evaluate_chunks(num_rows, lambda a, b: torch.arange(a, b))
-                attributions = self._to_attributions(engine, initial, outputs)
+            evaluator = Evaluator(self.forward_func, formatted_inputs, perturber, target, formatted_args,
+                                  perturbations_per_eval)
+            num_rows = perturber.total_windows
+            with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
+                initial = evaluator.initialize()
+                evaluator.set_progress_total(math.ceil(num_rows / evaluator.rows_per_eval) + 1)
+                outputs = evaluator.run(num_rows, lambda a, b: torch.arange(a, b))
+                attributions = self._to_attributions(perturber, initial, outputs)
         return _format_output(is_inputs_tuple, attributions)
 
     @staticmethod
-    def _to_attributions(engine: _OcclusionEngine, initial: Tensor, outputs: Tensor) -> Tuple[Tensor, ...]:
+    def _to_attributions(perturber: WindowPerturber, initial: Tensor, outputs: Tensor) -> Tuple[Tensor, ...]:
         flat_initial = initial.reshape(1, -1)
         diffs = flat_initial - outputs.reshape(outputs.shape[0], -1).to(flat_initial.device)
         # Captum sums in the output dtype and returns float32; sum in float64 unless outputs are.
         diffs = diffs.to(torch.float64 if diffs.dtype == torch.float64 or not diffs.is_floating_point()
                          else torch.float32)
         result: List[Tensor] = []
-        for x, windows, offset in zip(engine.inputs, engine.windows, engine.offsets):
+        for x, windows, offset in zip(perturber.inputs, perturber.windows, perturber.offsets):
             per_window = diffs[offset:offset + windows.num_windows].t().to(x.device)  # [n_outputs, W]
             attr = occlusion_attribution(per_window, windows)
             result.append(attr.reshape((attr.shape[0],) + tuple(x.shape[1:])).float())

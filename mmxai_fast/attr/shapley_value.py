@@ -24,7 +24,9 @@ from captum.log import log_usage
 from torch import Tensor
 
 from ..ops.shapley import shapley_accumulate, shapley_coalitions, shapley_prefix_rows, shapley_stats
-from ._engine import AttributionInputError, PerturbationEngine, check_perturbations_per_eval, ids_present
+from ._engine import AttributionInputError, coalition_evaluator, check_perturbations_per_eval
+from ._evaluator import Evaluator
+from ._features import FeatureMap, ids_present
 
 __all__ = ["ShapleyValueSampling", "ShapleyValues"]
 
@@ -94,6 +96,7 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         target_stderr: Optional[float] = None,
         target_relative_stderr: Optional[float] = None,
         max_samples: Optional[int] = None,
+        background_id: Optional[int] = None,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Shapley value estimates, as ``captum.attr.ShapleyValueSampling.attribute``.
 
@@ -112,6 +115,8 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
             target_relative_stderr: stop once every standard error is at most this times the
                 largest absolute attribution of its output element.
             max_samples: cap on permutations with a stopping rule (default ``10 * n_samples``).
+            background_id: a ``feature_mask`` id that is no feature: always kept, never in a
+                permutation (fewer model calls), attribution 0 there. None: Captum's semantics.
 
         Returns:
             float32 attributions shaped ``[*output_shape, *inputs[i].shape[1:]]`` per input
@@ -128,13 +133,14 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         check_perturbations_per_eval(perturbations_per_eval)
         plan = self._sampling_plan(n_samples, antithetic, target_stderr, target_relative_stderr, max_samples)
         with torch.no_grad():
-            engine = PerturbationEngine(self.forward_func, inputs_tuple, baselines, formatted_mask, target,
-                                        formatted_args, perturbations_per_eval, compact_ids=False)
-            self._warn_missing_ids(engine)
-            with engine.progress_bar(show_progress, f"{self.get_name()} attribution"):
-                mean, stderr, count = self._walk(engine, plan)
-            attributions = engine.to_input_shapes(mean.float())
-            self.last_stderr = _format_output(is_inputs_tuple, engine.to_input_shapes(stderr.float()))
+            evaluator, features = coalition_evaluator(self.forward_func, inputs_tuple, baselines, formatted_mask,
+                                                      target, formatted_args, perturbations_per_eval,
+                                                      compact_ids=False, background_id=background_id)
+            self._warn_missing_ids(features)
+            with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
+                mean, stderr, count = self._walk(evaluator, features.num_features, plan)
+            attributions = features.to_input_shapes(mean.float())
+            self.last_stderr = _format_output(is_inputs_tuple, features.to_input_shapes(stderr.float()))
             self.last_n_samples = count
         return _format_output(is_inputs_tuple, attributions)
 
@@ -165,12 +171,12 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         return n_samples
 
     @staticmethod
-    def _warn_missing_ids(engine: PerturbationEngine) -> None:
-        present = torch.zeros(engine.num_features, dtype=torch.bool)
-        for mask in engine.masks:
+    def _warn_missing_ids(features: FeatureMap) -> None:
+        present = torch.zeros(features.num_columns, dtype=torch.bool)
+        for mask in features.masks:
             if mask.numel():
                 present[ids_present(mask)] = True
-        if not bool(present.all()):
+        if not bool(present[:features.num_features].all()):
             warnings.warn(_MISSING_IDS_WARNING, stacklevel=3)
 
     def _rounds(self, num_features: int, plan) -> Iterator[Tensor]:
@@ -189,14 +195,16 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
 
     # ------------------------------------------------------------------ the walk
 
-    def _walk(self, engine: PerturbationEngine, plan) -> Tuple[Tensor, Tensor, int]:
-        num_features = engine.num_features
-        device = engine.inputs[0].device
-        base = engine.initialize(torch.zeros(num_features, dtype=torch.bool, device=device))
+    def _walk(self, evaluator: Evaluator, num_features: int, plan) -> Tuple[Tensor, Tensor, int]:
+        """Walk the permutations in rounds; returns (mean, stderr, permutations used). The
+        baseline and the full input are evaluated once; the prefixes ``1 .. F - 1`` of every
+        permutation of a round are evaluated in chunks that may span permutations."""
+        device = evaluator.inputs[0].device
+        base = evaluator.initialize(torch.zeros((1, num_features), dtype=torch.bool, device=device))
         output_shape = tuple(base.shape) or (1,)
-        full = engine.evaluate(torch.ones((1, num_features), dtype=torch.bool, device=device))
+        full = evaluator.run(1, lambda a, b: torch.ones((1, num_features), dtype=torch.bool, device=device))
         perms_total = self._num_permutations(num_features, plan["max_samples"] or plan["n_samples"])
-        engine.set_progress_total(2 + math.ceil(perms_total * (num_features - 1) / engine.rows_per_eval))
+        evaluator.set_progress_total(2 + math.ceil(perms_total * (num_features - 1) / evaluator.rows_per_eval))
         dtype = base.dtype if base.is_floating_point() else torch.float64
         base = base.reshape(output_shape).to(dtype)
         full = full.reshape(output_shape).to(dtype)
@@ -206,7 +214,16 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         units = count = 0
         for perms in self._rounds(num_features, plan):
             num_perms = perms.shape[0]
-            outputs = self._walk_outputs(engine, perms.to(device), base, full, output_shape)
+            perms_dev = perms.to(device)
+            parts = [base.expand((num_perms, 1) + output_shape)]
+            if num_features > 1:
+                perm_index, prefix_size = shapley_prefix_rows(num_perms, num_features, include_empty=False,
+                                                              include_full=False, device=device)
+                middle = evaluator.run(perm_index.numel(), lambda a, b: shapley_coalitions(
+                    perms_dev, perm_index[a:b], prefix_size[a:b]))
+                parts.append(middle.reshape((num_perms, num_features - 1) + output_shape).to(base))
+            parts.append(full.expand((num_perms, 1) + output_shape))
+            outputs = torch.cat(parts, dim=1)  # [P, F + 1, *T]: prefixes 0 .. F of every permutation
             if plan["antithetic"]:
                 self._accumulate_pairs(outputs, perms.to(out_device), sums, sumsq)
                 units += num_perms // 2
@@ -223,21 +240,6 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
             raise AttributionInputError("permutation_generator yielded no permutations")
         mean, stderr = shapley_stats(sums, sumsq, units)
         return mean, stderr, count
-
-    @staticmethod
-    def _walk_outputs(engine, perms: Tensor, base: Tensor, full: Tensor, output_shape) -> Tensor:
-        """``[P, F + 1, *T]`` outputs of the prefixes ``0 .. F`` of every permutation."""
-        num_perms, num_features = perms.shape
-        ends = (base.expand((num_perms, 1) + output_shape), full.expand((num_perms, 1) + output_shape))
-        if num_features == 1:
-            return torch.cat(ends, dim=1)
-        perm_index, prefix_size = shapley_prefix_rows(num_perms, num_features, include_empty=False,
-                                                      include_full=False, device=perms.device)
-        middle = engine.evaluate_chunks(
-            perm_index.numel(),
-            lambda a, b: shapley_coalitions(perms, perm_index[a:b], prefix_size[a:b]))
-        middle = middle.reshape((num_perms, num_features - 1) + output_shape).to(base)
-        return torch.cat((ends[0], middle, ends[1]), dim=1)
 
     @staticmethod
     def _accumulate_pairs(outputs: Tensor, perms: Tensor, sums: Tensor, sumsq: Tensor) -> None:

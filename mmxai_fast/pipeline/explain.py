@@ -288,6 +288,8 @@ def _run_perturbation(name, model, x, base, target, mask, kwargs, show_progress,
                                           else baseline)[None].to(x.device) for i in range(1, size - 1)]
         batch = torch.cat([x] + draws)
         return method.attribute(batch, target=target, feature_mask=mask, **kwargs)[:1]
+    if name == "FeatureAblation" and mask is not None and int(mask.min()) == 0:
+        kwargs.setdefault("background_id", 0)  # superpixel 0 is the background: no model calls for it
     return method.attribute(x, baselines=base, target=target, feature_mask=mask, **kwargs)
 
 
