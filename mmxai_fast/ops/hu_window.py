@@ -19,7 +19,8 @@ from typing import Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._cuda import CUDA_TYPE_NAMES
 from .._kernels import cpu_supports, dtype_code, triton_module
 from .._validation import require_tensor
@@ -171,31 +172,40 @@ def _hu_window_cuda(volume, levels, widths, out_dtype):
     return out
 
 
-_IMPLS = {"reference": hu_window_reference, "cpu": _hu_window_cpu, "triton": _hu_window_triton,
-          "cuda": _hu_window_cuda}
+def _cpu_limits(volume, out_dtype) -> List[str]:
+    if not (cpu_supports(volume.dtype) and cpu_supports(out_dtype)):
+        return [f"cpu kernel does not handle {volume.dtype} -> {out_dtype}"]
+    return []
 
 
-@torch.library.custom_op("mmxai_fast::hu_window", mutates_args=())
-def _hu_window_op(volume: torch.Tensor, levels: List[float], widths: List[float],
-                  out_dtype: torch.dtype, backend: str) -> torch.Tensor:
+def _cuda_limits(volume, out_dtype) -> List[str]:
+    if volume.dtype not in CUDA_TYPE_NAMES or out_dtype not in (torch.float32, torch.float64):
+        return [f"cuda kernel handles {sorted(map(str, CUDA_TYPE_NAMES))} -> float32/float64, "
+                f"got {volume.dtype} -> {out_dtype}"]
+    return []
+
+
+BACKENDS = B.OpBackends("hu_window", [
+    B.cpu(_hu_window_cpu, dtypes=_INPUT_DTYPES, limits=_cpu_limits),
+    B.triton(_hu_window_triton, dtypes=_INPUT_DTYPES),
+    B.cuda(_hu_window_cuda, dtypes=tuple(CUDA_TYPE_NAMES), limits=_cuda_limits),
+    B.reference(hu_window_reference),
+])
+
+
+def _hu_window_impl(volume: torch.Tensor, levels: List[float], widths: List[float],
+                    out_dtype: torch.dtype, backend: str) -> torch.Tensor:
     # The backend is resolved here, at run time, so torch.compile never traces the selection.
-    chosen = resolve_backend("hu_window", backend, volume.device, _IMPLS, _input_reasons(volume, out_dtype))
-    return _IMPLS[chosen](volume, levels, widths, out_dtype)
+    chosen = BACKENDS.select(backend, volume.device, volume.dtype, (volume, out_dtype))
+    return chosen.impl(volume, levels, widths, out_dtype)
+
+
+_hu_window_op = torch.library.custom_op("mmxai_fast::hu_window", mutates_args=())(_hu_window_impl)
 
 
 @_hu_window_op.register_fake
 def _(volume, levels, widths, out_dtype, backend):
     return volume.new_empty((len(levels),) + tuple(volume.shape), dtype=out_dtype)
-
-
-def _input_reasons(volume, out_dtype):
-    def reasons(backend: str) -> List[str]:
-        if backend == "cpu" and not (cpu_supports(volume.dtype) and cpu_supports(out_dtype)):
-            return [f"cpu kernel does not handle {volume.dtype} -> {out_dtype}"]
-        if backend == "cuda" and (volume.dtype not in CUDA_TYPE_NAMES or out_dtype not in (torch.float32, torch.float64)):
-            return [f"cuda kernel handles {sorted(map(str, CUDA_TYPE_NAMES))} -> float32/float64, got {volume.dtype} -> {out_dtype}"]
-        return []
-    return reasons
 
 
 def hu_window(volume: torch.Tensor, windows, out_dtype: torch.dtype = torch.float32, *,
@@ -225,4 +235,4 @@ def hu_window(volume: torch.Tensor, windows, out_dtype: torch.dtype = torch.floa
     parsed = parse_windows(windows)
     levels = [float(w.level) for w in parsed]
     widths = [float(w.width) for w in parsed]
-    return torch.ops.mmxai_fast.hu_window(volume, levels, widths, out_dtype, backend or "")
+    return run_op("hu_window", _hu_window_impl, volume, levels, widths, out_dtype, backend or "")

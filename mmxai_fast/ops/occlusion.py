@@ -37,7 +37,8 @@ from typing import List, Sequence, Tuple, Union
 
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
 from .._validation import require_broadcastable, require_floating, require_integer, require_tensor
 
@@ -238,34 +239,36 @@ def _occlusion_batch_triton(x, windows, window_ids, baseline, out=None):
     return out
 
 
-_BATCH_IMPLS = {"reference": _occlusion_batch_reference_into, "cpu": _occlusion_batch_cpu,
-                "triton": _occlusion_batch_triton}
+BATCH_BACKENDS = B.OpBackends("occlusion_batch", [
+    B.cpu(_occlusion_batch_cpu), B.triton(_occlusion_batch_triton), B.reference(_occlusion_batch_reference_into),
+])
 
 
-@torch.library.custom_op("mmxai_fast::occlusion_batch", mutates_args=())
-def _occlusion_batch_op(x: torch.Tensor, window_ids: torch.Tensor, baseline: torch.Tensor,
-                        input_shape: List[int], window: List[int], strides: List[int],
-                        backend: str) -> torch.Tensor:
+def _occlusion_batch_impl(x: torch.Tensor, window_ids: torch.Tensor, baseline: torch.Tensor,
+                          input_shape: List[int], window: List[int], strides: List[int],
+                          backend: str) -> torch.Tensor:
     windows = _checked_windows(window_ids, input_shape, window, strides)
     # The backend is resolved here, at run time, so torch.compile never traces the selection.
-    chosen = resolve_backend("occlusion_batch", backend, x.device, _BATCH_IMPLS)
-    return _BATCH_IMPLS[chosen](x, windows, window_ids, baseline)
+    return BATCH_BACKENDS.select(backend, x.device, x.dtype).impl(x, windows, window_ids, baseline)
+
+
+def _occlusion_batch_out_impl(x: torch.Tensor, window_ids: torch.Tensor, baseline: torch.Tensor, out: torch.Tensor,
+                              input_shape: List[int], window: List[int], strides: List[int], backend: str) -> None:
+    windows = _checked_windows(window_ids, input_shape, window, strides)
+    if out.numel() and out.untyped_storage().data_ptr() in (x.untyped_storage().data_ptr(),
+                                                           baseline.untyped_storage().data_ptr()):
+        raise ValueError("out must not share memory with x or baseline")
+    BATCH_BACKENDS.select(backend, x.device, x.dtype).impl(x, windows, window_ids, baseline, out)
+
+
+_occlusion_batch_op = torch.library.custom_op("mmxai_fast::occlusion_batch", mutates_args=())(_occlusion_batch_impl)
+_occlusion_batch_out_op = torch.library.custom_op("mmxai_fast::occlusion_batch_out",
+                                                  mutates_args=("out",))(_occlusion_batch_out_impl)
 
 
 @_occlusion_batch_op.register_fake
 def _(x, window_ids, baseline, input_shape, window, strides, backend):
     return x.new_empty((window_ids.shape[0],) + tuple(x.shape))
-
-
-@torch.library.custom_op("mmxai_fast::occlusion_batch_out", mutates_args=("out",))
-def _occlusion_batch_out_op(x: torch.Tensor, window_ids: torch.Tensor, baseline: torch.Tensor, out: torch.Tensor,
-                            input_shape: List[int], window: List[int], strides: List[int], backend: str) -> None:
-    windows = _checked_windows(window_ids, input_shape, window, strides)
-    if out.numel() and out.untyped_storage().data_ptr() in (x.untyped_storage().data_ptr(),
-                                                           baseline.untyped_storage().data_ptr()):
-        raise ValueError("out must not share memory with x or baseline")
-    chosen = resolve_backend("occlusion_batch", backend, x.device, _BATCH_IMPLS)
-    _BATCH_IMPLS[chosen](x, windows, window_ids, baseline, out)
 
 
 @_occlusion_batch_out_op.register_fake
@@ -354,7 +357,7 @@ def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, base
     fill = _baseline_tensor(baseline, x)
     geometry = (list(windows.input_shape), list(windows.window), list(windows.strides))
     if out is None:
-        return torch.ops.mmxai_fast.occlusion_batch(x, ids, fill, *geometry, backend or "")
+        return run_op("occlusion_batch", _occlusion_batch_impl, x, ids, fill, *geometry, backend or "")
     require_tensor(out, "out")
     expected = (ids.shape[0],) + tuple(x.shape)
     if tuple(out.shape) != expected or out.dtype != x.dtype or not out.is_contiguous():
@@ -363,7 +366,7 @@ def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, base
                          f"of shape {tuple(out.shape)}")
     if out.device != x.device:
         raise ValueError(f"out must be on the same device as x ({x.device}), got {out.device}")
-    torch.ops.mmxai_fast.occlusion_batch_out(x, ids, fill, out, *geometry, backend or "")
+    run_op("occlusion_batch_out", _occlusion_batch_out_impl, x, ids, fill, out, *geometry, backend or "")
     return out
 
 
@@ -406,16 +409,20 @@ def _occlusion_attribution_triton(diffs, windows):
     return out
 
 
-_ATTRIBUTION_IMPLS = {"reference": occlusion_attribution_reference, "cpu": _occlusion_attribution_cpu,
-                      "triton": _occlusion_attribution_triton}
+ATTRIBUTION_BACKENDS = B.OpBackends("occlusion_attribution", [
+    B.cpu(_occlusion_attribution_cpu), B.triton(_occlusion_attribution_triton),
+    B.reference(occlusion_attribution_reference),
+])
 
 
-@torch.library.custom_op("mmxai_fast::occlusion_attribution", mutates_args=())
-def _occlusion_attribution_op(diffs: torch.Tensor, input_shape: List[int], window: List[int],
-                              strides: List[int], backend: str) -> torch.Tensor:
+def _occlusion_attribution_impl(diffs: torch.Tensor, input_shape: List[int], window: List[int],
+                                strides: List[int], backend: str) -> torch.Tensor:
     windows = _windows_from_lists(input_shape, window, strides)
-    chosen = resolve_backend("occlusion_attribution", backend, diffs.device, _ATTRIBUTION_IMPLS)
-    return _ATTRIBUTION_IMPLS[chosen](diffs, windows)
+    return ATTRIBUTION_BACKENDS.select(backend, diffs.device, diffs.dtype).impl(diffs, windows)
+
+
+_occlusion_attribution_op = torch.library.custom_op("mmxai_fast::occlusion_attribution",
+                                                    mutates_args=())(_occlusion_attribution_impl)
 
 
 @_occlusion_attribution_op.register_fake
@@ -455,5 +462,5 @@ def occlusion_attribution(diffs: torch.Tensor, windows: OcclusionWindows, *, bac
     _require_windows(windows)
     if diffs.dim() < 1 or diffs.shape[-1] != windows.num_windows:
         raise ValueError(f"diffs must have shape (*lead, num_windows={windows.num_windows}), got {tuple(diffs.shape)}")
-    return torch.ops.mmxai_fast.occlusion_attribution(diffs, list(windows.input_shape), list(windows.window),
-                                                      list(windows.strides), backend or "")
+    return run_op("occlusion_attribution", _occlusion_attribution_impl, diffs, list(windows.input_shape),
+                  list(windows.window), list(windows.strides), backend or "")

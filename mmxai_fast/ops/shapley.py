@@ -30,7 +30,8 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._kernels import cpu_supports, dtype_code, triton_module
 from .._validation import require_floating, require_integer, require_ndim, require_same_device, require_tensor
 
@@ -193,13 +194,13 @@ def _shapley_coalitions_triton(perms, perm_index, prefix_size):
     return out
 
 
-_COALITION_IMPLS = {"reference": shapley_coalitions_reference, "cpu": _shapley_coalitions_cpu,
-                    "triton": _shapley_coalitions_triton}
+COALITION_BACKENDS = B.OpBackends("shapley_coalitions", [
+    B.cpu(_shapley_coalitions_cpu), B.triton(_shapley_coalitions_triton), B.reference(shapley_coalitions_reference),
+])
 
 
-@torch.library.custom_op("mmxai_fast::shapley_coalitions", mutates_args=())
-def _shapley_coalitions_op(perms: torch.Tensor, perm_index: torch.Tensor, prefix_size: torch.Tensor,
-                           check_permutations: bool, backend: str) -> torch.Tensor:
+def _shapley_coalitions_impl(perms: torch.Tensor, perm_index: torch.Tensor, prefix_size: torch.Tensor,
+                             check_permutations: bool, backend: str) -> torch.Tensor:
     _check_perms(perms, check_permutations)
     num_perms, num_features = perms.shape
     if perm_index.numel():
@@ -210,8 +211,11 @@ def _shapley_coalitions_op(perms: torch.Tensor, perm_index: torch.Tensor, prefix
         if low < 0 or high > num_features:
             raise ValueError(f"prefix_size values must be in [0, {num_features}], got min {low} and max {high}")
     # The backend is resolved here, at run time, so torch.compile never traces the selection.
-    chosen = resolve_backend("shapley_coalitions", backend, perms.device, _COALITION_IMPLS)
-    return _COALITION_IMPLS[chosen](perms, perm_index, prefix_size)
+    return COALITION_BACKENDS.select(backend, perms.device, perms.dtype).impl(perms, perm_index, prefix_size)
+
+
+_shapley_coalitions_op = torch.library.custom_op("mmxai_fast::shapley_coalitions",
+                                                 mutates_args=())(_shapley_coalitions_impl)
 
 
 @_shapley_coalitions_op.register_fake
@@ -262,8 +266,8 @@ def shapley_coalitions(perms: torch.Tensor, perm_index: torch.Tensor, prefix_siz
     if perm_index.shape[0] != prefix_size.shape[0]:
         raise ValueError(f"perm_index and prefix_size must have the same length, got "
                          f"{perm_index.shape[0]} and {prefix_size.shape[0]}")
-    return torch.ops.mmxai_fast.shapley_coalitions(perms, perm_index, prefix_size, bool(check_permutations),
-                                                   backend or "")
+    return run_op("shapley_coalitions", _shapley_coalitions_impl, perms, perm_index, prefix_size,
+                  bool(check_permutations), backend or "")
 
 
 # ----------------------------------------------------------------------------- accumulation
@@ -323,24 +327,27 @@ def _shapley_accumulate_triton(outputs, perms, sums, sumsq):
     _copy_back(sums, sumsq, flat_sums, flat_sumsq)
 
 
-_ACCUMULATE_IMPLS = {"reference": shapley_accumulate_reference, "cpu": _shapley_accumulate_cpu,
-                     "triton": _shapley_accumulate_triton}
+def _cpu_accumulate_limits(outputs, sums) -> List[str]:
+    if not (cpu_supports(outputs.dtype) and cpu_supports(sums.dtype)):
+        return [f"cpu kernel does not handle {outputs.dtype} -> {sums.dtype}"]
+    return []
 
 
-@torch.library.custom_op("mmxai_fast::shapley_accumulate", mutates_args=("sums", "sumsq"))
-def _shapley_accumulate_op(outputs: torch.Tensor, perms: torch.Tensor, sums: torch.Tensor,
-                           sumsq: Optional[torch.Tensor], check_permutations: bool, backend: str) -> None:
+ACCUMULATE_BACKENDS = B.OpBackends("shapley_accumulate", [
+    B.cpu(_shapley_accumulate_cpu, limits=_cpu_accumulate_limits), B.triton(_shapley_accumulate_triton),
+    B.reference(shapley_accumulate_reference),
+])
+
+
+def _shapley_accumulate_impl(outputs: torch.Tensor, perms: torch.Tensor, sums: torch.Tensor,
+                             sumsq: Optional[torch.Tensor], check_permutations: bool, backend: str) -> None:
     _check_perms(perms, check_permutations)
-    if sumsq is not None and sumsq.numel() and sumsq.data_ptr() == sums.data_ptr():
-        raise ValueError("sumsq must not be the same tensor (memory) as sums")
+    chosen = ACCUMULATE_BACKENDS.select(backend, outputs.device, outputs.dtype, (outputs, sums))
+    chosen.impl(outputs, perms, sums, sumsq)
 
-    def reasons(name: str) -> List[str]:
-        if name == "cpu" and not (cpu_supports(outputs.dtype) and cpu_supports(sums.dtype)):
-            return [f"cpu kernel does not handle {outputs.dtype} -> {sums.dtype}"]
-        return []
 
-    chosen = resolve_backend("shapley_accumulate", backend, outputs.device, _ACCUMULATE_IMPLS, reasons)
-    _ACCUMULATE_IMPLS[chosen](outputs, perms, sums, sumsq)
+_shapley_accumulate_op = torch.library.custom_op("mmxai_fast::shapley_accumulate",
+                                                 mutates_args=("sums", "sumsq"))(_shapley_accumulate_impl)
 
 
 @_shapley_accumulate_op.register_fake
@@ -402,7 +409,8 @@ def shapley_accumulate(outputs: torch.Tensor, perms: torch.Tensor, sums: torch.T
         BackendUnavailableError: an explicitly requested backend cannot run.
     """
     _check_accumulate_args(outputs, perms, sums, sumsq)
-    torch.ops.mmxai_fast.shapley_accumulate(outputs, perms, sums, sumsq, bool(check_permutations), backend or "")
+    run_op("shapley_accumulate", _shapley_accumulate_impl, outputs, perms, sums, sumsq, bool(check_permutations),
+           backend or "")
 
 
 # ----------------------------------------------------------------------------- statistics

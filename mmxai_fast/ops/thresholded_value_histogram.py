@@ -19,7 +19,8 @@ from typing import List
 
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
 from .._validation import require_floating, require_tensor
 
@@ -76,15 +77,20 @@ def _thresholded_value_histogram_triton(values, scores, threshold, low, high, ba
     return counts if batch_dims else counts[0]
 
 
-_IMPLS = {"reference": thresholded_value_histogram_reference, "cpu": _thresholded_value_histogram_cpu,
-          "triton": _thresholded_value_histogram_triton}
+BACKENDS = B.OpBackends("thresholded_value_histogram", [
+    B.cpu(_thresholded_value_histogram_cpu), B.triton(_thresholded_value_histogram_triton),
+    B.reference(thresholded_value_histogram_reference),
+])
 
 
-@torch.library.custom_op("mmxai_fast::thresholded_value_histogram", mutates_args=())
-def _thresholded_value_histogram_op(values: torch.Tensor, scores: torch.Tensor, threshold: float, low: int,
-                                    high: int, batch_dims: int, backend: str) -> torch.Tensor:
-    chosen = resolve_backend("thresholded_value_histogram", backend, values.device, _IMPLS)
-    return _IMPLS[chosen](values, scores, threshold, low, high, batch_dims)
+def _thresholded_value_histogram_impl(values: torch.Tensor, scores: torch.Tensor, threshold: float, low: int,
+                                      high: int, batch_dims: int, backend: str) -> torch.Tensor:
+    chosen = BACKENDS.select(backend, values.device, values.dtype)
+    return chosen.impl(values, scores, threshold, low, high, batch_dims)
+
+
+_thresholded_value_histogram_op = torch.library.custom_op(
+    "mmxai_fast::thresholded_value_histogram", mutates_args=())(_thresholded_value_histogram_impl)
 
 
 @_thresholded_value_histogram_op.register_fake
@@ -147,5 +153,5 @@ def thresholded_value_histogram(values: torch.Tensor, scores: torch.Tensor, thre
         raise ValueError(f"batch_dims must be 0 or 1, got {batch_dims!r}")
     if batch_dims == 1 and values.dim() == 0:
         raise ValueError("values must have a batch dim (B, ...) when batch_dims=1, got a 0-dim tensor")
-    return torch.ops.mmxai_fast.thresholded_value_histogram(values, scores, float(threshold), low, high,
-                                                            batch_dims, backend or "")
+    return run_op("thresholded_value_histogram", _thresholded_value_histogram_impl, values, scores,
+                  float(threshold), low, high, batch_dims, backend or "")

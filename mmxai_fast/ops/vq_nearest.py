@@ -26,7 +26,8 @@ from typing import List, Tuple
 
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
 from .._validation import require_integer, require_ndim, require_same_device, require_tensor
 
@@ -94,22 +95,26 @@ def _vq_nearest_triton(z, codebook):
     return indices, dist
 
 
-_VQ_IMPLS = {"reference": vq_nearest_reference, "cpu": _vq_nearest_cpu, "triton": _vq_nearest_triton}
+def _cpu_limits(z, codebook) -> List[str]:
+    if codebook.shape[0] > _MAX_CODEWORDS:
+        return [f"cpu kernel takes at most {_MAX_CODEWORDS} codewords, got {codebook.shape[0]}"]
+    return []
 
 
-def _vq_input_reasons(codebook):
-    def reasons(backend: str) -> List[str]:
-        if backend == "cpu" and codebook.shape[0] > _MAX_CODEWORDS:
-            return [f"cpu kernel takes at most {_MAX_CODEWORDS} codewords, got {codebook.shape[0]}"]
-        return []
-    return reasons
+BACKENDS = B.OpBackends("vq_nearest", [
+    B.cpu(_vq_nearest_cpu, dtypes=_FLOAT_DTYPES, limits=_cpu_limits),
+    B.triton(_vq_nearest_triton, dtypes=_FLOAT_DTYPES),
+    B.reference(vq_nearest_reference),
+])
 
 
-@torch.library.custom_op("mmxai_fast::vq_nearest", mutates_args=())
-def _vq_nearest_op(z: torch.Tensor, codebook: torch.Tensor, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def _vq_nearest_impl(z: torch.Tensor, codebook: torch.Tensor, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
     # The backend is resolved here, at run time, so torch.compile never traces the selection.
-    chosen = resolve_backend("vq_nearest", backend, z.device, _VQ_IMPLS, _vq_input_reasons(codebook))
-    return _VQ_IMPLS[chosen](z, codebook)
+    chosen = BACKENDS.select(backend, z.device, z.dtype, (z, codebook))
+    return chosen.impl(z, codebook)
+
+
+_vq_nearest_op = torch.library.custom_op("mmxai_fast::vq_nearest", mutates_args=())(_vq_nearest_impl)
 
 
 @_vq_nearest_op.register_fake
@@ -154,4 +159,4 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *, backend: str = None
         raise ValueError(f"codebook feature size D must be >= 1, got shape {tuple(codebook.shape)}")
     if z.shape[1] != codebook.shape[1]:
         raise ValueError(f"z feature size must match codebook's D={codebook.shape[1]}, got z of shape {tuple(z.shape)}")
-    return torch.ops.mmxai_fast.vq_nearest(z, codebook, backend or "")
+    return run_op("vq_nearest", _vq_nearest_impl, z, codebook, backend or "")
