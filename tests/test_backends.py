@@ -155,3 +155,36 @@ def test_gpu_backends_match_reference(backend):
     out = hu_window(volume, ["brain", "lung"], backend=backend)
     expected = hu_window(volume.cpu(), ["brain", "lung"], backend="reference")
     torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-6)
+
+
+_EAGER_CALLS = """
+import sys, torch
+import mmxai_fast.ops as ops
+x = torch.randn(2, 8, 8)
+ops.perturb(x, torch.zeros(1, 8, 8, dtype=torch.int64), torch.ones(3, 1, dtype=torch.bool))
+ops.perturb(x, torch.zeros(1, 8, 8, dtype=torch.int64), torch.ones(3, 1, dtype=torch.bool), out=torch.empty(3, 2, 8, 8))
+windows = ops.OcclusionWindows((2, 8, 8), (1, 4, 4), 2)
+ops.occlusion_batch(x, windows, torch.arange(3))
+ops.occlusion_attribution(torch.randn(windows.num_windows), windows)
+perms = ops.random_permutations(2, 4)
+ops.shapley_coalitions(perms, *ops.shapley_prefix_rows(2, 4))
+ops.shapley_accumulate(torch.randn(2, 5), perms, torch.zeros(4), torch.zeros(4))
+ops.hu_window(torch.zeros(4, 4, dtype=torch.int16), "brain")
+idx, _ = ops.vq_nearest(torch.randn(5, 3), torch.randn(4, 3))
+ops.codeword_histogram(idx, 4)
+ops.thresholded_value_histogram(torch.zeros(5), torch.ones(5), 0.5, 0, 3)
+ops.slic(torch.rand(6, 7, 5), n_segments=4, channel_axis=None)
+print("dynamo" if "torch._dynamo" in sys.modules else "eager")
+"""
+
+
+def test_eager_calls_do_not_import_dynamo():
+    """The first kernel call of a process must not pay for importing torch._dynamo (~2 s)."""
+    import os
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-c", _EAGER_CALLS], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "eager"

@@ -26,6 +26,10 @@ from .._kernels import cpu_supports, dtype_code, triton_module
 from .._validation import require_tensor
 
 
+MAX_LEVEL = 1e30
+WIDTH_RANGE = (1e-30, 1e30)
+
+
 @dataclass(frozen=True)
 class HUWindow:
     """A CT display window in Hounsfield units: centre ``level`` and full ``width``."""
@@ -34,10 +38,15 @@ class HUWindow:
     width: float
 
     def __post_init__(self):
+        # The kernels compute in float32: a level or width beyond these overflows (width 1e308)
+        # or has no float32 inverse (width 1e-320).
         if not (math.isfinite(self.level) and math.isfinite(self.width)):
             raise ValueError(f"HUWindow level and width must be finite, got ({self.level}, {self.width})")
-        if self.width <= 0:
-            raise ValueError(f"HUWindow width must be > 0, got {self.width}")
+        if not abs(self.level) <= MAX_LEVEL:
+            raise ValueError(f"HUWindow level must be in [-{MAX_LEVEL:g}, {MAX_LEVEL:g}], got {self.level}")
+        if not WIDTH_RANGE[0] <= self.width <= WIDTH_RANGE[1]:
+            raise ValueError(f"HUWindow width must be in [{WIDTH_RANGE[0]:g}, {WIDTH_RANGE[1]:g}] (> 0), "
+                             f"got {self.width}")
 
     @property
     def lower(self) -> float:
@@ -185,9 +194,19 @@ def _cuda_limits(volume, out_dtype) -> List[str]:
     return []
 
 
+def _hu_window_triton_nan(volume, levels, widths, out_dtype):
+    out = _hu_window_triton(volume, levels, widths, out_dtype)
+    # The Triton kernel's clamp turns NaN into 0; every other backend keeps NaN (the documented
+    # semantics). Integer volumes (CT) hold no NaN and skip the extra pass.
+    if volume.is_floating_point() and out.numel():
+        out = torch.where(torch.isnan(volume).unsqueeze(0), torch.full((), math.nan, dtype=out_dtype,
+                                                                       device=out.device), out)
+    return out
+
+
 BACKENDS = B.OpBackends("hu_window", [
     B.cpu(_hu_window_cpu, dtypes=_INPUT_DTYPES, limits=_cpu_limits),
-    B.triton(_hu_window_triton, dtypes=_INPUT_DTYPES),
+    B.triton(_hu_window_triton_nan, dtypes=_INPUT_DTYPES),
     B.cuda(_hu_window_cuda, dtypes=tuple(CUDA_TYPE_NAMES), limits=_cuda_limits),
     B.reference(hu_window_reference),
 ])
@@ -221,10 +240,13 @@ def hu_window(volume: torch.Tensor, windows, out_dtype: torch.dtype = torch.floa
 
     Returns:
         ``(W, *S)`` tensor in ``out_dtype``, ``clip((v - (level - width/2)) / width, 0, 1)``.
+        NaN/Inf, on every backend: a NaN voxel gives NaN in every window, ``+inf`` gives 1 and
+        ``-inf`` gives 0. Windows must have a finite ``|level| <= 1e30`` and a width in
+        ``[1e-30, 1e30]`` (the kernels compute in float32).
 
     Raises:
         TypeError: ``volume`` is not a tensor of a supported dtype, ``out_dtype`` not floating.
-        ValueError: unknown preset, non-positive or non-finite width.
+        ValueError: unknown preset, non-finite level or width, or one outside the ranges above.
         BackendUnavailableError: an explicitly requested backend cannot run.
     """
     require_tensor(volume, "volume")

@@ -4,9 +4,11 @@ The kernel behind Dynamic Window-based Training's window selection (RadiomicGAN,
 background.md section 3): count the HU values of the pixels whose Grad-CAM value exceeds
 ``th_fail``, one histogram per image, in one pass and without sorting.
 
-Policy: floating values are rounded half to even (``torch.round``) before binning; values outside
-``[low, high]`` (and NaN/inf) are not counted; an element counts when ``score > threshold``
-compared exactly (in float64), so a NaN score never counts.
+Policy (NaN/Inf, identical on every backend): floating values are rounded half to even
+(``torch.round``) and then compared with ``[low, high]`` as exact integers (a value near 2**62
+lands in its own bin); values outside ``[low, high]`` and NaN/inf values are not counted; an
+element counts when ``score > threshold`` compared exactly (in float64), so a NaN score never
+counts and a NaN ``threshold`` is rejected.
 
 Naming chain: ``thresholded_value_histogram_reference`` (oracle and fallback),
 ``_thresholded_value_histogram_cpu`` (C++ ``csrc/cpu/thresholded_value_histogram_cpu.cpp``),
@@ -15,7 +17,6 @@ Naming chain: ``thresholded_value_histogram_reference`` (oracle and fallback),
 """
 from __future__ import annotations
 
-from typing import List
 
 import torch
 
@@ -50,8 +51,12 @@ def thresholded_value_histogram_reference(values: torch.Tensor, scores: torch.Te
     counts = []
     for v, s in zip(rows_v, rows_s):
         v = v[s.double() > threshold]
-        v = torch.round(v.double()) if v.is_floating_point() else v.long()
-        v = v[(v >= low) & (v <= high)].long() - low  # NaN compares false
+        if v.is_floating_point():
+            # Compare as int64, never as double: near 2**62 doubles cannot tell low from low + 1.
+            v = torch.round(v.double())
+            v = v[torch.isfinite(v) & (v.abs() < 2.0 ** 63)]
+        v = v.long()
+        v = v[(v >= low) & (v <= high)] - low
         counts.append(torch.bincount(v, minlength=bins))
     if not counts:
         return torch.zeros((0, bins), dtype=torch.int64, device=values.device)
@@ -132,7 +137,8 @@ def thresholded_value_histogram(values: torch.Tensor, scores: torch.Tensor, thre
     Raises:
         TypeError: ``values`` of an unsupported dtype, ``scores`` not floating, ``low``/``high``
             not ints, ``threshold`` not a real number.
-        ValueError: shapes or devices differ, ``high < low``, too many bins, bad ``batch_dims``.
+        ValueError: shapes or devices differ, ``high < low``, too many bins, bad ``batch_dims``,
+            NaN ``threshold``.
         BackendUnavailableError: an explicitly requested backend cannot run.
     """
     require_tensor(values, "values")
@@ -146,6 +152,8 @@ def thresholded_value_histogram(values: torch.Tensor, scores: torch.Tensor, thre
         raise ValueError(f"scores must be on the device of values ({values.device}), got {scores.device}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(f"threshold must be a real number, got {threshold!r}")
+    if threshold != threshold:
+        raise ValueError(f"threshold must not be NaN (no score would count), got {threshold!r}")
     low, high = _check_int(low, "low"), _check_int(high, "high")
     if high < low or high - low + 1 > MAX_BINS:
         raise ValueError(f"need low <= high with at most {MAX_BINS} bins, got low={low}, high={high}")

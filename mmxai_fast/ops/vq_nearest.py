@@ -22,6 +22,7 @@ indices is ``codeword_histogram`` (``ops/codeword_histogram.py``).
 """
 from __future__ import annotations
 
+import math
 from typing import List, Tuple
 
 import torch
@@ -29,7 +30,7 @@ import torch
 from .. import _backends as B
 from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
-from .._validation import require_integer, require_ndim, require_same_device, require_tensor
+from .._validation import require_ndim, require_same_device, require_tensor
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The reference materialises at most this many float64 differences at once (64 MiB).
@@ -111,7 +112,24 @@ BACKENDS = B.OpBackends("vq_nearest", [
 def _vq_nearest_impl(z: torch.Tensor, codebook: torch.Tensor, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
     # The backend is resolved here, at run time, so torch.compile never traces the selection.
     chosen = BACKENDS.select(backend, z.device, z.dtype, (z, codebook))
-    return chosen.impl(z, codebook)
+    # Non-finite values are handled here, identically for every backend (see vq_nearest).
+    finite_codewords = torch.isfinite(codebook).all(dim=1)
+    kept = None
+    if not bool(finite_codewords.all()):  # one K-element sync
+        kept = finite_codewords.nonzero()[:, 0]
+        if kept.numel() == 0:
+            raise ValueError(f"codebook must hold at least one finite codeword, got {codebook.shape[0]} "
+                             "codewords each with a NaN or infinite entry")
+        codebook = codebook[kept]
+    indices, dist = chosen.impl(z, codebook)
+    if kept is not None:
+        indices = kept[indices]
+    if z.numel():
+        bad = ~torch.isfinite(z).all(dim=1)
+        no_answer = torch.where(torch.isnan(z).any(dim=1), math.nan, math.inf).to(dist.dtype)
+        indices = torch.where(bad, torch.full_like(indices, -1), indices)
+        dist = torch.where(bad, no_answer, dist)
+    return indices, dist
 
 
 _vq_nearest_op = torch.library.custom_op("mmxai_fast::vq_nearest", mutates_args=())(_vq_nearest_impl)
@@ -136,11 +154,17 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *, backend: str = None
         ``(indices, sq_dist)``: int64 ``(N,)`` with ``argmin_k ||z_n - e_k||^2`` (ties to the lowest
         index), and ``(N,)`` squared distances in ``z.dtype``, clamped at 0.
 
+    NaN/Inf, identical on every backend: a row of ``z`` with a NaN or infinite entry has no nearest
+    codeword: index ``-1`` (which :func:`codeword_histogram` rejects) and ``sq_dist`` NaN (a NaN
+    entry) or ``inf`` (infinite entries only); it never reads as an exact match. Codewords with
+    a NaN or infinite entry are never chosen and change no other row's answer. A distance that
+    overflows ``z.dtype`` for finite inputs is ``inf``.
+
     Raises:
         TypeError: ``z`` or ``codebook`` is not a tensor, not of a supported floating dtype, or
             their dtypes differ.
         ValueError: wrong number of dims, feature sizes differ, ``K == 0`` or ``D == 0``,
-            different devices.
+            different devices, or no codeword is finite.
         BackendUnavailableError: an explicitly requested backend cannot run.
     """
     require_tensor(z, "z")
