@@ -20,7 +20,7 @@ BACKENDS = ["reference", "cpu", pytest.param("triton", marks=[
     pytest.mark.triton, pytest.mark.skipif(not HAVE_TRITON, reason="triton not installed")])]
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 INTS = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
-PROPERTY = settings(max_examples=25, deadline=None, derandomize=True,
+PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 shapes = st.lists(st.integers(0, 5), min_size=1, max_size=3).map(tuple)

@@ -82,8 +82,25 @@ def _thresholded_value_histogram_triton(values, scores, threshold, low, high, ba
     return counts if batch_dims else counts[0]
 
 
+def _exact_integer_values(values: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """Floating ``values`` as int64 (rounded), non-finite or huge ones mapped outside ``[low, high]``."""
+    rounded = torch.round(values.double())
+    outside = low - 1 if low > -2**63 else high + 1
+    fits = torch.isfinite(rounded) & (rounded.abs() < 2.0 ** 63)
+    return torch.where(fits, rounded, torch.zeros((), dtype=torch.float64, device=values.device)).long() \
+        .masked_fill_(~fits, outside)
+
+
+def _thresholded_value_histogram_triton_exact(values, scores, threshold, low, high, batch_dims):
+    # The Triton kernel bins floating values through doubles, which cannot tell low from low + 1
+    # beyond 2**53: there the values are rounded to int64 first (the integer path is exact).
+    if values.is_floating_point() and max(abs(low), abs(high)) >= 2**53:
+        values = _exact_integer_values(values, low, high)
+    return _thresholded_value_histogram_triton(values, scores, threshold, low, high, batch_dims)
+
+
 BACKENDS = B.OpBackends("thresholded_value_histogram", [
-    B.cpu(_thresholded_value_histogram_cpu), B.triton(_thresholded_value_histogram_triton),
+    B.cpu(_thresholded_value_histogram_cpu), B.triton(_thresholded_value_histogram_triton_exact),
     B.reference(thresholded_value_histogram_reference),
 ])
 
