@@ -18,6 +18,7 @@ reasons. ``mmxai-fast backends`` prints the op x backend table (:func:`backend_t
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import os
@@ -185,13 +186,14 @@ def _requested(requested: Optional[str]) -> str:
 class OpBackends:
     """The declared backends of one op, in automatic-choice order (the reference last)."""
 
-    def __init__(self, op: str, backends: Sequence[Backend]):
+    def __init__(self, op: str, backends: Sequence[Backend], register: bool = True):
         names = [b.name for b in backends]
         if "reference" not in names or len(set(names)) != len(names):
             raise ValueError(f"{op}: backends must be distinct and include the reference, got {names}")
         self.op = op
         self.backends: Dict[str, Backend] = {b.name: b for b in backends}
-        _REGISTRY[op] = self
+        if register:
+            _REGISTRY[op] = self
 
     def reasons(self, name: str, device: torch.device, dtype=None, inputs: Sequence = ()) -> List[str]:
         if name not in self.backends:
@@ -314,9 +316,19 @@ def backend_reasons(name: str, device: torch.device) -> List[str]:
 _GENERIC = {
     "reference": Backend("reference", impl=None),
     "cpu": Backend("cpu", impl=None, devices=("cpu",), needs=("compiled",)),
-    "triton": Backend("triton", impl=None, devices=("cuda", "cpu"), needs=("triton",)),
+    "triton": Backend("triton", impl=None, devices=("cuda", "cpu"), needs=("triton",), auto_devices=("cuda",)),
     "cuda": Backend("cuda", impl=None, devices=("cuda",), needs=("cuda", "cupy")),
 }
+
+
+def resolve_backend(op: str, requested: Optional[str], device: torch.device, implemented,
+                    input_reasons: Optional[Callable[[str], List[str]]] = None) -> str:
+    """The pre-declaration API, kept for code that has not declared its backends yet: the name of
+    the backend that runs ``op`` among ``implemented`` (the reference is always there)."""
+    order = [n for n in ("cpu", "triton", "cuda") if n in set(implemented)] + ["reference"]
+    declared = [dataclasses.replace(_GENERIC[n], limits=(lambda n=n: input_reasons(n)) if input_reasons else None)
+                for n in order]
+    return OpBackends(op, declared, register=False).select(requested, device).name
 
 
 def reference(impl: Callable, **kw) -> Backend:

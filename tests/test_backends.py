@@ -188,3 +188,11 @@ def test_eager_calls_do_not_import_dynamo():
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "eager"
+
+
+def test_resolve_backend_for_undeclared_ops():
+    assert _backends.resolve_backend("op", None, CPU, ["cpu"]) == "cpu"
+    assert _backends.resolve_backend("op", "reference", CPU, ["cpu"]) == "reference"
+    with pytest.raises(BackendUnavailableError, match="op has no cuda implementation"):
+        _backends.resolve_backend("op", "cuda", CPU, ["cpu"])
+    assert "op" not in _backends.registered_ops()

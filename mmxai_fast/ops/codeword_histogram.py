@@ -109,6 +109,9 @@ def codeword_histogram(indices: torch.Tensor, num_codewords: int, *, batch_dims:
     Returns:
         int64 ``(K,)`` when ``batch_dims == 0``, ``(B, K)`` when ``batch_dims == 1``.
 
+    Indices are integers, so there is no NaN; the ``-1`` that :func:`vq_nearest` gives a
+    non-finite row is out of range and raises ``ValueError`` (never silently dropped).
+
     Raises:
         TypeError: ``indices`` is not an integer tensor.
         ValueError: ``num_codewords < 1``, ``batch_dims`` not 0 or 1, ``batch_dims=1`` with 0-dim

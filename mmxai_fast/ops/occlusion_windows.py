@@ -9,21 +9,16 @@ from typing import Sequence, Tuple, Union
 
 import torch
 
+from .._validation import exact_ints
+
 
 def _positive_ints(value, name: str) -> Tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, torch.Size)):
         raise TypeError(f"{name} must be a sequence of positive ints, got {type(value).__name__}")
-    out = []
-    for k, v in enumerate(value):
-        try:
-            if isinstance(v, bool):
-                raise TypeError
-            v = operator.index(v)
-        except TypeError:
-            raise TypeError(f"{name}[{k}] must be an int, got {v!r}") from None
+    out = exact_ints(value, name)
+    for k, v in enumerate(out):
         if v <= 0:
             raise ValueError(f"{name}[{k}] must be a positive int, got {v}")
-        out.append(int(v))
     return tuple(out)
 
 

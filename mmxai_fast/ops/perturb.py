@@ -223,6 +223,10 @@ def perturb(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, bas
     Returns:
         ``(B, *S)`` contiguous tensor of ``x.dtype`` on ``x.device`` (``out`` when given).
 
+    NaN/Inf: values are copied, never combined, so NaN/Inf in ``x`` or ``baseline`` appear
+    unchanged exactly where they are selected, on every backend (Captum's ``x * (1 - m) +
+    baseline * m`` would turn ``inf * 0`` into NaN).
+
     Raises:
         TypeError: ``x`` not floating, ``feature_mask`` not integer, ``keep`` not bool, ``baseline``
             neither a real number nor a real tensor.
