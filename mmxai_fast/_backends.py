@@ -24,7 +24,7 @@ import importlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -139,7 +139,7 @@ class Backend:
     """
 
     name: str
-    impl: Callable
+    impl: Any
     devices: Tuple[str, ...] = ANY_DEVICE
     dtypes: Optional[Tuple[torch.dtype, ...]] = None
     needs: Tuple[str, ...] = ()

@@ -7,6 +7,8 @@ and the public ``codeword_histogram``.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .. import _backends as B
@@ -96,7 +98,7 @@ def _(indices, num_codewords, batch_dims, backend):
 
 
 def codeword_histogram(indices: torch.Tensor, num_codewords: int, *, batch_dims: int = 0,
-                       backend: str = None) -> torch.Tensor:
+                       backend: Optional[str] = None) -> torch.Tensor:
     """Counts of each codeword index (deep-radiomics feature vector).
 
     Args:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -24,7 +24,6 @@ from .._backends import compiled_module, run_op
 from .._cuda import CUDA_TYPE_NAMES
 from .._kernels import cpu_supports, dtype_code, triton_module
 from .._validation import require_tensor
-
 
 MAX_LEVEL = 1e30
 WIDTH_RANGE = (1e-30, 1e30)
@@ -228,7 +227,7 @@ def _(volume, levels, widths, out_dtype, backend):
 
 
 def hu_window(volume: torch.Tensor, windows, out_dtype: torch.dtype = torch.float32, *,
-              backend: str = None) -> torch.Tensor:
+              backend: Optional[str] = None) -> torch.Tensor:
     """Apply CT windows to a HU volume, all windows in one pass.
 
     Args:

@@ -31,16 +31,21 @@ public functions.
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
 from .. import _backends as B
 from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
-from .._validation import exact_ints, require_broadcastable, require_floating, require_integer, require_tensor
+from .._validation import (
+    exact_ints,
+    require_broadcastable,
+    require_floating,
+    require_integer,
+    require_tensor,
+)
 from .occlusion_windows import OcclusionWindows
-
 
 
 def _require_windows(windows) -> None:
@@ -190,7 +195,7 @@ def _baseline_tensor(baseline, x: torch.Tensor) -> torch.Tensor:
 
 
 def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, baseline=0.0, *,
-                    backend: str = None, out: torch.Tensor = None) -> torch.Tensor:
+                    backend: Optional[str] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Occluded copies of ``x``, one per window of a batch of sliding-window positions.
 
     Equals Captum's ``x * (1 - mask) + baseline * mask`` for each window's mask, without ever
@@ -306,7 +311,7 @@ def _(diffs, input_shape, window, strides, backend):
     return diffs.new_empty(tuple(diffs.shape[:-1]) + tuple(input_shape))
 
 
-def occlusion_attribution(diffs: torch.Tensor, windows: OcclusionWindows, *, backend: str = None) -> torch.Tensor:
+def occlusion_attribution(diffs: torch.Tensor, windows: OcclusionWindows, *, backend: Optional[str] = None) -> torch.Tensor:
     """Per-element occlusion attribution from per-window output differences, in one pass.
 
     ``out[..., i]`` is the mean of ``diffs[..., w]`` over the windows ``w`` covering element

@@ -16,15 +16,20 @@ Naming chain: ``perturb_reference`` (oracle and fallback), ``_perturb_cpu`` (C++
 from __future__ import annotations
 
 from numbers import Real
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .. import _backends as B
 from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
-from .._validation import (require_broadcastable, require_floating, require_ndim, require_same_device,
-                           require_tensor)
+from .._validation import (
+    require_broadcastable,
+    require_floating,
+    require_ndim,
+    require_same_device,
+    require_tensor,
+)
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MASK_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -194,7 +199,7 @@ def _check_out_is_separate(out: torch.Tensor, x: torch.Tensor, baseline: torch.T
 
 
 def perturb(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, baseline: Baseline = 0.0, *,
-            backend: str = None, validate_ids: bool = True, out: torch.Tensor = None) -> torch.Tensor:
+            backend: Optional[str] = None, validate_ids: bool = True, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Build ``B`` perturbed copies of ``x`` in one pass: features off in ``keep`` get the baseline.
 
     ``out[b, i] = x[i] if keep[b, feature_mask[i]] else baseline[i]``.

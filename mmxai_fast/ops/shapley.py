@@ -33,9 +33,18 @@ import torch
 from .. import _backends as B
 from .._backends import compiled_module, run_op
 from .._kernels import cpu_supports, dtype_code, triton_module
-from .._validation import (require_disjoint, require_floating, require_integer, require_ndim, require_same_device,
-                           require_tensor)
-from .shapley_sampling import random_permutations, shapley_prefix_rows  # public here too
+from .._validation import (
+    require_disjoint,
+    require_floating,
+    require_integer,
+    require_ndim,
+    require_same_device,
+    require_tensor,
+)
+from .shapley_sampling import (  # public here too
+    random_permutations,
+    shapley_prefix_rows,
+)
 
 __all__ = [
     "random_permutations",

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,8 +51,14 @@ from .. import _backends as B
 from .._backends import compiled_module, run_op
 from .._kernels import triton_module
 from .._validation import real_in_range
-from .slic_reference import (SlicProblem, _connectivity_reference, connected_pieces_reference,
-                             kmeans_seeds_reference, merge_small_pieces, slic_iterate_reference)
+from .slic_reference import (
+    SlicProblem,
+    _connectivity_reference,
+    connected_pieces_reference,
+    kmeans_seeds_reference,
+    merge_small_pieces,
+    slic_iterate_reference,
+)
 from .slic_seeding import fixed_scale, grid_seeds, mask_seeds, rescale
 
 __all__ = ["slic", "slic_reference", "SlicProblem", "connected_pieces_reference", "merge_small_pieces",
@@ -131,9 +137,9 @@ def _cpu_kmeans_any(points, centers, n_iter, shape, device):
 class _Steps:
     """The three steps of one backend: k-means iterations, seeding, connectivity."""
 
-    iterate: object
-    kmeans: object
-    connectivity: object
+    iterate: Callable
+    kmeans: Callable
+    connectivity: Callable
 
 
 _STEPS = {
@@ -248,7 +254,7 @@ def _layout(image: torch.Tensor, channel_axis, modality_axis) -> Tuple[torch.Ten
 def slic(image, n_segments: int = 100, compactness: float = 10.0, max_num_iter: int = 10, sigma=0,
          spacing=None, convert2lab=None, enforce_connectivity: bool = True, min_size_factor: float = 0.5,
          max_size_factor: float = 3, slic_zero: bool = False, start_label: int = 1, mask=None, *,
-         channel_axis: Optional[int] = -1, modality_axis: Optional[int] = None, backend: str = None):
+         channel_axis: Optional[int] = -1, modality_axis: Optional[int] = None, backend: Optional[str] = None):
     """SLIC superpixels (2D) / supervoxels (3D), scikit-image's ``slic`` as a kernel.
 
     Several modalities in one call: ``modality_axis`` names the axis whose entries are segmented

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 
 import torch
 
+
 @dataclass(frozen=True)
 class SlicProblem:
     """One modality's prepared SLIC problem, shared by every backend.

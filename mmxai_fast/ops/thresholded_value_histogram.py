@@ -17,6 +17,7 @@ Naming chain: ``thresholded_value_histogram_reference`` (oracle and fallback),
 """
 from __future__ import annotations
 
+from typing import Optional
 
 import torch
 
@@ -128,7 +129,7 @@ def _check_int(value, name: str) -> int:
 
 
 def thresholded_value_histogram(values: torch.Tensor, scores: torch.Tensor, threshold: float, low: int,
-                                high: int, *, batch_dims: int = 0, backend: str = None) -> torch.Tensor:
+                                high: int, *, batch_dims: int = 0, backend: Optional[str] = None) -> torch.Tensor:
     """Counts of each integer value in ``[low, high]`` over the elements whose score exceeds
     ``threshold``: ``counts[b, v - low] = #{i : round(values[b, i]) == v and scores[b, i] > threshold}``.
 

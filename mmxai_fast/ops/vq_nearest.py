@@ -23,7 +23,7 @@ indices is ``codeword_histogram`` (``ops/codeword_histogram.py``).
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -141,7 +141,7 @@ def _(z, codebook, backend):
     return z.new_empty((n,), dtype=torch.int64), z.new_empty((n,))
 
 
-def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *, backend: str = None
+def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *, backend: Optional[str] = None
                ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Nearest codeword of every row of ``z`` (VQ-VAE quantisation lookup).
 
