@@ -9,9 +9,9 @@ import sys
 
 
 def _cmd_backends(args) -> int:
-    from . import backends
+    from ._backends import backend_table, format_backend_table
 
-    print(json.dumps(backends(), indent=2))
+    print(json.dumps(backend_table(), indent=2) if args.json else format_backend_table())
     return 0
 
 
@@ -74,7 +74,9 @@ def main(argv=None) -> int:
     tour.add_argument("--size", type=int, default=64, help="edge of the cubic test volume (default 64)")
     tour.add_argument("--repeats", type=int, default=3, help="timed runs per row (median reported)")
     tour.set_defaults(func=_cmd_tour)
-    sub.add_parser("backends", help="which backends are usable here, and why not").set_defaults(func=_cmd_backends)
+    table = sub.add_parser("backends", help="op x backend table: which backend runs which op here, and why not")
+    table.add_argument("--json", action="store_true", help="one JSON row per (op, backend)")
+    table.set_defaults(func=_cmd_backends)
     from .pipeline.cli import add_explain_parser
     from .run_script import add_run_parser
 

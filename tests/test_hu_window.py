@@ -92,8 +92,11 @@ def test_bad_arguments_are_named():
         hu_window(volume.numpy(), "brain")
     with pytest.raises(ValueError, match="unknown preset"):
         hu_window(volume, "liverish")
-    with pytest.raises(ValueError, match="width must be > 0"):
-        hu_window(volume, [(40, 0)])
+    for width in (0, -5, 1e308, 1e-320, float("nan")):  # 1e308 and 1e-320 overflow float32
+        with pytest.raises(ValueError, match="HUWindow (level and )?width must be"):
+            hu_window(volume, [(40, width)])
+    with pytest.raises(ValueError, match=r"HUWindow level must be in \[-1e\+30, 1e\+30\]"):
+        hu_window(volume, [(1e35, 100)])
     with pytest.raises(TypeError, match="out_dtype"):
         hu_window(volume, "brain", out_dtype=torch.int32)
     with pytest.raises(TypeError, match="volume"):

@@ -387,8 +387,11 @@ def test_bad_arguments_are_named():
         shapley_accumulate(outputs, perms, sums.long())
     with pytest.raises(TypeError, match="sumsq must have the dtype of sums"):
         shapley_accumulate(outputs, perms, sums, sums.double())
-    with pytest.raises(ValueError, match="sumsq must not be"):
+    with pytest.raises(ValueError, match="sums must not overlap the memory of sumsq"):
         shapley_accumulate(outputs, perms, sums, sums)
+    both = torch.zeros(6, 2)
+    with pytest.raises(ValueError, match="must not overlap"):  # partly overlapping views
+        shapley_accumulate(outputs, perms, both[:5], both[1:])
     with pytest.raises(ValueError, match=r"perms values must be in \[0, 5\)"):
         shapley_accumulate(outputs, perms - 1, sums)
     with pytest.raises(ValueError, match="backend must be one of"):

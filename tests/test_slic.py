@@ -286,3 +286,20 @@ def test_gpu_triton_and_cuda_connectivity_match_reference(use_mask):
 def test_forced_backend_unavailable():
     with pytest.raises(BackendUnavailableError, match="cuda"):
         slic(torch.rand(4, 5, 6), channel_axis=None, backend="cuda")
+
+
+def test_torch_compile_fullgraph():
+    volumes, tissue = _phantom((6, 7, 5), 2)
+    mask = torch.from_numpy(tissue > 0)
+
+    def f(v):
+        return slic(v, n_segments=4, compactness=0.1, mask=mask, channel_axis=None, modality_axis=0) * 2
+
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(volumes), f(volumes), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("compactness", [1e-40, 1e40, float("nan"), float("inf"), True, 0.0])
+def test_compactness_that_would_label_nothing_is_rejected(compactness):
+    with pytest.raises(ValueError, match=r"compactness must be a finite number in \[1e-10, 1e\+10\]"):
+        slic(torch.rand(5, 6, 4), compactness=compactness, channel_axis=None)

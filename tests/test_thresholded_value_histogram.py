@@ -160,3 +160,14 @@ def test_torch_compile():
 
     compiled = torch.compile(f, backend="eager", fullgraph=True)
     assert torch.equal(compiled(values, scores), f(values, scores))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_values_near_2_62_are_binned_as_integers(backend):
+    # doubles cannot tell 2**62 - 1 from 2**62: the bin must come from an integer comparison
+    low = 2**62 - 1
+    values = torch.tensor([2.0**62, 2.0**62 + 1024, 2.0**62 - 1024, float("nan")], dtype=torch.float64)
+    counts = thresholded_value_histogram(values, torch.ones(4), 0.5, low, low + 2, backend=backend)
+    assert counts.tolist() == [0, 1, 0]
+    ints = torch.tensor([2**62, 2**62 + 1, 2**62 - 2], dtype=torch.int64)
+    assert thresholded_value_histogram(ints, torch.ones(3), 0.5, low, low + 2, backend=backend).tolist() == [0, 1, 1]

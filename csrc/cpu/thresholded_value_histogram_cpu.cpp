@@ -30,8 +30,10 @@ inline int64_t value_bin(V v, int64_t low, int64_t K) {
 template <typename F>
 inline int64_t float_bin(F v, int64_t low, int64_t K) {
   const double r = std::nearbyint((double)v);
-  if (!(r >= (double)low && r < (double)low + (double)K)) return -1;  // also NaN
-  return (int64_t)r - low;
+  // Compare as int64, not double: near 2**62 a double cannot tell low from low + 1. Also NaN/inf.
+  if (!(r >= -9223372036854775808.0 && r < 9223372036854775808.0)) return -1;
+  const uint64_t bin = (uint64_t)(int64_t)r - (uint64_t)low;
+  return bin < (uint64_t)K ? (int64_t)bin : -1;
 }
 
 template <> inline int64_t value_bin<float>(float v, int64_t low, int64_t K) { return float_bin(v, low, K); }

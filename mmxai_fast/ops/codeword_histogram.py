@@ -7,9 +7,12 @@ and the public ``codeword_histogram``.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
 from .._validation import require_integer, require_tensor
 
@@ -60,8 +63,10 @@ def _codeword_histogram_triton(indices, num_codewords, batch_dims):
     return counts if batch_dims else counts[0]
 
 
-_HIST_IMPLS = {"reference": codeword_histogram_reference, "cpu": _codeword_histogram_cpu,
-               "triton": _codeword_histogram_triton}
+BACKENDS = B.OpBackends("codeword_histogram", [
+    B.cpu(_codeword_histogram_cpu), B.triton(_codeword_histogram_triton),
+    B.reference(codeword_histogram_reference),
+])
 
 
 def _check_index_range(indices: torch.Tensor, num_codewords: int) -> None:
@@ -73,13 +78,17 @@ def _check_index_range(indices: torch.Tensor, num_codewords: int) -> None:
         raise ValueError(f"indices must be in [0, {num_codewords}) (num_codewords), got min {low} and max {high}")
 
 
-@torch.library.custom_op("mmxai_fast::codeword_histogram", mutates_args=())
-def _codeword_histogram_op(indices: torch.Tensor, num_codewords: int, batch_dims: int, backend: str) -> torch.Tensor:
+def _codeword_histogram_impl(indices: torch.Tensor, num_codewords: int, batch_dims: int,
+                             backend: str) -> torch.Tensor:
     # Data-dependent check here rather than in the public function, so torch.compile does not
     # graph-break; it runs before any counting on every backend.
     _check_index_range(indices, num_codewords)
-    chosen = resolve_backend("codeword_histogram", backend, indices.device, _HIST_IMPLS)
-    return _HIST_IMPLS[chosen](indices, num_codewords, batch_dims)
+    chosen = BACKENDS.select(backend, indices.device, indices.dtype)
+    return chosen.impl(indices, num_codewords, batch_dims)
+
+
+_codeword_histogram_op = torch.library.custom_op("mmxai_fast::codeword_histogram",
+                                                 mutates_args=())(_codeword_histogram_impl)
 
 
 @_codeword_histogram_op.register_fake
@@ -89,7 +98,7 @@ def _(indices, num_codewords, batch_dims, backend):
 
 
 def codeword_histogram(indices: torch.Tensor, num_codewords: int, *, batch_dims: int = 0,
-                       backend: str = None) -> torch.Tensor:
+                       backend: Optional[str] = None) -> torch.Tensor:
     """Counts of each codeword index (deep-radiomics feature vector).
 
     Args:
@@ -101,6 +110,9 @@ def codeword_histogram(indices: torch.Tensor, num_codewords: int, *, batch_dims:
 
     Returns:
         int64 ``(K,)`` when ``batch_dims == 0``, ``(B, K)`` when ``batch_dims == 1``.
+
+    Indices are integers, so there is no NaN; the ``-1`` that :func:`vq_nearest` gives a
+    non-finite row is out of range and raises ``ValueError`` (never silently dropped).
 
     Raises:
         TypeError: ``indices`` is not an integer tensor.
@@ -116,4 +128,4 @@ def codeword_histogram(indices: torch.Tensor, num_codewords: int, *, batch_dims:
         raise ValueError(f"batch_dims must be 0 or 1, got {batch_dims!r}")
     if batch_dims == 1 and indices.dim() == 0:
         raise ValueError("indices must have a batch dim (B, ...) when batch_dims=1, got a 0-dim tensor")
-    return torch.ops.mmxai_fast.codeword_histogram(indices, num_codewords, batch_dims, backend or "")
+    return run_op("codeword_histogram", _codeword_histogram_impl, indices, num_codewords, batch_dims, backend or "")

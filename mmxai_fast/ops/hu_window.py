@@ -16,14 +16,18 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._cuda import CUDA_TYPE_NAMES
 from .._kernels import cpu_supports, dtype_code, triton_module
 from .._validation import require_tensor
+
+MAX_LEVEL = 1e30
+WIDTH_RANGE = (1e-30, 1e30)
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,15 @@ class HUWindow:
     width: float
 
     def __post_init__(self):
+        # The kernels compute in float32: a level or width beyond these overflows (width 1e308)
+        # or has no float32 inverse (width 1e-320).
         if not (math.isfinite(self.level) and math.isfinite(self.width)):
             raise ValueError(f"HUWindow level and width must be finite, got ({self.level}, {self.width})")
-        if self.width <= 0:
-            raise ValueError(f"HUWindow width must be > 0, got {self.width}")
+        if not abs(self.level) <= MAX_LEVEL:
+            raise ValueError(f"HUWindow level must be in [-{MAX_LEVEL:g}, {MAX_LEVEL:g}], got {self.level}")
+        if not WIDTH_RANGE[0] <= self.width <= WIDTH_RANGE[1]:
+            raise ValueError(f"HUWindow width must be in [{WIDTH_RANGE[0]:g}, {WIDTH_RANGE[1]:g}] (> 0), "
+                             f"got {self.width}")
 
     @property
     def lower(self) -> float:
@@ -178,16 +187,45 @@ def _hu_window_cuda(volume, levels, widths, out_dtype):
     return out
 
 
-_IMPLS = {"reference": hu_window_reference, "cpu": _hu_window_cpu, "triton": _hu_window_triton,
-          "cuda": _hu_window_cuda}
+def _cpu_limits(volume, out_dtype) -> List[str]:
+    if not (cpu_supports(volume.dtype) and cpu_supports(out_dtype)):
+        return [f"cpu kernel does not handle {volume.dtype} -> {out_dtype}"]
+    return []
 
 
-@torch.library.custom_op("mmxai_fast::hu_window", mutates_args=())
-def _hu_window_op(volume: torch.Tensor, levels: List[float], widths: List[float],
-                  out_dtype: torch.dtype, backend: str) -> torch.Tensor:
+def _cuda_limits(volume, out_dtype) -> List[str]:
+    if volume.dtype not in CUDA_TYPE_NAMES or out_dtype not in (torch.float32, torch.float64):
+        return [f"cuda kernel handles {sorted(map(str, CUDA_TYPE_NAMES))} -> float32/float64, "
+                f"got {volume.dtype} -> {out_dtype}"]
+    return []
+
+
+def _hu_window_triton_nan(volume, levels, widths, out_dtype):
+    out = _hu_window_triton(volume, levels, widths, out_dtype)
+    # The Triton kernel's clamp turns NaN into 0; every other backend keeps NaN (the documented
+    # semantics). Integer volumes (CT) hold no NaN and skip the extra pass.
+    if volume.is_floating_point() and out.numel():
+        out = torch.where(torch.isnan(volume).unsqueeze(0), torch.full((), math.nan, dtype=out_dtype,
+                                                                       device=out.device), out)
+    return out
+
+
+BACKENDS = B.OpBackends("hu_window", [
+    B.cpu(_hu_window_cpu, dtypes=_INPUT_DTYPES, limits=_cpu_limits),
+    B.triton(_hu_window_triton_nan, dtypes=_INPUT_DTYPES),
+    B.cuda(_hu_window_cuda, dtypes=tuple(CUDA_TYPE_NAMES), limits=_cuda_limits),
+    B.reference(hu_window_reference),
+])
+
+
+def _hu_window_impl(volume: torch.Tensor, levels: List[float], widths: List[float],
+                    out_dtype: torch.dtype, backend: str) -> torch.Tensor:
     # The backend is resolved here, at run time, so torch.compile never traces the selection.
-    chosen = resolve_backend("hu_window", backend, volume.device, _IMPLS, _input_reasons(volume, out_dtype))
-    return _IMPLS[chosen](volume, levels, widths, out_dtype)
+    chosen = BACKENDS.select(backend, volume.device, volume.dtype, (volume, out_dtype))
+    return chosen.impl(volume, levels, widths, out_dtype)
+
+
+_hu_window_op = torch.library.custom_op("mmxai_fast::hu_window", mutates_args=())(_hu_window_impl)
 
 
 @_hu_window_op.register_fake
@@ -195,18 +233,8 @@ def _(volume, levels, widths, out_dtype, backend):
     return volume.new_empty((len(levels),) + tuple(volume.shape), dtype=out_dtype)
 
 
-def _input_reasons(volume, out_dtype):
-    def reasons(backend: str) -> List[str]:
-        if backend == "cpu" and not (cpu_supports(volume.dtype) and cpu_supports(out_dtype)):
-            return [f"cpu kernel does not handle {volume.dtype} -> {out_dtype}"]
-        if backend == "cuda" and (volume.dtype not in CUDA_TYPE_NAMES or out_dtype not in (torch.float32, torch.float64)):
-            return [f"cuda kernel handles {sorted(map(str, CUDA_TYPE_NAMES))} -> float32/float64, got {volume.dtype} -> {out_dtype}"]
-        return []
-    return reasons
-
-
 def hu_window(volume: torch.Tensor, windows, out_dtype: torch.dtype = torch.float32, *,
-              backend: str = None) -> torch.Tensor:
+              backend: Optional[str] = None) -> torch.Tensor:
     """Apply CT windows to a HU volume, all windows in one pass.
 
     Args:
@@ -218,10 +246,13 @@ def hu_window(volume: torch.Tensor, windows, out_dtype: torch.dtype = torch.floa
 
     Returns:
         ``(W, *S)`` tensor in ``out_dtype``, ``clip((v - (level - width/2)) / width, 0, 1)``.
+        NaN/Inf, on every backend: a NaN voxel gives NaN in every window, ``+inf`` gives 1 and
+        ``-inf`` gives 0. Windows must have a finite ``|level| <= 1e30`` and a width in
+        ``[1e-30, 1e30]`` (the kernels compute in float32).
 
     Raises:
         TypeError: ``volume`` is not a tensor of a supported dtype, ``out_dtype`` not floating.
-        ValueError: unknown preset, non-positive or non-finite width.
+        ValueError: unknown preset, non-finite level or width, or one outside the ranges above.
         BackendUnavailableError: an explicitly requested backend cannot run.
     """
     require_tensor(volume, "volume")
@@ -232,4 +263,4 @@ def hu_window(volume: torch.Tensor, windows, out_dtype: torch.dtype = torch.floa
     parsed = parse_windows(windows)
     levels = [float(w.level) for w in parsed]
     widths = [float(w.width) for w in parsed]
-    return torch.ops.mmxai_fast.hu_window(volume, levels, widths, out_dtype, backend or "")
+    return run_op("hu_window", _hu_window_impl, volume, levels, widths, out_dtype, backend or "")

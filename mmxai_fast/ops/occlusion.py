@@ -31,142 +31,21 @@ public functions.
 from __future__ import annotations
 
 import math
-import operator
-from dataclasses import dataclass
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Tuple
 
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
-from .._validation import require_broadcastable, require_floating, require_integer, require_tensor
-
-
-def _positive_ints(value, name: str) -> Tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, torch.Size)):
-        raise TypeError(f"{name} must be a sequence of positive ints, got {type(value).__name__}")
-    out = []
-    for k, v in enumerate(value):
-        try:
-            if isinstance(v, bool):
-                raise TypeError
-            v = operator.index(v)
-        except TypeError:
-            raise TypeError(f"{name}[{k}] must be an int, got {v!r}") from None
-        if v <= 0:
-            raise ValueError(f"{name}[{k}] must be a positive int, got {v}")
-        out.append(int(v))
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class OcclusionWindows:
-    """The sliding-window positions of an occlusion sweep over the trailing dims of an input.
-
-    Args:
-        input_shape: the dims the window slides over, e.g. ``(C, D, H, W)`` of one example.
-        window: window size per dim (Captum's ``sliding_window_shapes``), ``<= input_shape``.
-        strides: step per dim, or one int for all dims (Captum's default is 1).
-
-    Raises:
-        TypeError: a size is not an int.
-        ValueError: empty ``input_shape``, lengths differ, non-positive sizes, or a window larger
-            than the input.
-    """
-
-    input_shape: Tuple[int, ...]
-    window: Tuple[int, ...]
-    strides: Union[int, Tuple[int, ...]] = 1
-
-    def __post_init__(self):
-        shape = _positive_ints(self.input_shape, "input_shape")
-        if not shape:
-            raise ValueError("input_shape must have at least one dim, got ()")
-        window = _positive_ints(self.window, "window")
-        strides = self.strides
-        if isinstance(strides, int) and not isinstance(strides, bool):
-            strides = (strides,) * len(shape)
-        strides = _positive_ints(strides, "strides")
-        for name, value in (("window", window), ("strides", strides)):
-            if len(value) != len(shape):
-                raise ValueError(f"{name} must have {len(shape)} entries like input_shape {shape}, got {value}")
-        for k, (n, w) in enumerate(zip(shape, window)):
-            if w > n:
-                raise ValueError(f"window {window} exceeds input_shape {shape} in dim {k} ({w} > {n})")
-        object.__setattr__(self, "input_shape", shape)
-        object.__setattr__(self, "window", window)
-        object.__setattr__(self, "strides", strides)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.input_shape)
-
-    @property
-    def counts(self) -> Tuple[int, ...]:
-        """Window positions per dim, ``ceil((n - w) / s) + 1`` (Captum's ``shift_counts``)."""
-        return tuple((n - w + s - 1) // s + 1 for n, w, s in zip(self.input_shape, self.window, self.strides))
-
-    @property
-    def num_windows(self) -> int:
-        return math.prod(self.counts)
-
-    def position(self, index: int) -> Tuple[int, ...]:
-        """Per-dim position ``(j_0, j_1, ...)`` of window ``index`` (first dim varies fastest)."""
-        try:
-            rest = None if isinstance(index, bool) else operator.index(index)
-        except TypeError:
-            rest = None
-        if rest is None or not 0 <= rest < self.num_windows:
-            raise ValueError(f"window index must be an int in [0, {self.num_windows}), got {index!r}")
-        position = []
-        for c in self.counts:
-            position.append(rest % c)
-            rest //= c
-        return tuple(position)
-
-    def window_box(self, index: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-        """``(starts, stops)`` of window ``index``, cropped at the input's border."""
-        j = self.position(index)
-        starts = tuple(min(p * s, n) for p, s, n in zip(j, self.strides, self.input_shape))
-        stops = tuple(min(p * s + w, n) for p, s, w, n in zip(j, self.strides, self.window, self.input_shape))
-        return starts, stops
-
-    def window_slices(self, index: int) -> Tuple[slice, ...]:
-        """The box of window ``index`` as slices over the trailing dims."""
-        return tuple(slice(a, b) for a, b in zip(*self.window_box(index)))
-
-    def coverage(self, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-        """Number of windows covering each element (Captum's ``weights``), float ``input_shape``.
-
-        Coverage is separable: the product over dims of the per-dim number of covering positions.
-        """
-        out = torch.ones((), dtype=dtype, device=device)
-        for k, (n, w, s, c) in enumerate(zip(self.input_shape, self.window, self.strides, self.counts)):
-            i = torch.arange(n, device=device)
-            lo = (i - w + s).clamp(min=0) // s  # first position covering i: ceil((i - w + 1) / s)
-            hi = (i // s).clamp(max=c - 1)  # last position covering i
-            per_dim = (hi - lo + 1).clamp(min=0).to(dtype)
-            out = out.unsqueeze(-1) * per_dim.view((1,) * k + (n,))
-        return out
-
-    def _geometry(self, device) -> torch.Tensor:
-        """int64 ``[ndim, 8]`` table for the Triton kernels, one row per dim:
-        (size, pitch, window, stride, count, mult, span, span_pitch). ``pitch`` is the element
-        stride of a contiguous input, ``mult`` the window-index stride of a position,
-        ``span = min(ceil(w / s), count)`` the most positions that can cover one element and
-        ``span_pitch`` the stride of that dim when enumerating covering combinations."""
-        rows, pitch, mult, span_pitch = [], math.prod(self.input_shape), 1, 1
-        for n, w, s, c in zip(self.input_shape, self.window, self.strides, self.counts):
-            pitch //= n
-            span = min(-(-w // s), c)
-            rows.append([n, pitch, w, s, c, mult, span, span_pitch])
-            mult *= c
-            span_pitch *= span
-        return torch.tensor(rows, dtype=torch.int64, device=device)
-
-    @property
-    def _max_cover(self) -> int:
-        return math.prod(min(-(-w // s), c) for w, s, c in zip(self.window, self.strides, self.counts))
+from .._validation import (
+    exact_ints,
+    require_broadcastable,
+    require_floating,
+    require_integer,
+    require_tensor,
+)
+from .occlusion_windows import OcclusionWindows
 
 
 def _require_windows(windows) -> None:
@@ -238,34 +117,36 @@ def _occlusion_batch_triton(x, windows, window_ids, baseline, out=None):
     return out
 
 
-_BATCH_IMPLS = {"reference": _occlusion_batch_reference_into, "cpu": _occlusion_batch_cpu,
-                "triton": _occlusion_batch_triton}
+BATCH_BACKENDS = B.OpBackends("occlusion_batch", [
+    B.cpu(_occlusion_batch_cpu), B.triton(_occlusion_batch_triton), B.reference(_occlusion_batch_reference_into),
+])
 
 
-@torch.library.custom_op("mmxai_fast::occlusion_batch", mutates_args=())
-def _occlusion_batch_op(x: torch.Tensor, window_ids: torch.Tensor, baseline: torch.Tensor,
-                        input_shape: List[int], window: List[int], strides: List[int],
-                        backend: str) -> torch.Tensor:
+def _occlusion_batch_impl(x: torch.Tensor, window_ids: torch.Tensor, baseline: torch.Tensor,
+                          input_shape: List[int], window: List[int], strides: List[int],
+                          backend: str) -> torch.Tensor:
     windows = _checked_windows(window_ids, input_shape, window, strides)
     # The backend is resolved here, at run time, so torch.compile never traces the selection.
-    chosen = resolve_backend("occlusion_batch", backend, x.device, _BATCH_IMPLS)
-    return _BATCH_IMPLS[chosen](x, windows, window_ids, baseline)
+    return BATCH_BACKENDS.select(backend, x.device, x.dtype).impl(x, windows, window_ids, baseline)
+
+
+def _occlusion_batch_out_impl(x: torch.Tensor, window_ids: torch.Tensor, baseline: torch.Tensor, out: torch.Tensor,
+                              input_shape: List[int], window: List[int], strides: List[int], backend: str) -> None:
+    windows = _checked_windows(window_ids, input_shape, window, strides)
+    if out.numel() and out.untyped_storage().data_ptr() in (x.untyped_storage().data_ptr(),
+                                                           baseline.untyped_storage().data_ptr()):
+        raise ValueError("out must not share memory with x or baseline")
+    BATCH_BACKENDS.select(backend, x.device, x.dtype).impl(x, windows, window_ids, baseline, out)
+
+
+_occlusion_batch_op = torch.library.custom_op("mmxai_fast::occlusion_batch", mutates_args=())(_occlusion_batch_impl)
+_occlusion_batch_out_op = torch.library.custom_op("mmxai_fast::occlusion_batch_out",
+                                                  mutates_args=("out",))(_occlusion_batch_out_impl)
 
 
 @_occlusion_batch_op.register_fake
 def _(x, window_ids, baseline, input_shape, window, strides, backend):
     return x.new_empty((window_ids.shape[0],) + tuple(x.shape))
-
-
-@torch.library.custom_op("mmxai_fast::occlusion_batch_out", mutates_args=("out",))
-def _occlusion_batch_out_op(x: torch.Tensor, window_ids: torch.Tensor, baseline: torch.Tensor, out: torch.Tensor,
-                            input_shape: List[int], window: List[int], strides: List[int], backend: str) -> None:
-    windows = _checked_windows(window_ids, input_shape, window, strides)
-    if out.numel() and out.untyped_storage().data_ptr() in (x.untyped_storage().data_ptr(),
-                                                           baseline.untyped_storage().data_ptr()):
-        raise ValueError("out must not share memory with x or baseline")
-    chosen = resolve_backend("occlusion_batch", backend, x.device, _BATCH_IMPLS)
-    _BATCH_IMPLS[chosen](x, windows, window_ids, baseline, out)
 
 
 @_occlusion_batch_out_op.register_fake
@@ -289,10 +170,12 @@ def _window_id_tensor(window_ids, windows: OcclusionWindows, device) -> torch.Te
             raise ValueError(f"window_ids must be in [0, {windows.num_windows}), got {window_ids}")
         return torch.arange(window_ids.start, window_ids.stop, window_ids.step, dtype=torch.int64, device=device)
     if isinstance(window_ids, (list, tuple)):
-        window_ids = torch.tensor(window_ids, dtype=torch.int64, device=device)
+        window_ids = torch.tensor(exact_ints(window_ids, "window_ids"), dtype=torch.int64, device=device)
     if not isinstance(window_ids, torch.Tensor):
         raise TypeError(f"window_ids must be a 1-D integer tensor or a range, got {type(window_ids).__name__}")
     require_integer(window_ids, "window_ids")
+    if window_ids.device != device:
+        raise ValueError(f"window_ids must be on the device of x ({device}), got {window_ids.device}")
     if window_ids.dim() != 1:
         raise ValueError(f"window_ids must be 1-D (P,), got shape {tuple(window_ids.shape)}")
     return window_ids
@@ -312,19 +195,20 @@ def _baseline_tensor(baseline, x: torch.Tensor) -> torch.Tensor:
 
 
 def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, baseline=0.0, *,
-                    backend: str = None, out: torch.Tensor = None) -> torch.Tensor:
+                    backend: Optional[str] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Occluded copies of ``x``, one per window of a batch of sliding-window positions.
 
     Equals Captum's ``x * (1 - mask) + baseline * mask`` for each window's mask, without ever
     building a mask: each output is a copy of ``x`` with the window's box overwritten. (With
     non-finite values the two differ: Captum's products turn ``inf * 0`` into NaN, a copy does
-    not.)
+    not: NaN/Inf in ``x`` or ``baseline`` are copied as they are, on every backend.)
 
     Args:
         x: ``(*lead, *windows.input_shape)`` floating input, any layout; ``lead`` may be empty
             (e.g. ``(N,)`` examples, each occluded at the same box).
         windows: the sweep geometry.
-        window_ids: ``(P,)`` integer tensor, range or list of window indices in Captum's order.
+        window_ids: ``(P,)`` integer tensor on ``x.device``, range or list of ints: window
+            indices in Captum's order (fractional values are rejected, never truncated).
         baseline: number, or tensor broadcastable to ``x``; cast to ``x.dtype``.
         backend: ``None``/``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
         out: optional preallocated contiguous ``(P, *x.shape)`` tensor of ``x.dtype`` on
@@ -340,7 +224,7 @@ def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, base
         TypeError: ``x`` not a floating tensor, ``windows`` not :class:`OcclusionWindows`, bad
             ``window_ids`` or ``baseline`` type.
         ValueError: trailing dims of ``x`` differ from ``windows.input_shape``, ``window_ids`` not
-            1-D or out of ``[0, num_windows)``, baseline not broadcastable to ``x``, ``out`` of
+            1-D, on another device or out of ``[0, num_windows)``, baseline not broadcastable to ``x``, ``out`` of
             the wrong shape, dtype, device or layout or sharing memory with ``x``.
         BackendUnavailableError: an explicitly requested backend cannot run.
     """
@@ -354,7 +238,7 @@ def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, base
     fill = _baseline_tensor(baseline, x)
     geometry = (list(windows.input_shape), list(windows.window), list(windows.strides))
     if out is None:
-        return torch.ops.mmxai_fast.occlusion_batch(x, ids, fill, *geometry, backend or "")
+        return run_op("occlusion_batch", _occlusion_batch_impl, x, ids, fill, *geometry, backend or "")
     require_tensor(out, "out")
     expected = (ids.shape[0],) + tuple(x.shape)
     if tuple(out.shape) != expected or out.dtype != x.dtype or not out.is_contiguous():
@@ -363,7 +247,7 @@ def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, base
                          f"of shape {tuple(out.shape)}")
     if out.device != x.device:
         raise ValueError(f"out must be on the same device as x ({x.device}), got {out.device}")
-    torch.ops.mmxai_fast.occlusion_batch_out(x, ids, fill, out, *geometry, backend or "")
+    run_op("occlusion_batch_out", _occlusion_batch_out_impl, x, ids, fill, out, *geometry, backend or "")
     return out
 
 
@@ -406,16 +290,20 @@ def _occlusion_attribution_triton(diffs, windows):
     return out
 
 
-_ATTRIBUTION_IMPLS = {"reference": occlusion_attribution_reference, "cpu": _occlusion_attribution_cpu,
-                      "triton": _occlusion_attribution_triton}
+ATTRIBUTION_BACKENDS = B.OpBackends("occlusion_attribution", [
+    B.cpu(_occlusion_attribution_cpu), B.triton(_occlusion_attribution_triton),
+    B.reference(occlusion_attribution_reference),
+])
 
 
-@torch.library.custom_op("mmxai_fast::occlusion_attribution", mutates_args=())
-def _occlusion_attribution_op(diffs: torch.Tensor, input_shape: List[int], window: List[int],
-                              strides: List[int], backend: str) -> torch.Tensor:
+def _occlusion_attribution_impl(diffs: torch.Tensor, input_shape: List[int], window: List[int],
+                                strides: List[int], backend: str) -> torch.Tensor:
     windows = _windows_from_lists(input_shape, window, strides)
-    chosen = resolve_backend("occlusion_attribution", backend, diffs.device, _ATTRIBUTION_IMPLS)
-    return _ATTRIBUTION_IMPLS[chosen](diffs, windows)
+    return ATTRIBUTION_BACKENDS.select(backend, diffs.device, diffs.dtype).impl(diffs, windows)
+
+
+_occlusion_attribution_op = torch.library.custom_op("mmxai_fast::occlusion_attribution",
+                                                    mutates_args=())(_occlusion_attribution_impl)
 
 
 @_occlusion_attribution_op.register_fake
@@ -423,7 +311,7 @@ def _(diffs, input_shape, window, strides, backend):
     return diffs.new_empty(tuple(diffs.shape[:-1]) + tuple(input_shape))
 
 
-def occlusion_attribution(diffs: torch.Tensor, windows: OcclusionWindows, *, backend: str = None) -> torch.Tensor:
+def occlusion_attribution(diffs: torch.Tensor, windows: OcclusionWindows, *, backend: Optional[str] = None) -> torch.Tensor:
     """Per-element occlusion attribution from per-window output differences, in one pass.
 
     ``out[..., i]`` is the mean of ``diffs[..., w]`` over the windows ``w`` covering element
@@ -433,7 +321,8 @@ def occlusion_attribution(diffs: torch.Tensor, windows: OcclusionWindows, *, bac
     (Triton) and cast to ``diffs.dtype``.
 
     Elements no window covers (only possible when a stride exceeds its window, which Captum
-    rejects) get ``0 / 0 = NaN``, as Captum's ``total / weights`` would. Captum always returns
+    rejects) get ``0 / 0 = NaN``, as Captum's ``total / weights`` would. A NaN or infinite
+    difference makes every element its window covers NaN or infinite, on every backend. Captum always returns
     float32 (``total.float() / weights``); here the output keeps ``diffs.dtype``.
 
     Args:
@@ -455,5 +344,5 @@ def occlusion_attribution(diffs: torch.Tensor, windows: OcclusionWindows, *, bac
     _require_windows(windows)
     if diffs.dim() < 1 or diffs.shape[-1] != windows.num_windows:
         raise ValueError(f"diffs must have shape (*lead, num_windows={windows.num_windows}), got {tuple(diffs.shape)}")
-    return torch.ops.mmxai_fast.occlusion_attribution(diffs, list(windows.input_shape), list(windows.window),
-                                                      list(windows.strides), backend or "")
+    return run_op("occlusion_attribution", _occlusion_attribution_impl, diffs, list(windows.input_shape),
+                  list(windows.window), list(windows.strides), backend or "")

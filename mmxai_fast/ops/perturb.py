@@ -16,15 +16,22 @@ Naming chain: ``perturb_reference`` (oracle and fallback), ``_perturb_cpu`` (C++
 from __future__ import annotations
 
 from numbers import Real
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
-from .._validation import (require_broadcastable, require_floating, require_ndim, require_same_device,
-                           require_tensor)
+from .._validation import (
+    require_broadcastable,
+    require_floating,
+    require_ndim,
+    require_same_device,
+    require_tensor,
+)
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MASK_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 Baseline = Union[float, int, torch.Tensor]
@@ -127,28 +134,32 @@ def _perturb_reference_checked(x, feature_mask, keep, baseline, validate_ids, ou
     return result if out is None else out.copy_(result)
 
 
-_IMPLS = {"reference": _perturb_reference_checked, "cpu": _perturb_cpu, "triton": _perturb_triton}
+BACKENDS = B.OpBackends("perturb", [
+    B.cpu(_perturb_cpu, dtypes=FLOAT_DTYPES),
+    B.triton(_perturb_triton, dtypes=FLOAT_DTYPES),
+    B.reference(_perturb_reference_checked),
+])
 
 
-@torch.library.custom_op("mmxai_fast::perturb", mutates_args=())
-def _perturb_op(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, baseline: torch.Tensor,
-                validate_ids: bool, backend: str) -> torch.Tensor:
+def _perturb_impl(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, baseline: torch.Tensor,
+                  validate_ids: bool, backend: str) -> torch.Tensor:
     # The backend is resolved here, at run time, so torch.compile never traces the selection.
-    chosen = resolve_backend("perturb", backend, x.device, _IMPLS)
-    return _IMPLS[chosen](x, feature_mask, keep, baseline, validate_ids)
+    return BACKENDS.select(backend, x.device, x.dtype).impl(x, feature_mask, keep, baseline, validate_ids)
+
+
+def _perturb_out_impl(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, baseline: torch.Tensor,
+                      out: torch.Tensor, validate_ids: bool, backend: str) -> None:
+    _check_out_is_separate(out, x, baseline)
+    BACKENDS.select(backend, x.device, x.dtype).impl(x, feature_mask, keep, baseline, validate_ids, out)
+
+
+_perturb_op = torch.library.custom_op("mmxai_fast::perturb", mutates_args=())(_perturb_impl)
+_perturb_out_op = torch.library.custom_op("mmxai_fast::perturb_out", mutates_args=("out",))(_perturb_out_impl)
 
 
 @_perturb_op.register_fake
 def _(x, feature_mask, keep, baseline, validate_ids, backend):
     return x.new_empty((keep.shape[0],) + tuple(x.shape))
-
-
-@torch.library.custom_op("mmxai_fast::perturb_out", mutates_args=("out",))
-def _perturb_out_op(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, baseline: torch.Tensor,
-                    out: torch.Tensor, validate_ids: bool, backend: str) -> None:
-    _check_out_is_separate(out, x, baseline)
-    chosen = resolve_backend("perturb", backend, x.device, _IMPLS)
-    _IMPLS[chosen](x, feature_mask, keep, baseline, validate_ids, out)
 
 
 @_perturb_out_op.register_fake
@@ -188,7 +199,7 @@ def _check_out_is_separate(out: torch.Tensor, x: torch.Tensor, baseline: torch.T
 
 
 def perturb(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, baseline: Baseline = 0.0, *,
-            backend: str = None, validate_ids: bool = True, out: torch.Tensor = None) -> torch.Tensor:
+            backend: Optional[str] = None, validate_ids: bool = True, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Build ``B`` perturbed copies of ``x`` in one pass: features off in ``keep`` get the baseline.
 
     ``out[b, i] = x[i] if keep[b, feature_mask[i]] else baseline[i]``.
@@ -217,6 +228,10 @@ def perturb(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, bas
     Returns:
         ``(B, *S)`` contiguous tensor of ``x.dtype`` on ``x.device`` (``out`` when given).
 
+    NaN/Inf: values are copied, never combined, so NaN/Inf in ``x`` or ``baseline`` appear
+    unchanged exactly where they are selected, on every backend (Captum's ``x * (1 - m) +
+    baseline * m`` would turn ``inf * 0`` into NaN).
+
     Raises:
         TypeError: ``x`` not floating, ``feature_mask`` not integer, ``keep`` not bool, ``baseline``
             neither a real number nor a real tensor.
@@ -239,7 +254,7 @@ def perturb(x: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor, bas
     require_broadcastable(feature_mask.shape, x.shape, "feature_mask", "x")
     baseline = _baseline_tensor(baseline, x)
     if out is None:
-        return torch.ops.mmxai_fast.perturb(x, feature_mask, keep, baseline, bool(validate_ids), backend or "")
+        return run_op("perturb", _perturb_impl, x, feature_mask, keep, baseline, bool(validate_ids), backend or "")
     _check_out(out, x, keep)
-    torch.ops.mmxai_fast.perturb_out(x, feature_mask, keep, baseline, out, bool(validate_ids), backend or "")
+    run_op("perturb_out", _perturb_out_impl, x, feature_mask, keep, baseline, out, bool(validate_ids), backend or "")
     return out

@@ -26,13 +26,25 @@ Naming chain per kernel op: ``*_reference`` (oracle and fallback), ``_*_cpu`` (C
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Tuple
 
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._kernels import cpu_supports, dtype_code, triton_module
-from .._validation import require_floating, require_integer, require_ndim, require_same_device, require_tensor
+from .._validation import (
+    require_disjoint,
+    require_floating,
+    require_integer,
+    require_ndim,
+    require_same_device,
+    require_tensor,
+)
+from .shapley_sampling import (  # public here too
+    random_permutations,
+    shapley_prefix_rows,
+)
 
 __all__ = [
     "random_permutations",
@@ -43,92 +55,6 @@ __all__ = [
     "shapley_accumulate_reference",
     "shapley_stats",
 ]
-
-
-# ----------------------------------------------------------------------------- permutations
-
-
-def _non_negative_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return value
-
-
-def random_permutations(num_permutations: int, num_features: int, *,
-                        generator: Optional[torch.Generator] = None,
-                        device: Union[str, torch.device, None] = None,
-                        antithetic: bool = False) -> torch.Tensor:
-    """Uniformly random permutations of ``0 .. num_features - 1``, drawn on the device.
-
-    Each row is the argsort of float64 uniform noise (ties, which would bias the draw, have
-    probability about ``F**2 / 2**54``).
-
-    Args:
-        num_permutations: ``P >= 0``, the number of rows.
-        num_features: ``F >= 1``.
-        generator: optional ``torch.Generator``; it must live on ``device``.
-        device: where to draw; default the generator's device, else CPU.
-        antithetic: if True, rows ``2k + 1`` are rows ``2k`` reversed (``P`` must be even).
-
-    Returns:
-        ``[P, F]`` int64 tensor, each row a permutation.
-
-    Raises:
-        ValueError: negative ``P``, ``F < 1``, odd ``P`` with ``antithetic``, or a generator on
-            another device.
-    """
-    _non_negative_int(num_permutations, "num_permutations")
-    _non_negative_int(num_features, "num_features")
-    if num_features < 1:
-        raise ValueError(f"num_features must be >= 1, got {num_features}")
-    if antithetic and num_permutations % 2:
-        raise ValueError(f"num_permutations must be even with antithetic=True, got {num_permutations}")
-    if device is None:
-        device = generator.device if generator is not None else torch.device("cpu")
-    device = torch.device(device)
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"generator is on {generator.device}, but device is {device}")
-    draws = num_permutations // 2 if antithetic else num_permutations
-    noise = torch.rand((draws, num_features), generator=generator, device=device, dtype=torch.float64)
-    perms = noise.argsort(dim=1)
-    if antithetic:
-        perms = torch.stack((perms, perms.flip(1)), dim=1).reshape(num_permutations, num_features)
-    return perms
-
-
-def shapley_prefix_rows(num_permutations: int, num_features: int, include_empty: bool = False,
-                        include_full: bool = True, *,
-                        device: Union[str, torch.device, None] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The ``(perm_index, prefix_size)`` rows of a permutation walk, in Captum's order.
-
-    Captum evaluates the baseline (prefix 0) once, then for every permutation the prefixes
-    ``1 .. F``: rows are permutation-major, prefix size ascending. Prefix 0 (all features
-    removed) and prefix ``F`` (none removed) are the same coalition for every permutation; leave
-    them out (``include_empty=False``, ``include_full=False``) to evaluate them once yourself.
-
-    Args:
-        num_permutations: ``P >= 0``.
-        num_features: ``F >= 1``.
-        include_empty: include prefix size 0 for each permutation.
-        include_full: include prefix size ``F`` for each permutation.
-        device: device of the returned tensors (default CPU).
-
-    Returns:
-        ``(perm_index, prefix_size)``, two int64 tensors of length
-        ``R = P * (F - 1 + include_empty + include_full)``.
-
-    Raises:
-        ValueError: negative ``P`` or ``F < 1``.
-    """
-    _non_negative_int(num_permutations, "num_permutations")
-    _non_negative_int(num_features, "num_features")
-    if num_features < 1:
-        raise ValueError(f"num_features must be >= 1, got {num_features}")
-    first = 0 if include_empty else 1
-    last = num_features if include_full else num_features - 1
-    sizes = torch.arange(first, last + 1, dtype=torch.int64, device=device)
-    perm_index = torch.arange(num_permutations, dtype=torch.int64, device=device).repeat_interleave(sizes.numel())
-    return perm_index, sizes.repeat(num_permutations)
 
 
 def _ranks_reference(perms: torch.Tensor) -> torch.Tensor:
@@ -193,13 +119,13 @@ def _shapley_coalitions_triton(perms, perm_index, prefix_size):
     return out
 
 
-_COALITION_IMPLS = {"reference": shapley_coalitions_reference, "cpu": _shapley_coalitions_cpu,
-                    "triton": _shapley_coalitions_triton}
+COALITION_BACKENDS = B.OpBackends("shapley_coalitions", [
+    B.cpu(_shapley_coalitions_cpu), B.triton(_shapley_coalitions_triton), B.reference(shapley_coalitions_reference),
+])
 
 
-@torch.library.custom_op("mmxai_fast::shapley_coalitions", mutates_args=())
-def _shapley_coalitions_op(perms: torch.Tensor, perm_index: torch.Tensor, prefix_size: torch.Tensor,
-                           check_permutations: bool, backend: str) -> torch.Tensor:
+def _shapley_coalitions_impl(perms: torch.Tensor, perm_index: torch.Tensor, prefix_size: torch.Tensor,
+                             check_permutations: bool, backend: str) -> torch.Tensor:
     _check_perms(perms, check_permutations)
     num_perms, num_features = perms.shape
     if perm_index.numel():
@@ -210,8 +136,11 @@ def _shapley_coalitions_op(perms: torch.Tensor, perm_index: torch.Tensor, prefix
         if low < 0 or high > num_features:
             raise ValueError(f"prefix_size values must be in [0, {num_features}], got min {low} and max {high}")
     # The backend is resolved here, at run time, so torch.compile never traces the selection.
-    chosen = resolve_backend("shapley_coalitions", backend, perms.device, _COALITION_IMPLS)
-    return _COALITION_IMPLS[chosen](perms, perm_index, prefix_size)
+    return COALITION_BACKENDS.select(backend, perms.device, perms.dtype).impl(perms, perm_index, prefix_size)
+
+
+_shapley_coalitions_op = torch.library.custom_op("mmxai_fast::shapley_coalitions",
+                                                 mutates_args=())(_shapley_coalitions_impl)
 
 
 @_shapley_coalitions_op.register_fake
@@ -262,8 +191,8 @@ def shapley_coalitions(perms: torch.Tensor, perm_index: torch.Tensor, prefix_siz
     if perm_index.shape[0] != prefix_size.shape[0]:
         raise ValueError(f"perm_index and prefix_size must have the same length, got "
                          f"{perm_index.shape[0]} and {prefix_size.shape[0]}")
-    return torch.ops.mmxai_fast.shapley_coalitions(perms, perm_index, prefix_size, bool(check_permutations),
-                                                   backend or "")
+    return run_op("shapley_coalitions", _shapley_coalitions_impl, perms, perm_index, prefix_size,
+                  bool(check_permutations), backend or "")
 
 
 # ----------------------------------------------------------------------------- accumulation
@@ -323,24 +252,32 @@ def _shapley_accumulate_triton(outputs, perms, sums, sumsq):
     _copy_back(sums, sumsq, flat_sums, flat_sumsq)
 
 
-_ACCUMULATE_IMPLS = {"reference": shapley_accumulate_reference, "cpu": _shapley_accumulate_cpu,
-                     "triton": _shapley_accumulate_triton}
+def _cpu_accumulate_limits(outputs, sums) -> List[str]:
+    if not (cpu_supports(outputs.dtype) and cpu_supports(sums.dtype)):
+        return [f"cpu kernel does not handle {outputs.dtype} -> {sums.dtype}"]
+    return []
 
 
-@torch.library.custom_op("mmxai_fast::shapley_accumulate", mutates_args=("sums", "sumsq"))
-def _shapley_accumulate_op(outputs: torch.Tensor, perms: torch.Tensor, sums: torch.Tensor,
-                           sumsq: Optional[torch.Tensor], check_permutations: bool, backend: str) -> None:
+ACCUMULATE_BACKENDS = B.OpBackends("shapley_accumulate", [
+    B.cpu(_shapley_accumulate_cpu, limits=_cpu_accumulate_limits), B.triton(_shapley_accumulate_triton),
+    B.reference(shapley_accumulate_reference),
+])
+
+
+def _shapley_accumulate_impl(outputs: torch.Tensor, perms: torch.Tensor, sums: torch.Tensor,
+                             sumsq: Optional[torch.Tensor], check_permutations: bool, backend: str) -> None:
+    # Memory checks here, not in the public function: torch.compile cannot trace storage pointers.
+    for name, t in (("outputs", outputs), ("perms", perms)) + ((("sumsq", sumsq),) if sumsq is not None else ()):
+        require_disjoint(name, t, "sums", sums)
+    if sumsq is not None:
+        require_disjoint("outputs", outputs, "sumsq", sumsq)
     _check_perms(perms, check_permutations)
-    if sumsq is not None and sumsq.numel() and sumsq.data_ptr() == sums.data_ptr():
-        raise ValueError("sumsq must not be the same tensor (memory) as sums")
+    chosen = ACCUMULATE_BACKENDS.select(backend, outputs.device, outputs.dtype, (outputs, sums))
+    chosen.impl(outputs, perms, sums, sumsq)
 
-    def reasons(name: str) -> List[str]:
-        if name == "cpu" and not (cpu_supports(outputs.dtype) and cpu_supports(sums.dtype)):
-            return [f"cpu kernel does not handle {outputs.dtype} -> {sums.dtype}"]
-        return []
 
-    chosen = resolve_backend("shapley_accumulate", backend, outputs.device, _ACCUMULATE_IMPLS, reasons)
-    _ACCUMULATE_IMPLS[chosen](outputs, perms, sums, sumsq)
+_shapley_accumulate_op = torch.library.custom_op("mmxai_fast::shapley_accumulate",
+                                                 mutates_args=("sums", "sumsq"))(_shapley_accumulate_impl)
 
 
 @_shapley_accumulate_op.register_fake
@@ -397,12 +334,16 @@ def shapley_accumulate(outputs: torch.Tensor, perms: torch.Tensor, sums: torch.T
     Raises:
         TypeError: non-tensor arguments, non-floating ``outputs``/``sums``, integer-less ``perms``,
             or ``sumsq`` of another dtype than ``sums``.
-        ValueError: shape mismatches, different devices, ``sumsq`` aliasing ``sums``, or ``perms``
-            values out of range.
+        ValueError: shape mismatches, different devices, ``sums``/``sumsq`` sharing memory (even
+            partly) with each other or with ``outputs``/``perms``, or ``perms`` values out of range.
+
+    NaN/Inf: a NaN or infinite output makes the marginals that use it (and so the sums of the
+    features they credit) NaN or infinite on every backend; other features are unaffected.
         BackendUnavailableError: an explicitly requested backend cannot run.
     """
     _check_accumulate_args(outputs, perms, sums, sumsq)
-    torch.ops.mmxai_fast.shapley_accumulate(outputs, perms, sums, sumsq, bool(check_permutations), backend or "")
+    run_op("shapley_accumulate", _shapley_accumulate_impl, outputs, perms, sums, sumsq, bool(check_permutations),
+           backend or "")
 
 
 # ----------------------------------------------------------------------------- statistics

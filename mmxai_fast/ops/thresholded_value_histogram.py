@@ -4,9 +4,11 @@ The kernel behind Dynamic Window-based Training's window selection (RadiomicGAN,
 background.md section 3): count the HU values of the pixels whose Grad-CAM value exceeds
 ``th_fail``, one histogram per image, in one pass and without sorting.
 
-Policy: floating values are rounded half to even (``torch.round``) before binning; values outside
-``[low, high]`` (and NaN/inf) are not counted; an element counts when ``score > threshold``
-compared exactly (in float64), so a NaN score never counts.
+Policy (NaN/Inf, identical on every backend): floating values are rounded half to even
+(``torch.round``) and then compared with ``[low, high]`` as exact integers (a value near 2**62
+lands in its own bin); values outside ``[low, high]`` and NaN/inf values are not counted; an
+element counts when ``score > threshold`` compared exactly (in float64), so a NaN score never
+counts and a NaN ``threshold`` is rejected.
 
 Naming chain: ``thresholded_value_histogram_reference`` (oracle and fallback),
 ``_thresholded_value_histogram_cpu`` (C++ ``csrc/cpu/thresholded_value_histogram_cpu.cpp``),
@@ -15,11 +17,12 @@ Naming chain: ``thresholded_value_histogram_reference`` (oracle and fallback),
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Optional
 
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
 from .._validation import require_floating, require_tensor
 
@@ -49,8 +52,12 @@ def thresholded_value_histogram_reference(values: torch.Tensor, scores: torch.Te
     counts = []
     for v, s in zip(rows_v, rows_s):
         v = v[s.double() > threshold]
-        v = torch.round(v.double()) if v.is_floating_point() else v.long()
-        v = v[(v >= low) & (v <= high)].long() - low  # NaN compares false
+        if v.is_floating_point():
+            # Compare as int64, never as double: near 2**62 doubles cannot tell low from low + 1.
+            v = torch.round(v.double())
+            v = v[torch.isfinite(v) & (v.abs() < 2.0 ** 63)]
+        v = v.long()
+        v = v[(v >= low) & (v <= high)] - low
         counts.append(torch.bincount(v, minlength=bins))
     if not counts:
         return torch.zeros((0, bins), dtype=torch.int64, device=values.device)
@@ -77,15 +84,37 @@ def _thresholded_value_histogram_triton(values, scores, threshold, low, high, ba
     return counts if batch_dims else counts[0]
 
 
-_IMPLS = {"reference": thresholded_value_histogram_reference, "cpu": _thresholded_value_histogram_cpu,
-          "triton": _thresholded_value_histogram_triton}
+def _exact_integer_values(values: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """Floating ``values`` as int64 (rounded), non-finite or huge ones mapped outside ``[low, high]``."""
+    rounded = torch.round(values.double())
+    outside = low - 1 if low > -2**63 else high + 1
+    fits = torch.isfinite(rounded) & (rounded.abs() < 2.0 ** 63)
+    return torch.where(fits, rounded, torch.zeros((), dtype=torch.float64, device=values.device)).long() \
+        .masked_fill_(~fits, outside)
 
 
-@torch.library.custom_op("mmxai_fast::thresholded_value_histogram", mutates_args=())
-def _thresholded_value_histogram_op(values: torch.Tensor, scores: torch.Tensor, threshold: float, low: int,
-                                    high: int, batch_dims: int, backend: str) -> torch.Tensor:
-    chosen = resolve_backend("thresholded_value_histogram", backend, values.device, _IMPLS)
-    return _IMPLS[chosen](values, scores, threshold, low, high, batch_dims)
+def _thresholded_value_histogram_triton_exact(values, scores, threshold, low, high, batch_dims):
+    # The Triton kernel bins floating values through doubles, which cannot tell low from low + 1
+    # beyond 2**53: there the values are rounded to int64 first (the integer path is exact).
+    if values.is_floating_point() and max(abs(low), abs(high)) >= 2**53:
+        values = _exact_integer_values(values, low, high)
+    return _thresholded_value_histogram_triton(values, scores, threshold, low, high, batch_dims)
+
+
+BACKENDS = B.OpBackends("thresholded_value_histogram", [
+    B.cpu(_thresholded_value_histogram_cpu), B.triton(_thresholded_value_histogram_triton_exact),
+    B.reference(thresholded_value_histogram_reference),
+])
+
+
+def _thresholded_value_histogram_impl(values: torch.Tensor, scores: torch.Tensor, threshold: float, low: int,
+                                      high: int, batch_dims: int, backend: str) -> torch.Tensor:
+    chosen = BACKENDS.select(backend, values.device, values.dtype)
+    return chosen.impl(values, scores, threshold, low, high, batch_dims)
+
+
+_thresholded_value_histogram_op = torch.library.custom_op(
+    "mmxai_fast::thresholded_value_histogram", mutates_args=())(_thresholded_value_histogram_impl)
 
 
 @_thresholded_value_histogram_op.register_fake
@@ -101,7 +130,7 @@ def _check_int(value, name: str) -> int:
 
 
 def thresholded_value_histogram(values: torch.Tensor, scores: torch.Tensor, threshold: float, low: int,
-                                high: int, *, batch_dims: int = 0, backend: str = None) -> torch.Tensor:
+                                high: int, *, batch_dims: int = 0, backend: Optional[str] = None) -> torch.Tensor:
     """Counts of each integer value in ``[low, high]`` over the elements whose score exceeds
     ``threshold``: ``counts[b, v - low] = #{i : round(values[b, i]) == v and scores[b, i] > threshold}``.
 
@@ -127,7 +156,8 @@ def thresholded_value_histogram(values: torch.Tensor, scores: torch.Tensor, thre
     Raises:
         TypeError: ``values`` of an unsupported dtype, ``scores`` not floating, ``low``/``high``
             not ints, ``threshold`` not a real number.
-        ValueError: shapes or devices differ, ``high < low``, too many bins, bad ``batch_dims``.
+        ValueError: shapes or devices differ, ``high < low``, too many bins, bad ``batch_dims``,
+            NaN ``threshold``.
         BackendUnavailableError: an explicitly requested backend cannot run.
     """
     require_tensor(values, "values")
@@ -141,6 +171,8 @@ def thresholded_value_histogram(values: torch.Tensor, scores: torch.Tensor, thre
         raise ValueError(f"scores must be on the device of values ({values.device}), got {scores.device}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(f"threshold must be a real number, got {threshold!r}")
+    if threshold != threshold:
+        raise ValueError(f"threshold must not be NaN (no score would count), got {threshold!r}")
     low, high = _check_int(low, "low"), _check_int(high, "high")
     if high < low or high - low + 1 > MAX_BINS:
         raise ValueError(f"need low <= high with at most {MAX_BINS} bins, got low={low}, high={high}")
@@ -148,5 +180,5 @@ def thresholded_value_histogram(values: torch.Tensor, scores: torch.Tensor, thre
         raise ValueError(f"batch_dims must be 0 or 1, got {batch_dims!r}")
     if batch_dims == 1 and values.dim() == 0:
         raise ValueError("values must have a batch dim (B, ...) when batch_dims=1, got a 0-dim tensor")
-    return torch.ops.mmxai_fast.thresholded_value_histogram(values, scores, float(threshold), low, high,
-                                                            batch_dims, backend or "")
+    return run_op("thresholded_value_histogram", _thresholded_value_histogram_impl, values, scores,
+                  float(threshold), low, high, batch_dims, backend or "")

@@ -22,13 +22,15 @@ indices is ``codeword_histogram`` (``ops/codeword_histogram.py``).
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+import math
+from typing import List, Optional, Tuple
 
 import torch
 
-from .._backends import compiled_module, resolve_backend
+from .. import _backends as B
+from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
-from .._validation import require_integer, require_ndim, require_same_device, require_tensor
+from .._validation import require_ndim, require_same_device, require_tensor
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The reference materialises at most this many float64 differences at once (64 MiB).
@@ -94,22 +96,43 @@ def _vq_nearest_triton(z, codebook):
     return indices, dist
 
 
-_VQ_IMPLS = {"reference": vq_nearest_reference, "cpu": _vq_nearest_cpu, "triton": _vq_nearest_triton}
+def _cpu_limits(z, codebook) -> List[str]:
+    if codebook.shape[0] > _MAX_CODEWORDS:
+        return [f"cpu kernel takes at most {_MAX_CODEWORDS} codewords, got {codebook.shape[0]}"]
+    return []
 
 
-def _vq_input_reasons(codebook):
-    def reasons(backend: str) -> List[str]:
-        if backend == "cpu" and codebook.shape[0] > _MAX_CODEWORDS:
-            return [f"cpu kernel takes at most {_MAX_CODEWORDS} codewords, got {codebook.shape[0]}"]
-        return []
-    return reasons
+BACKENDS = B.OpBackends("vq_nearest", [
+    B.cpu(_vq_nearest_cpu, dtypes=_FLOAT_DTYPES, limits=_cpu_limits),
+    B.triton(_vq_nearest_triton, dtypes=_FLOAT_DTYPES),
+    B.reference(vq_nearest_reference),
+])
 
 
-@torch.library.custom_op("mmxai_fast::vq_nearest", mutates_args=())
-def _vq_nearest_op(z: torch.Tensor, codebook: torch.Tensor, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def _vq_nearest_impl(z: torch.Tensor, codebook: torch.Tensor, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
     # The backend is resolved here, at run time, so torch.compile never traces the selection.
-    chosen = resolve_backend("vq_nearest", backend, z.device, _VQ_IMPLS, _vq_input_reasons(codebook))
-    return _VQ_IMPLS[chosen](z, codebook)
+    chosen = BACKENDS.select(backend, z.device, z.dtype, (z, codebook))
+    # Non-finite values are handled here, identically for every backend (see vq_nearest).
+    finite_codewords = torch.isfinite(codebook).all(dim=1)
+    kept = None
+    if not bool(finite_codewords.all()):  # one K-element sync
+        kept = finite_codewords.nonzero()[:, 0]
+        if kept.numel() == 0:
+            raise ValueError(f"codebook must hold at least one finite codeword, got {codebook.shape[0]} "
+                             "codewords each with a NaN or infinite entry")
+        codebook = codebook[kept]
+    indices, dist = chosen.impl(z, codebook)
+    if kept is not None:
+        indices = kept[indices]
+    if z.numel():
+        bad = ~torch.isfinite(z).all(dim=1)
+        no_answer = torch.where(torch.isnan(z).any(dim=1), math.nan, math.inf).to(dist.dtype)
+        indices = torch.where(bad, torch.full_like(indices, -1), indices)
+        dist = torch.where(bad, no_answer, dist)
+    return indices, dist
+
+
+_vq_nearest_op = torch.library.custom_op("mmxai_fast::vq_nearest", mutates_args=())(_vq_nearest_impl)
 
 
 @_vq_nearest_op.register_fake
@@ -118,7 +141,7 @@ def _(z, codebook, backend):
     return z.new_empty((n,), dtype=torch.int64), z.new_empty((n,))
 
 
-def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *, backend: str = None
+def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *, backend: Optional[str] = None
                ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Nearest codeword of every row of ``z`` (VQ-VAE quantisation lookup).
 
@@ -131,11 +154,17 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *, backend: str = None
         ``(indices, sq_dist)``: int64 ``(N,)`` with ``argmin_k ||z_n - e_k||^2`` (ties to the lowest
         index), and ``(N,)`` squared distances in ``z.dtype``, clamped at 0.
 
+    NaN/Inf, identical on every backend: a row of ``z`` with a NaN or infinite entry has no nearest
+    codeword: index ``-1`` (which :func:`codeword_histogram` rejects) and ``sq_dist`` NaN (a NaN
+    entry) or ``inf`` (infinite entries only); it never reads as an exact match. Codewords with
+    a NaN or infinite entry are never chosen and change no other row's answer. A distance that
+    overflows ``z.dtype`` for finite inputs is ``inf``.
+
     Raises:
         TypeError: ``z`` or ``codebook`` is not a tensor, not of a supported floating dtype, or
             their dtypes differ.
         ValueError: wrong number of dims, feature sizes differ, ``K == 0`` or ``D == 0``,
-            different devices.
+            different devices, or no codeword is finite.
         BackendUnavailableError: an explicitly requested backend cannot run.
     """
     require_tensor(z, "z")
@@ -154,4 +183,4 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *, backend: str = None
         raise ValueError(f"codebook feature size D must be >= 1, got shape {tuple(codebook.shape)}")
     if z.shape[1] != codebook.shape[1]:
         raise ValueError(f"z feature size must match codebook's D={codebook.shape[1]}, got z of shape {tuple(z.shape)}")
-    return torch.ops.mmxai_fast.vq_nearest(z, codebook, backend or "")
+    return run_op("vq_nearest", _vq_nearest_impl, z, codebook, backend or "")
