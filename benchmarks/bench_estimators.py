@@ -25,6 +25,7 @@ the real CNN within 5% of FeatureAblation's (same chunk size, interleaved repeat
 from __future__ import annotations
 
 import argparse
+
 import os
 import statistics
 import sys
@@ -198,7 +199,10 @@ def main(argv=None) -> int:
     parser.add_argument("--features", type=int, help="superpixels (default 16, --quick 12)")
     parser.add_argument("--seeds", type=int, help="seeds per point (default 30, --quick 20)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "estimators.json"))
+    parser.add_argument("--extra-path", action="append", default=[],
+                        help="folder appended to sys.path (e.g. a `pip install --target` with shapiq)")
     args = parser.parse_args(argv)
+    sys.path.extend(args.extra_path)
     features = args.features or (12 if args.quick else 16)
     seeds = list(range(args.seeds or (20 if args.quick else 30)))
     size = 24 if args.quick else 32
