@@ -125,7 +125,7 @@ def shapiq_runs(game: TableGame, method: str, budgets, seeds):
     }
 
     def np_game(coalitions):
-        return game(torch.from_numpy(np.asarray(coalitions, dtype=bool))).numpy()
+        return game(torch.from_numpy(np.atleast_2d(np.asarray(coalitions, dtype=bool)))).numpy()
     out = {}
     for budget in budgets:
         estimates, calls = [], []
