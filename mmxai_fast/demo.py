@@ -269,8 +269,6 @@ def modality_ranking(importance: Dict[str, float]) -> List[str]:
     return sorted(importance, key=lambda name: -importance[name])
 
 
-
-
 def phantom_case(phantom: BrainPhantom, voxel_mm: float = 4.0) -> "Case":
     """The phantom as a :class:`~mmxai_fast.pipeline.Case`: foreground = the head, roi = the tumour,
     an isotropic ``voxel_mm`` grid centred on the origin (a 48^3 phantom at 4 mm is a 19 cm head box)."""
@@ -333,17 +331,6 @@ def _overview_figure(case, explanations: Dict[str, "Explanation"]):
     return fig
 
 
-def _png_bytes(figure) -> bytes:
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
 def _summary_markdown(result: "DemoResult") -> str:
     cfg = result.config
     lines = [
@@ -398,7 +385,7 @@ def run_demo(out_dir, config: Optional[DemoConfig] = None, anatomy: str = "phant
         ImportError: ``anatomy="mni152"`` without nilearn.
     """
     from .pipeline import Baseline, Superpixels, explain, resolve_method, write_explanation
-    from .pipeline.outputs import write_files_atomically
+    from .pipeline.outputs import _png_bytes, write_files_atomically
 
     config = config or DemoConfig()
     if isinstance(methods, str) or not methods:

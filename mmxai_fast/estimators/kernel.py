@@ -283,8 +283,7 @@ class RegressionAdjustedState:
         count = self.first.shape[0]
         halves = [torch.arange(count, device=self.device) % 2 == h for h in (0, 1)]
         if count < 4:
-            predict, phi_g = self._fit(self.first, self.values[:, 0])
-            ends = torch.tensor([self.full, self.empty], dtype=torch.float64, device=self.device)
+            _, phi_g = self._fit(self.first, self.values[:, 0])
             return phi_g, torch.full_like(phi_g, float("inf"))
         estimates, variances = [], []
         ends_rows = _ends(self.num, self.device)
