@@ -56,7 +56,7 @@ def _per_feature(values, mask):
 
 def test_sharded_shapley_estimates_exact_shapley_values_within_standard_errors():
     model, x, mask = _problem()
-    result = sharded_shapley_sampling(model, x, mask, 0.0, 1, 300, seed=3, chunk=16)
+    result = sharded_shapley_sampling(model, x, mask, 0.0, 1, 120, seed=3, chunk=128)
     phi = _exact_shapley(model, x, mask, 1)
     estimate, stderr = _per_feature(result.attributions, mask), _per_feature(result.stderr, mask)
     assert (stderr > 0).all()
