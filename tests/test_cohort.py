@@ -163,13 +163,15 @@ def test_cohort_cli_writes_cases_skips_them_on_rerun_and_lists_failures(tmp_path
     (broken / "Case_002" / "Case_002_flair.nii.gz").unlink()  # missing modality
     out = tmp_path / "out"
     assert _cli(broken, model, out) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["Case_000", "failures.json", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["Case_000", "failures.json", "index.html", "manifest.json"]
+    index = (out / "index.html").read_text()
+    assert "Case_000/viewer.html" in index and "iVBORw0KGgo" in index  # the link and a PNG thumbnail
     failures = json.loads((out / "failures.json").read_text())
     assert [f["case"] for f in failures] == ["Case_001", "Case_002"]
     assert "Case_001_t2.nii.gz" in failures[0]["error"] and "expected one *_flair.nii.gz" in failures[1]["error"]
     files = sorted(p.name for p in (out / "Case_000").iterdir())
     assert files == sorted([f"{m}_{kind}.nii.gz" for m in MODALITIES for kind in ("heatmap", "stderr")]
-                           + ["heatmaps.png", "importance.json", "importance.png", "summary.json"])
+                           + ["heatmaps.png", "importance.json", "importance.png", "summary.json", "viewer.html"])
     summary = json.loads((out / "Case_000" / "summary.json").read_text())
     assert summary["settings"]["stderr"]["max"] > 0
     manifest = read_manifest(out)

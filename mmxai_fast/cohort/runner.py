@@ -27,6 +27,7 @@ import torch
 
 from .case_job import SHAPLEY, WORK_DIR, CohortSettings, explain_case, load_spec, publish_case
 from .discovery import CaseSpec
+from .index import write_index
 from .distributed import Dist
 from .manifest import ManifestError, atomic_write_bytes, model_weights_hash, open_manifest, settings_hash, \
     write_manifest
@@ -209,6 +210,7 @@ def run_cohort(specs: Sequence[CaseSpec], model: torch.nn.Module, out_dir: Union
 
             atomic_write_bytes(out / FAILURES_NAME, (json.dumps(failures, indent=2) + "\n").encode())
             finished = _finished(out, specs)
+            write_index(out, finished)
             write_manifest(out, settings_dict, model_hash, finished)
             # every case was attempted: what is left in .work is staging debris (checkpoints
             # belong to finished cases and were removed with them)
