@@ -19,9 +19,14 @@ __all__ = ["add_run_parser", "run_script"]
 
 def run_script(script: str, args: List[str], *, batch: str = "auto", report: bool = False,
                channels_last: str = "auto", autocast: Optional[str] = None, compile: bool = False,
-               cuda_graphs: bool = False, inference_mode: bool = True) -> int:
-    """Run ``script`` patched; returns its exit code (exceptions propagate)."""
-    from .attr._model_policy import ModelPolicy, format_report, reset_report
+               cuda_graphs: bool = False, inference_mode: bool = True, profile: bool = False,
+               trace: Optional[str] = None) -> int:
+    """Run ``script`` patched; returns its exit code (exceptions propagate). ``profile``: run it
+    under :func:`mmxai_fast.profiling.profile_attributions` and print the breakdown per attribution
+    call and per phase at exit (``trace``: also write a Chrome trace)."""
+    import contextlib
+
+    from .attr._model_policy import ModelPolicy, format_calls, format_report, reset_report
     from .attr._patch import patch_captum, unpatch_captum
 
     layout = {"auto": "auto", "on": True, "off": False}[channels_last]
@@ -34,17 +39,28 @@ def run_script(script: str, args: List[str], *, batch: str = "auto", report: boo
     unpatch_captum()
     patch_captum(policy=policy)
     code = 0
+    if profile:
+        from .profiling import profile_attributions
+
+        profiling = profile_attributions(trace=trace)
+    else:
+        profiling = contextlib.nullcontext()
     try:
-        runpy.run_path(script, run_name="__main__")
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if not isinstance(exc.code, int) and exc.code is not None:
-            print(exc.code, file=sys.stderr)
+        with profiling as prof:
+            try:
+                runpy.run_path(script, run_name="__main__")
+            except SystemExit as exc:  # inside the profiler's block, so it still records the trace
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if not isinstance(exc.code, int) and exc.code is not None:
+                    print(exc.code, file=sys.stderr)
     finally:
         unpatch_captum()
         sys.argv, sys.path[:] = saved_argv, saved_path
         if report:
             print(format_report(), file=sys.stderr)
+    if profile:
+        print(format_calls(), file=sys.stderr)
+        print(prof.report(), file=sys.stderr)
     return code
 
 
@@ -53,7 +69,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.parser.exit(2, f"mmxai-fast run: error: SCRIPT must be an existing file, got {args.script!r}\n")
     return run_script(args.script, args.args, batch=args.batch, report=args.report,
                       channels_last=args.channels_last, autocast=args.autocast, compile=args.compile,
-                      cuda_graphs=args.cuda_graphs, inference_mode=not args.no_inference_mode)
+                      cuda_graphs=args.cuda_graphs, inference_mode=not args.no_inference_mode,
+                      profile=args.profile or args.trace is not None, trace=args.trace)
 
 
 def add_run_parser(sub) -> None:
@@ -64,6 +81,9 @@ def add_run_parser(sub) -> None:
                           "batching is safe; keep: the script's value")
     run.add_argument("--report", action="store_true",
                      help="at exit, print per method: calls, model evaluations, time in the model, engine time")
+    run.add_argument("--profile", action="store_true",
+                     help="at exit, print the breakdown per attribution call and per phase (torch.profiler)")
+    run.add_argument("--trace", metavar="TRACE.json", help="with --profile: write a Chrome trace (Perfetto)")
     run.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                      help="feed 3D inputs in channels_last_3d: auto (when measured faster), on, off")
     run.add_argument("--autocast", choices=("bf16", "fp16"), help="run the model under autocast (opt-in)")

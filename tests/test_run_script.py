@@ -68,3 +68,12 @@ def test_missing_script_is_one_line_exit_2(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SCRIPT must be an existing file" in err[0]
+
+
+def test_profile_prints_each_attribution_call_and_the_phases(script, tmp_path, capsys):
+    trace = tmp_path / "trace.json"
+    assert main(["run", "--profile", "--trace", str(trace), str(script), "0"]) == 0
+    err = capsys.readouterr().err
+    assert "#1 FeatureAblation:" in err and "9 evaluations" in err
+    assert "model" in err and "engine" in err and "evaluations/s" in err
+    assert trace.stat().st_size > 0

@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["ModelPolicy", "ModelRunner", "REPORT", "format_report", "reset_report"]
+__all__ = ["CALLS", "ModelPolicy", "ModelRunner", "REPORT", "format_calls", "format_report", "reset_report"]
 
 #: Bytes of perturbed inputs per model call that ``batch="auto"`` may use (CPU; on CUDA an eighth
 #: of the free memory).
@@ -80,10 +80,23 @@ class MethodStats:
 
 
 REPORT: Dict[str, MethodStats] = defaultdict(MethodStats)
+#: One entry per attribute call: (class name, wall s, model s, model evaluations).
+CALLS: List[Tuple[str, float, float, int]] = []
 
 
 def reset_report() -> None:
     REPORT.clear()
+    CALLS.clear()
+
+
+def format_calls() -> str:
+    """Per attribution call: wall time, time in the model and the engine's share."""
+    lines = ["mmxai-fast profile: per attribution call"]
+    for i, (name, wall, model, evaluations) in enumerate(CALLS, 1):
+        engine = max(0.0, wall - model)
+        lines.append(f"  #{i} {name}: {wall:.3f} s, model {model:.3f} s ({100 * model / wall if wall else 0:.0f}%), "
+                     f"engine {engine:.3f} s, {evaluations} evaluations ({evaluations / wall if wall else 0:.1f}/s)")
+    return "\n".join(lines)
 
 
 def format_report() -> str:

@@ -36,7 +36,7 @@ import captum.attr
 import torch
 
 from . import feature_ablation, feature_permutation, kernel_shap, lime, occlusion, shapley_value
-from ._model_policy import REPORT, ModelPolicy, ModelRunner
+from ._model_policy import CALLS, REPORT, ModelPolicy, ModelRunner
 
 __all__ = ["patch_captum", "unpatch_captum"]
 
@@ -107,7 +107,7 @@ def _policy_attribute(original: Callable, policy: ModelPolicy) -> Callable:
         forward = self.forward_func
         num_examples = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() else 1
         runner = ModelRunner(forward, policy, stats, num_examples)
-        start = time.perf_counter()
+        start, model_before, evaluations_before = time.perf_counter(), stats.model_s, stats.evaluations
         _local.active = True
         self.forward_func = runner
         try:
@@ -119,8 +119,10 @@ def _policy_attribute(original: Callable, policy: ModelPolicy) -> Callable:
         finally:
             self.forward_func = forward
             _local.active = False
+            wall = time.perf_counter() - start
             stats.calls += 1
-            stats.wall_s += time.perf_counter() - start
+            stats.wall_s += wall
+            CALLS.append((type(self).__name__, wall, stats.model_s - model_before, stats.evaluations - evaluations_before))
 
     return attribute
 
