@@ -11,7 +11,7 @@ import importlib
 import inspect
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -206,11 +206,8 @@ def resolve_layer(model: nn.Module, layer: Union[None, str, nn.Module]) -> nn.Mo
 
 
 def _perturbation_class(name: str):
-    """The engine's class when this install has it, else Captum's."""
-    attr = importlib.import_module("mmxai_fast.attr")
-    if hasattr(attr, name):
-        return getattr(attr, name), True
-    return getattr(importlib.import_module("captum.attr"), name), False
+    """The engine's class (all perturbation methods are on the engine)."""
+    return getattr(importlib.import_module("mmxai_fast.attr"), name)
 
 
 def _constructor_kwargs(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -228,7 +225,7 @@ def _method_classes(name: str):
     import captum.attr as ca
 
     if name in PERTURBATION_METHODS:
-        return [_perturbation_class(name)[0]]
+        return [_perturbation_class(name)]
     if name == "SmoothGrad":
         return [ca.NoiseTunnel, ca.Saliency]
     return [getattr(ca, name)]
@@ -271,9 +268,9 @@ def _default_occlusion_window(image: Tensor) -> Tuple[int, ...]:
 
 
 def _run_perturbation(name, model, x, base, target, mask, kwargs, show_progress, baseline: Baseline, case):
-    cls, on_engine = _perturbation_class(name)
+    cls = _perturbation_class(name)
     kwargs = dict(kwargs)
-    kwargs.setdefault("perturbations_per_eval", "auto" if on_engine else 1)
+    kwargs.setdefault("perturbations_per_eval", "auto")
     kwargs.setdefault("show_progress", show_progress)
     method = cls(model, **_constructor_kwargs(cls, kwargs))
     if name == "Occlusion":
