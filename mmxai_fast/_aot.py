@@ -131,8 +131,9 @@ def resource_usage(kernel) -> Usage:
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "k.ptx"
         ptx.write_text(kernel.asm["ptx"])
-        result = subprocess.run([ptxas_path(kernel.metadata.target.arch), f"--gpu-name={arch}", "-v", str(ptx), "-o", str(Path(tmp) / "k.o")],
-                                capture_output=True, text=True, check=True)
+        command = [ptxas_path(kernel.metadata.target.arch), f"--gpu-name={arch}", "-v", str(ptx),
+                   "-o", str(Path(tmp) / "k.o")]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
     text = result.stderr + result.stdout
 
     def number(pattern: str) -> int:

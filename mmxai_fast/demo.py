@@ -23,7 +23,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from torch import Tensor, nn
 
 from .models import VGG3D
 from .phantom import GRADES, BrainPhantom, make_phantom_dataset
+
+if TYPE_CHECKING:
+    from .pipeline import Case, Explanation
 
 __all__ = ["DemoConfig", "TrainResult", "MethodResult", "DemoResult", "DEFAULT_METHODS", "ANATOMIES",
            "train_grade_classifier", "phantom_case", "localisation_score", "evidence_share", "modality_ranking",

@@ -47,7 +47,8 @@ def add_cohort_parser(sub) -> argparse.ArgumentParser:
     _add_model_args(p, required=True)
     _add_method_args(p)
     p.add_argument("--smooth", type=float, metavar="SIGMA", help="Gaussian smoothing of the figures' heatmaps")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (manifest.json, failures.json, one folder per case)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (manifest.json, failures.json, one folder per case)")
     p.add_argument("--shard", choices=["auto", "cases", "permutations"], default="auto",
                    help="split cases across ranks, or one case's Shapley permutations (default auto: "
                         "permutations when fewer cases remain than ranks)")
@@ -59,6 +60,18 @@ def add_cohort_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _method_kwargs(args, parser) -> dict:
+    if not args.method_kwargs:
+        return {}
+    try:
+        kwargs = json.loads(args.method_kwargs)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--method-kwargs: not valid JSON ({exc.msg}): {args.method_kwargs!r}")
+    if not isinstance(kwargs, dict):
+        parser.error(f"--method-kwargs: must be a JSON object, got {args.method_kwargs!r}")
+    return kwargs
+
+
 def _settings(args, parser):
     from ..pipeline import Baseline, resolve_method
     from ..pipeline.explain import check_method_kwargs
@@ -68,14 +81,7 @@ def _settings(args, parser):
         method = resolve_method(args.method)
     except ValueError as exc:
         parser.error(f"--method: {exc}")
-    kwargs = {}
-    if args.method_kwargs:
-        try:
-            kwargs = json.loads(args.method_kwargs)
-        except json.JSONDecodeError as exc:
-            parser.error(f"--method-kwargs: not valid JSON ({exc.msg}): {args.method_kwargs!r}")
-        if not isinstance(kwargs, dict):
-            parser.error(f"--method-kwargs: must be a JSON object, got {args.method_kwargs!r}")
+    kwargs = _method_kwargs(args, parser)
     if method == SHAPLEY and kwargs:
         parser.error(f"--method-kwargs: the cohort's sharded {SHAPLEY} takes only --n-samples, got {sorted(kwargs)}")
     try:
@@ -87,7 +93,8 @@ def _settings(args, parser):
     minimum = 2 if method == SHAPLEY else 1
     if args.n_samples is not None and args.n_samples < minimum:
         parser.error(f"--n-samples: must be >= {minimum}, got {args.n_samples}")
-    for flag, value, low in (("--n-segments", args.n_segments, 1), ("--checkpoint-every", getattr(args, "checkpoint_every", 1), 1),
+    for flag, value, low in (("--n-segments", args.n_segments, 1),
+                             ("--checkpoint-every", getattr(args, "checkpoint_every", 1), 1),
                              ("--chunk", getattr(args, "chunk", 1), 1)):
         if value < low:
             parser.error(f"{flag}: must be >= {low}, got {value}")

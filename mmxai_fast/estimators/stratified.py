@@ -10,9 +10,10 @@ members and "without ``i``" of all the others: no marginal contributions, every 
 all ``F`` features. The strata of sizes 0 and F are exact (one evaluation each); sizes 1 and F-1
 are enumerated (``2 F`` evaluations) when the budget has room for more than that, as in the
 paper's warm-up; the other sizes are drawn uniformly (``2 .. F-2``) with uniform members
-(independent draws, so that the cells' errors are nearly independent). An empty cell takes its stratum's mean (the same value enters both sums
-and cancels when the stratum is empty). Standard errors combine the cells' sample variances
-(pooled per stratum for cells with fewer than 2 samples), treating the cells as independent.
+(independent draws, so that the cells' errors are nearly independent). An empty cell takes its
+stratum's mean (the same value enters both sums and cancels when the stratum is empty). Standard
+errors combine the cells' sample variances (pooled per stratum for cells with fewer than 2
+samples), treating the cells as independent.
 """
 from __future__ import annotations
 

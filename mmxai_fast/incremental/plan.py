@@ -269,6 +269,16 @@ def _per_position_const(info: NodeInfo) -> bool:
     return info.shape is None or all(s == 1 for s in info.shape[1:]) or _numel(info.shape) == 1
 
 
+def _classify_norm(info: NodeInfo, mod: nn.Module, channels: int) -> None:
+    """Batch/instance norm: per position only in eval mode with running statistics."""
+    if mod.training:
+        info.reason = f"{type(mod).__name__} in training mode (batch statistics)"
+    elif not mod.track_running_stats or mod.running_mean is None:
+        info.reason = f"{type(mod).__name__} without running statistics normalises over the whole map"
+    else:
+        info.kind, info.flops_per_position = "unary", 2.0 * channels
+
+
 def _classify_module(info: NodeInfo, mod: nn.Module, nd: int, infos) -> None:
     positions = _numel(info.shape[1:])
     channels = info.shape[0]
@@ -291,12 +301,7 @@ def _classify_module(info: NodeInfo, mod: nn.Module, nd: int, infos) -> None:
         else:
             info.kind = "unary"
     elif isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
-        if mod.training:
-            info.reason = f"{type(mod).__name__} in training mode (batch statistics)"
-        elif not mod.track_running_stats or mod.running_mean is None:
-            info.reason = f"{type(mod).__name__} without running statistics normalises over the whole map"
-        else:
-            info.kind, info.flops_per_position = "unary", 2.0 * channels
+        _classify_norm(info, mod, channels)
     elif isinstance(mod, _ADAPTIVE):
         in_shape = infos[info.tensor_args[0]].shape
         if in_shape == info.shape:

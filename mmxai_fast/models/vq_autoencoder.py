@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ..radiomics.quantizer import VectorQuantizer

@@ -136,7 +136,7 @@ def hu_window_reference(volume: torch.Tensor, levels: Sequence[float], widths: S
 
 
 def _lowers_and_inverses(levels, widths):
-    return [l - w / 2 for l, w in zip(levels, widths)], [1.0 / w for w in widths]
+    return [level - w / 2 for level, w in zip(levels, widths)], [1.0 / w for w in widths]
 
 
 def _window_tensors(levels, widths, device):

@@ -251,6 +251,18 @@ def _layout(image: torch.Tensor, channel_axis, modality_axis) -> Tuple[torch.Ten
     return out, len(spatial)
 
 
+def _reject_unsupported(sigma, convert2lab, slic_zero, max_size_factor) -> None:
+    """scikit-image options the kernel does not implement: only their defaults are accepted."""
+    if sigma != 0:
+        raise ValueError(f"sigma: only 0 (no smoothing) is supported, got {sigma!r}; smooth beforehand")
+    if convert2lab:
+        raise ValueError("convert2lab=True is not supported (no RGB inputs in medical volumes)")
+    if slic_zero:
+        raise ValueError("slic_zero=True is not supported")
+    if max_size_factor != 3:
+        raise ValueError(f"max_size_factor: only 3 is supported (large pieces are never split), got {max_size_factor!r}")
+
+
 def slic(image, n_segments: int = 100, compactness: float = 10.0, max_num_iter: int = 10, sigma=0,
          spacing=None, convert2lab=None, enforce_connectivity: bool = True, min_size_factor: float = 0.5,
          max_size_factor: float = 3, slic_zero: bool = False, start_label: int = 1, mask=None, *,
@@ -301,14 +313,7 @@ def slic(image, n_segments: int = 100, compactness: float = 10.0, max_num_iter: 
     if image.dim() == 2 and channel_axis is not None:
         raise ValueError(f"channel_axis={channel_axis} indicates multichannel, which is not supported for a "
                          "two-dimensional image; use channel_axis=None if the image is grayscale")
-    if sigma != 0:
-        raise ValueError(f"sigma: only 0 (no smoothing) is supported, got {sigma!r}; smooth beforehand")
-    if convert2lab:
-        raise ValueError("convert2lab=True is not supported (no RGB inputs in medical volumes)")
-    if slic_zero:
-        raise ValueError("slic_zero=True is not supported")
-    if max_size_factor != 3:
-        raise ValueError(f"max_size_factor: only 3 is supported (large pieces are never split), got {max_size_factor!r}")
+    _reject_unsupported(sigma, convert2lab, slic_zero, max_size_factor)
     if start_label not in (0, 1):
         raise ValueError(f"start_label should be 0 or 1, got {start_label!r}")
     if isinstance(n_segments, bool) or not isinstance(n_segments, (int, np.integer)) or n_segments <= 0:

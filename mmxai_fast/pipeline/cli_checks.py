@@ -94,6 +94,19 @@ def _window_error(key: str, value, ndim: int) -> Optional[str]:
     return None
 
 
+def _like_default_error(where: str, value: Any, default: Any) -> Optional[str]:
+    """A value for a keyword the checks do not know: it must have its default's type."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else f"{where} must be true or false, got {value!r}"
+    if isinstance(default, (int, float, str)):
+        same_type = isinstance(value, type(default)) and not isinstance(value, bool)
+        int_for_float = isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
+        return None if same_type or int_for_float else \
+            f"{where} must be a {type(default).__name__} like {default!r}, got {value!r}"
+    return None if value is None else (f"{where} takes a Python object, which a JSON value cannot give; call "
+                                       f"mmxai_fast.explain() from Python instead")
+
+
 def method_kwargs_error(method: str, kwargs: Mapping[str, Any], ndim: int) -> Optional[str]:
     """None if every value of ``kwargs`` (names already checked) has the type and range its
     method expects; ``ndim``: dims of one case, modality axis included (Occlusion's windows)."""
@@ -117,17 +130,7 @@ def method_kwargs_error(method: str, kwargs: Mapping[str, Any], ndim: int) -> Op
         elif key == "permutation_batch":
             message = number(value, where, low=2, high=1024, integer=True, sep=" ")
         else:
-            default = defaults.get(key, inspect.Parameter.empty)
-            if isinstance(default, bool):
-                message = None if isinstance(value, bool) else f"{where} must be true or false, got {value!r}"
-            elif isinstance(default, (int, float, str)):
-                message = (None if isinstance(value, type(default)) and not isinstance(value, bool)
-                           or isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
-                           else f"{where} must be a {type(default).__name__} like {default!r}, got {value!r}")
-            else:
-                message = (None if value is None else
-                           f"{where} takes a Python object, which a JSON value cannot give; call "
-                           f"mmxai_fast.explain() from Python instead")
+            message = _like_default_error(where, value, defaults.get(key, inspect.Parameter.empty))
         if message:
             return message
     return None

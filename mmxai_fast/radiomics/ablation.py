@@ -31,12 +31,12 @@ def _latent_body_mask(body_mask: Tensor, indices: Tensor) -> Tensor:
         return body_mask
     latent, image = indices.shape[1:], body_mask.shape[1:]
     if (body_mask.dim() != indices.dim() or body_mask.shape[0] != indices.shape[0]
-            or any(m % l for l, m in zip(latent, image))):
+            or any(m % n for n, m in zip(latent, image))):
         raise ValueError(f"body_mask must have the shape of indices {tuple(indices.shape)} or the same batch size "
                          f"and spatial sizes that are multiples of it, got shape {tuple(body_mask.shape)}")
     split = [indices.shape[0]]
-    for l, m in zip(latent, image):
-        split += [l, m // l]
+    for n, m in zip(latent, image):
+        split += [n, m // n]
     return body_mask.reshape(split).amax(dim=tuple(range(2, len(split), 2)))
 
 
