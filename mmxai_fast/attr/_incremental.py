@@ -105,8 +105,9 @@ class IncrementalRows:
     """The ``run_rows`` strategy of an incremental evaluator (see the module docstring)."""
 
     def __init__(self, evaluator: Evaluator, requested: Any, num_features: int, reference_keep: bool) -> None:
-        self.evaluator, self.perturber = evaluator, evaluator.perturber
-        self.model = evaluator.forward_func
+        perturber: Any = evaluator.perturber  # a CoalitionPerturber or WindowPerturber (see _why_not)
+        model: Any = evaluator.forward_func
+        self.evaluator, self.perturber, self.model = evaluator, perturber, model
         x = evaluator.inputs[0]
         self.spatial = tuple(x.shape[2:])
         self.windowed = isinstance(self.perturber, WindowPerturber)
