@@ -141,3 +141,19 @@ def test_incremental_argument_is_validated():
     model, x = _vgg(), _input(8)
     with pytest.raises(AttributionInputError, match="incremental must be False, True or 'auto', got 'yes'"):
         Occlusion(model).attribute(x, sliding_window_shapes=(2, 4, 4, 4), incremental="yes")
+
+
+@pytest.mark.parametrize("cls,kw", [(FeatureAblation, {}),
+                                    (ShapleyValueSampling, dict(n_samples=3, perturbations_per_eval=2))],
+                         ids=["ablation", "shapley_partial_chain_block"])
+def test_background_id_baseline_and_chunks_not_dividing_samples(cls, kw):
+    model, x = _vgg(), _input()
+    outs = []
+    for incremental in (False, True):
+        torch.manual_seed(0)
+        explainer = cls(model)
+        outs.append(explainer.attribute(x, target=0, feature_mask=_blocks(16, 8), baselines=0.5, background_id=3,
+                                        incremental=incremental, **kw))
+    assert explainer.last_incremental_report["used"]
+    torch.testing.assert_close(outs[1], outs[0], atol=ATOL, rtol=0)
+    assert outs[0].abs().max() > 1e-3
