@@ -102,7 +102,11 @@ def test_signature_and_subclass():
     import inspect
     ours = inspect.signature(FeatureAblation.attribute).parameters
     theirs = inspect.signature(ca.FeatureAblation.attribute).parameters
-    assert [(p.name, p.default) for p in ours.values()] == [(p.name, p.default) for p in theirs.values()]
+    def captum_part(params):  # keyword-only extensions (background_id, incremental) are documented
+        return [(p.name, p.default) for p in params.values() if p.kind != p.KEYWORD_ONLY]
+    assert captum_part(ours) == captum_part(theirs)
+    assert {p.name: p.default for p in ours.values() if p.kind == p.KEYWORD_ONLY} == \
+        {"background_id": None, "incremental": False}
     assert issubclass(FeatureAblation, ca.FeatureAblation)
     for name in ["Saliency", "Deconvolution", "GuidedBackprop", "NoiseTunnel", "InputXGradient",
                  "IntegratedGradients", "DeepLift", "GradientShap", "LayerGradCam", "GuidedGradCam"]:

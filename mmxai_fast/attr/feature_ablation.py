@@ -16,6 +16,7 @@ from torch import Tensor
 from ._engine import coalition_evaluator
 from ._evaluator import Evaluator
 from ._features import FeatureMap
+from ._incremental import check_incremental, use_incremental
 
 __all__ = ["FeatureAblation"]
 
@@ -53,6 +54,7 @@ class FeatureAblation(_CaptumFeatureAblation):
         show_progress: bool = False,
         *,
         background_id: Optional[int] = None,
+        incremental: Union[bool, str] = False,
         **kwargs: Any,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Ablation attributions, as ``captum.attr.FeatureAblation.attribute``.
@@ -70,6 +72,8 @@ class FeatureAblation(_CaptumFeatureAblation):
             show_progress: tqdm progress bar ("Feature Ablation attribution").
             background_id: a ``feature_mask`` id that is no feature: never ablated (no model
                 call), attribution 0 there. None (default): every id is a feature, as Captum.
+            incremental: True / ``"auto"``: recompute only each ablated feature's projective
+                field (docs/incremental.md); report in ``self.last_incremental_report``.
             **kwargs: accepted for compatibility with Captum, ignored.
 
         Returns:
@@ -84,10 +88,12 @@ class FeatureAblation(_CaptumFeatureAblation):
         formatted_inputs, baselines = _format_input_baseline(inputs, baselines)
         formatted_args = _format_additional_forward_args(additional_forward_args)
         formatted_mask = _format_feature_mask(feature_mask, formatted_inputs)
+        check_incremental(incremental)
         with torch.no_grad():
             evaluator, features = coalition_evaluator(self.forward_func, formatted_inputs, baselines, formatted_mask,
                                                       target, formatted_args, perturbations_per_eval,
                                                       compact_ids=True, background_id=background_id)
+            self.last_incremental_report = use_incremental(evaluator, incremental, num_features=features.num_features)
             with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 initial = evaluator.initialize()
                 table = ablate_one_feature_per_row(evaluator, features, initial)

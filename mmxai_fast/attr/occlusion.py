@@ -24,6 +24,7 @@ from ..ops import OcclusionWindows, occlusion_attribution
 from ._errors import AttributionInputError
 from ._evaluator import Evaluator, check_perturbations_per_eval
 from ._features import check_baselines, check_inputs
+from ._incremental import check_incremental, use_incremental
 from ._perturbers import WindowPerturber
 
 __all__ = ["Occlusion"]
@@ -140,6 +141,8 @@ class Occlusion(_CaptumOcclusion):
         additional_forward_args: Optional[object] = None,
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
+        *,
+        incremental: Union[bool, str] = False,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Occlusion attributions, as ``captum.attr.Occlusion.attribute``.
 
@@ -155,6 +158,8 @@ class Occlusion(_CaptumOcclusion):
                 along dim 0 per perturbation).
             perturbations_per_eval: windows per model call (int >= 1) or ``"auto"``.
             show_progress: tqdm progress bar ("Occlusion attribution").
+            incremental: extension: True / ``"auto"`` recompute only each window's projective
+                field (docs/incremental.md); report in ``self.last_incremental_report``.
 
         Returns:
             float32 attributions shaped ``[n_outputs, *inputs[i].shape[1:]]`` per input
@@ -167,6 +172,7 @@ class Occlusion(_CaptumOcclusion):
         formatted_inputs, baselines = _format_input_baseline(inputs, baselines)
         formatted_args = _format_additional_forward_args(additional_forward_args)
         check_perturbations_per_eval(perturbations_per_eval)
+        check_incremental(incremental)
         check_inputs(formatted_inputs)
         baselines = check_baselines(baselines, formatted_inputs)
         windows = _make_windows(formatted_inputs, _format_windows(sliding_window_shapes, formatted_inputs),
@@ -175,6 +181,7 @@ class Occlusion(_CaptumOcclusion):
         with torch.no_grad():
             evaluator = Evaluator(self.forward_func, formatted_inputs, perturber, target, formatted_args,
                                   perturbations_per_eval)
+            self.last_incremental_report = use_incremental(evaluator, incremental)
             num_rows = perturber.total_windows
             with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 initial = evaluator.initialize()

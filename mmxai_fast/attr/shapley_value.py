@@ -27,6 +27,7 @@ from ..ops.shapley import shapley_accumulate, shapley_coalitions, shapley_prefix
 from ._engine import AttributionInputError, coalition_evaluator, check_perturbations_per_eval
 from ._evaluator import Evaluator
 from ._features import FeatureMap, ids_present
+from ._incremental import check_incremental, step_major, use_incremental
 
 __all__ = ["ShapleyValueSampling", "ShapleyValues"]
 
@@ -97,6 +98,7 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         target_relative_stderr: Optional[float] = None,
         max_samples: Optional[int] = None,
         background_id: Optional[int] = None,
+        incremental: Union[bool, str] = False,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Shapley value estimates, as ``captum.attr.ShapleyValueSampling.attribute``.
 
@@ -117,6 +119,9 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
             max_samples: cap on permutations with a stopping rule (default ``10 * n_samples``).
             background_id: a ``feature_mask`` id that is no feature: always kept, never in a
                 permutation (fewer model calls), attribution 0 there. None: Captum's semantics.
+            incremental: True / ``"auto"``: each step recomputes only the added feature's
+                projective field from the previous step's activations (docs/incremental.md);
+                report in ``self.last_incremental_report``.
 
         Returns:
             float32 attributions shaped ``[*output_shape, *inputs[i].shape[1:]]`` per input
@@ -131,11 +136,14 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         formatted_args = _format_additional_forward_args(additional_forward_args)
         formatted_mask = _format_feature_mask(feature_mask, inputs_tuple)
         check_perturbations_per_eval(perturbations_per_eval)
+        check_incremental(incremental)
         plan = self._sampling_plan(n_samples, antithetic, target_stderr, target_relative_stderr, max_samples)
         with torch.no_grad():
             evaluator, features = coalition_evaluator(self.forward_func, inputs_tuple, baselines, formatted_mask,
                                                       target, formatted_args, perturbations_per_eval,
                                                       compact_ids=False, background_id=background_id)
+            self.last_incremental_report = use_incremental(evaluator, incremental, num_features=features.num_features,
+                                                           reference_keep=False)
             self._warn_missing_ids(features)
             with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 mean, stderr, count = self._walk(evaluator, features.num_features, plan)
@@ -219,8 +227,9 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
             if num_features > 1:
                 perm_index, prefix_size = shapley_prefix_rows(num_perms, num_features, include_empty=False,
                                                               include_full=False, device=device)
+                perm_index, prefix_size, restore = step_major(evaluator, perm_index, prefix_size, num_perms)
                 middle = evaluator.run(perm_index.numel(), lambda a, b: shapley_coalitions(
-                    perms_dev, perm_index[a:b], prefix_size[a:b]))
+                    perms_dev, perm_index[a:b], prefix_size[a:b]))[restore]
                 parts.append(middle.reshape((num_perms, num_features - 1) + output_shape).to(base))
             parts.append(full.expand((num_perms, 1) + output_shape))
             outputs = torch.cat(parts, dim=1)  # [P, F + 1, *T]: prefixes 0 .. F of every permutation
