@@ -20,17 +20,29 @@
 
 #include <omp.h>
 
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#include <immintrin.h>
+#define MMXAI_VQ_AVX2 1
+#endif
+
 #include "common.h"
 
 namespace mmxai {
 namespace {
 
-// Register blocking: kMR rows x kNR codewords of accumulators. For float, 6 x 64 is 24 AVX-512
-// registers (plus 4 for the codebook row and 1 broadcast, out of 32); double has half the lanes.
+// Register blocking: kMR rows x NR codewords of accumulators, sized from the ISA at compile time.
+// AVX-512 (32 zmm): float 6 x 64 is 24 accumulators, plus 4 for the codebook row and 1 broadcast.
+// AVX2 (16 ymm): float 6 x 16 is 12 accumulators, plus 2 for the codebook row and 1 broadcast.
+// Double has half the lanes, so half the panel width.
 constexpr int kMR = 6;
 template <typename T> struct Blocking;
+#ifdef __AVX512F__
 template <> struct Blocking<float> { static constexpr int NR = 64; };
 template <> struct Blocking<double> { static constexpr int NR = 32; };
+#else
+template <> struct Blocking<float> { static constexpr int NR = 16; };
+template <> struct Blocking<double> { static constexpr int NR = 8; };
+#endif
 constexpr int kRowGroups = 8;              // row groups of kMR per block: 48 rows of z stay in L1
 constexpr int kBlockRows = kMR * kRowGroups;
 
@@ -115,13 +127,11 @@ struct PackedCodebook {
   const T* panel_norms(int64_t p) const { return norms + p * NR; }
 };
 
-// Scores of kMR rows of z (rows of `z` at stride D) against one panel, folded into the running
-// per-slot minimum best[r][j] / best_idx[r][j] (slot j of the panel holds codeword p * NR + j).
-template <typename T, typename Idx, int NR>
-inline void micro_kernel(const T* __restrict z, int64_t D, const T* __restrict panel,
-                         const T* __restrict norms, Idx first_index, T* __restrict best,
-                         Idx* __restrict best_idx) {
-  T acc[kMR][NR];
+// acc[r][j] = norms[j] + sum_d z[r][d] * panel[d][j] for kMR rows of z (rows at stride D).
+// Portable version: constant trip counts, so GCC unrolls r and j and vectorises j.
+template <typename T, int NR>
+inline void tile_scores(const T* __restrict z, int64_t D, const T* __restrict panel,
+                        const T* __restrict norms, T (&acc)[kMR][NR]) {
   for (int r = 0; r < kMR; ++r)
     for (int j = 0; j < NR; ++j) acc[r][j] = norms[j];
   for (int64_t d = 0; d < D; ++d) {
@@ -131,6 +141,71 @@ inline void micro_kernel(const T* __restrict z, int64_t D, const T* __restrict p
       for (int j = 0; j < NR; ++j) acc[r][j] += zr * e[j];
     }
   }
+}
+
+#ifdef MMXAI_VQ_AVX2
+// AVX2 + FMA: the 12 accumulators are named registers (GCC does not reliably keep a 6 x 16 local
+// array in ymm registers). One fused multiply-add per (row, codeword, d), the same for every
+// codeword, so identical codewords still get bit-identical scores.
+template <>
+inline void tile_scores<float, 16>(const float* __restrict z, int64_t D, const float* __restrict panel,
+                                   const float* __restrict norms, float (&acc)[kMR][16]) {
+  const __m256 n0 = _mm256_load_ps(norms), n1 = _mm256_load_ps(norms + 8);
+  __m256 a00 = n0, a01 = n1, a10 = n0, a11 = n1, a20 = n0, a21 = n1;
+  __m256 a30 = n0, a31 = n1, a40 = n0, a41 = n1, a50 = n0, a51 = n1;
+  const float* z0 = z; const float* z1 = z + D; const float* z2 = z + 2 * D;
+  const float* z3 = z + 3 * D; const float* z4 = z + 4 * D; const float* z5 = z + 5 * D;
+  for (int64_t d = 0; d < D; ++d) {
+    const __m256 e0 = _mm256_load_ps(panel + d * 16), e1 = _mm256_load_ps(panel + d * 16 + 8);
+    __m256 b = _mm256_broadcast_ss(z0 + d); a00 = _mm256_fmadd_ps(b, e0, a00); a01 = _mm256_fmadd_ps(b, e1, a01);
+    b = _mm256_broadcast_ss(z1 + d); a10 = _mm256_fmadd_ps(b, e0, a10); a11 = _mm256_fmadd_ps(b, e1, a11);
+    b = _mm256_broadcast_ss(z2 + d); a20 = _mm256_fmadd_ps(b, e0, a20); a21 = _mm256_fmadd_ps(b, e1, a21);
+    b = _mm256_broadcast_ss(z3 + d); a30 = _mm256_fmadd_ps(b, e0, a30); a31 = _mm256_fmadd_ps(b, e1, a31);
+    b = _mm256_broadcast_ss(z4 + d); a40 = _mm256_fmadd_ps(b, e0, a40); a41 = _mm256_fmadd_ps(b, e1, a41);
+    b = _mm256_broadcast_ss(z5 + d); a50 = _mm256_fmadd_ps(b, e0, a50); a51 = _mm256_fmadd_ps(b, e1, a51);
+  }
+  _mm256_storeu_ps(acc[0], a00); _mm256_storeu_ps(acc[0] + 8, a01);
+  _mm256_storeu_ps(acc[1], a10); _mm256_storeu_ps(acc[1] + 8, a11);
+  _mm256_storeu_ps(acc[2], a20); _mm256_storeu_ps(acc[2] + 8, a21);
+  _mm256_storeu_ps(acc[3], a30); _mm256_storeu_ps(acc[3] + 8, a31);
+  _mm256_storeu_ps(acc[4], a40); _mm256_storeu_ps(acc[4] + 8, a41);
+  _mm256_storeu_ps(acc[5], a50); _mm256_storeu_ps(acc[5] + 8, a51);
+}
+
+template <>
+inline void tile_scores<double, 8>(const double* __restrict z, int64_t D, const double* __restrict panel,
+                                   const double* __restrict norms, double (&acc)[kMR][8]) {
+  const __m256d n0 = _mm256_load_pd(norms), n1 = _mm256_load_pd(norms + 4);
+  __m256d a00 = n0, a01 = n1, a10 = n0, a11 = n1, a20 = n0, a21 = n1;
+  __m256d a30 = n0, a31 = n1, a40 = n0, a41 = n1, a50 = n0, a51 = n1;
+  const double* z0 = z; const double* z1 = z + D; const double* z2 = z + 2 * D;
+  const double* z3 = z + 3 * D; const double* z4 = z + 4 * D; const double* z5 = z + 5 * D;
+  for (int64_t d = 0; d < D; ++d) {
+    const __m256d e0 = _mm256_load_pd(panel + d * 8), e1 = _mm256_load_pd(panel + d * 8 + 4);
+    __m256d b = _mm256_broadcast_sd(z0 + d); a00 = _mm256_fmadd_pd(b, e0, a00); a01 = _mm256_fmadd_pd(b, e1, a01);
+    b = _mm256_broadcast_sd(z1 + d); a10 = _mm256_fmadd_pd(b, e0, a10); a11 = _mm256_fmadd_pd(b, e1, a11);
+    b = _mm256_broadcast_sd(z2 + d); a20 = _mm256_fmadd_pd(b, e0, a20); a21 = _mm256_fmadd_pd(b, e1, a21);
+    b = _mm256_broadcast_sd(z3 + d); a30 = _mm256_fmadd_pd(b, e0, a30); a31 = _mm256_fmadd_pd(b, e1, a31);
+    b = _mm256_broadcast_sd(z4 + d); a40 = _mm256_fmadd_pd(b, e0, a40); a41 = _mm256_fmadd_pd(b, e1, a41);
+    b = _mm256_broadcast_sd(z5 + d); a50 = _mm256_fmadd_pd(b, e0, a50); a51 = _mm256_fmadd_pd(b, e1, a51);
+  }
+  _mm256_storeu_pd(acc[0], a00); _mm256_storeu_pd(acc[0] + 4, a01);
+  _mm256_storeu_pd(acc[1], a10); _mm256_storeu_pd(acc[1] + 4, a11);
+  _mm256_storeu_pd(acc[2], a20); _mm256_storeu_pd(acc[2] + 4, a21);
+  _mm256_storeu_pd(acc[3], a30); _mm256_storeu_pd(acc[3] + 4, a31);
+  _mm256_storeu_pd(acc[4], a40); _mm256_storeu_pd(acc[4] + 4, a41);
+  _mm256_storeu_pd(acc[5], a50); _mm256_storeu_pd(acc[5] + 4, a51);
+}
+#endif
+
+// Scores of kMR rows of z against one panel, folded into the running per-slot minimum
+// best[r][j] / best_idx[r][j] (slot j of the panel holds codeword p * NR + j).
+template <typename T, typename Idx, int NR>
+inline void micro_kernel(const T* __restrict z, int64_t D, const T* __restrict panel,
+                         const T* __restrict norms, Idx first_index, T* __restrict best,
+                         Idx* __restrict best_idx) {
+  alignas(64) T acc[kMR][NR];
+  tile_scores<T, NR>(z, D, panel, norms, acc);
   for (int r = 0; r < kMR; ++r) {
     T* __restrict b = best + r * NR;
     Idx* __restrict bi = best_idx + r * NR;
