@@ -143,61 +143,6 @@ inline void tile_scores(const T* __restrict z, int64_t D, const T* __restrict pa
   }
 }
 
-#ifdef MMXAI_VQ_AVX2
-// AVX2 + FMA: the 12 accumulators are named registers (GCC does not reliably keep a 6 x 16 local
-// array in ymm registers). One fused multiply-add per (row, codeword, d), the same for every
-// codeword, so identical codewords still get bit-identical scores.
-template <>
-inline void tile_scores<float, 16>(const float* __restrict z, int64_t D, const float* __restrict panel,
-                                   const float* __restrict norms, float (&acc)[kMR][16]) {
-  const __m256 n0 = _mm256_load_ps(norms), n1 = _mm256_load_ps(norms + 8);
-  __m256 a00 = n0, a01 = n1, a10 = n0, a11 = n1, a20 = n0, a21 = n1;
-  __m256 a30 = n0, a31 = n1, a40 = n0, a41 = n1, a50 = n0, a51 = n1;
-  const float* z0 = z; const float* z1 = z + D; const float* z2 = z + 2 * D;
-  const float* z3 = z + 3 * D; const float* z4 = z + 4 * D; const float* z5 = z + 5 * D;
-  for (int64_t d = 0; d < D; ++d) {
-    const __m256 e0 = _mm256_load_ps(panel + d * 16), e1 = _mm256_load_ps(panel + d * 16 + 8);
-    __m256 b = _mm256_broadcast_ss(z0 + d); a00 = _mm256_fmadd_ps(b, e0, a00); a01 = _mm256_fmadd_ps(b, e1, a01);
-    b = _mm256_broadcast_ss(z1 + d); a10 = _mm256_fmadd_ps(b, e0, a10); a11 = _mm256_fmadd_ps(b, e1, a11);
-    b = _mm256_broadcast_ss(z2 + d); a20 = _mm256_fmadd_ps(b, e0, a20); a21 = _mm256_fmadd_ps(b, e1, a21);
-    b = _mm256_broadcast_ss(z3 + d); a30 = _mm256_fmadd_ps(b, e0, a30); a31 = _mm256_fmadd_ps(b, e1, a31);
-    b = _mm256_broadcast_ss(z4 + d); a40 = _mm256_fmadd_ps(b, e0, a40); a41 = _mm256_fmadd_ps(b, e1, a41);
-    b = _mm256_broadcast_ss(z5 + d); a50 = _mm256_fmadd_ps(b, e0, a50); a51 = _mm256_fmadd_ps(b, e1, a51);
-  }
-  _mm256_storeu_ps(acc[0], a00); _mm256_storeu_ps(acc[0] + 8, a01);
-  _mm256_storeu_ps(acc[1], a10); _mm256_storeu_ps(acc[1] + 8, a11);
-  _mm256_storeu_ps(acc[2], a20); _mm256_storeu_ps(acc[2] + 8, a21);
-  _mm256_storeu_ps(acc[3], a30); _mm256_storeu_ps(acc[3] + 8, a31);
-  _mm256_storeu_ps(acc[4], a40); _mm256_storeu_ps(acc[4] + 8, a41);
-  _mm256_storeu_ps(acc[5], a50); _mm256_storeu_ps(acc[5] + 8, a51);
-}
-
-template <>
-inline void tile_scores<double, 8>(const double* __restrict z, int64_t D, const double* __restrict panel,
-                                   const double* __restrict norms, double (&acc)[kMR][8]) {
-  const __m256d n0 = _mm256_load_pd(norms), n1 = _mm256_load_pd(norms + 4);
-  __m256d a00 = n0, a01 = n1, a10 = n0, a11 = n1, a20 = n0, a21 = n1;
-  __m256d a30 = n0, a31 = n1, a40 = n0, a41 = n1, a50 = n0, a51 = n1;
-  const double* z0 = z; const double* z1 = z + D; const double* z2 = z + 2 * D;
-  const double* z3 = z + 3 * D; const double* z4 = z + 4 * D; const double* z5 = z + 5 * D;
-  for (int64_t d = 0; d < D; ++d) {
-    const __m256d e0 = _mm256_load_pd(panel + d * 8), e1 = _mm256_load_pd(panel + d * 8 + 4);
-    __m256d b = _mm256_broadcast_sd(z0 + d); a00 = _mm256_fmadd_pd(b, e0, a00); a01 = _mm256_fmadd_pd(b, e1, a01);
-    b = _mm256_broadcast_sd(z1 + d); a10 = _mm256_fmadd_pd(b, e0, a10); a11 = _mm256_fmadd_pd(b, e1, a11);
-    b = _mm256_broadcast_sd(z2 + d); a20 = _mm256_fmadd_pd(b, e0, a20); a21 = _mm256_fmadd_pd(b, e1, a21);
-    b = _mm256_broadcast_sd(z3 + d); a30 = _mm256_fmadd_pd(b, e0, a30); a31 = _mm256_fmadd_pd(b, e1, a31);
-    b = _mm256_broadcast_sd(z4 + d); a40 = _mm256_fmadd_pd(b, e0, a40); a41 = _mm256_fmadd_pd(b, e1, a41);
-    b = _mm256_broadcast_sd(z5 + d); a50 = _mm256_fmadd_pd(b, e0, a50); a51 = _mm256_fmadd_pd(b, e1, a51);
-  }
-  _mm256_storeu_pd(acc[0], a00); _mm256_storeu_pd(acc[0] + 4, a01);
-  _mm256_storeu_pd(acc[1], a10); _mm256_storeu_pd(acc[1] + 4, a11);
-  _mm256_storeu_pd(acc[2], a20); _mm256_storeu_pd(acc[2] + 4, a21);
-  _mm256_storeu_pd(acc[3], a30); _mm256_storeu_pd(acc[3] + 4, a31);
-  _mm256_storeu_pd(acc[4], a40); _mm256_storeu_pd(acc[4] + 4, a41);
-  _mm256_storeu_pd(acc[5], a50); _mm256_storeu_pd(acc[5] + 4, a51);
-}
-#endif
-
 // Scores of kMR rows of z against one panel, folded into the running per-slot minimum
 // best[r][j] / best_idx[r][j] (slot j of the panel holds codeword p * NR + j).
 template <typename T, typename Idx, int NR>
@@ -216,6 +161,96 @@ inline void micro_kernel(const T* __restrict z, int64_t D, const T* __restrict p
     }
   }
 }
+
+#ifdef MMXAI_VQ_AVX2
+// AVX2 + FMA: one ymm register type per element type; Idx has the lanes' width, so the index
+// blend reuses the value's compare mask.
+template <typename T> struct Ymm;
+template <> struct Ymm<float> {
+  using V = __m256;
+  static constexpr int L = 8;
+  static V load(const float* p) { return _mm256_load_ps(p); }
+  static V splat(const float* p) { return _mm256_broadcast_ss(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static V blend(V a, V b, V mask) { return _mm256_blendv_ps(a, b, mask); }
+  static V lanes(int32_t first) { return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_set1_epi32(first), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))); }
+  static void store(float* p, V v) { _mm256_store_ps(p, v); }
+};
+template <> struct Ymm<double> {
+  using V = __m256d;
+  static constexpr int L = 4;
+  static V load(const double* p) { return _mm256_load_pd(p); }
+  static V splat(const double* p) { return _mm256_broadcast_sd(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V less(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
+  static V blend(V a, V b, V mask) { return _mm256_blendv_pd(a, b, mask); }
+  static V lanes(int64_t first) { return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_set1_epi64x(first), _mm256_setr_epi64x(0, 1, 2, 3))); }
+  static void store(double* p, V v) { _mm256_store_pd(p, v); }
+};
+
+// Running minimum of one row's two registers of scores, in registers.
+template <typename T, typename Idx>
+inline void fold_row(typename Ymm<T>::V s0, typename Ymm<T>::V s1, typename Ymm<T>::V i0,
+                     typename Ymm<T>::V i1, T* __restrict b, Idx* __restrict bi) {
+  using Y = Ymm<T>;
+  constexpr int L = Y::L;
+  T* bi_lanes = reinterpret_cast<T*>(bi);  // the same bits, moved through float lanes
+  const typename Y::V b0 = Y::load(b), b1 = Y::load(b + L);
+  const typename Y::V m0 = Y::less(s0, b0), m1 = Y::less(s1, b1);
+  Y::store(b, Y::blend(b0, s0, m0));
+  Y::store(b + L, Y::blend(b1, s1, m1));
+  Y::store(bi_lanes, Y::blend(Y::load(bi_lanes), i0, m0));
+  Y::store(bi_lanes + L, Y::blend(Y::load(bi_lanes + L), i1, m1));
+}
+
+// kMR = 6 rows x 2 registers: 12 named accumulators (GCC does not reliably keep a 6 x 16 local
+// array in ymm registers), 2 codebook registers and 1 broadcast, 15 of the 16 ymm registers. One
+// fused multiply-add per (row, codeword, d), the same for every codeword, so identical codewords
+// still get bit-identical scores.
+template <typename T, typename Idx>
+inline void micro_kernel_avx2(const T* __restrict z, int64_t D, const T* __restrict panel,
+                              const T* __restrict norms, Idx first_index, T* __restrict best,
+                              Idx* __restrict best_idx) {
+  using Y = Ymm<T>;
+  constexpr int L = Y::L, NR = 2 * L;
+  const typename Y::V n0 = Y::load(norms), n1 = Y::load(norms + L);
+  typename Y::V a00 = n0, a01 = n1, a10 = n0, a11 = n1, a20 = n0, a21 = n1;
+  typename Y::V a30 = n0, a31 = n1, a40 = n0, a41 = n1, a50 = n0, a51 = n1;
+  const T* z0 = z; const T* z1 = z + D; const T* z2 = z + 2 * D;
+  const T* z3 = z + 3 * D; const T* z4 = z + 4 * D; const T* z5 = z + 5 * D;
+  for (int64_t d = 0; d < D; ++d) {
+    const typename Y::V e0 = Y::load(panel + d * NR), e1 = Y::load(panel + d * NR + L);
+    typename Y::V s = Y::splat(z0 + d); a00 = Y::fma(s, e0, a00); a01 = Y::fma(s, e1, a01);
+    s = Y::splat(z1 + d); a10 = Y::fma(s, e0, a10); a11 = Y::fma(s, e1, a11);
+    s = Y::splat(z2 + d); a20 = Y::fma(s, e0, a20); a21 = Y::fma(s, e1, a21);
+    s = Y::splat(z3 + d); a30 = Y::fma(s, e0, a30); a31 = Y::fma(s, e1, a31);
+    s = Y::splat(z4 + d); a40 = Y::fma(s, e0, a40); a41 = Y::fma(s, e1, a41);
+    s = Y::splat(z5 + d); a50 = Y::fma(s, e0, a50); a51 = Y::fma(s, e1, a51);
+  }
+  const typename Y::V i0 = Y::lanes(first_index), i1 = Y::lanes(first_index + L);
+  fold_row<T, Idx>(a00, a01, i0, i1, best, best_idx);
+  fold_row<T, Idx>(a10, a11, i0, i1, best + NR, best_idx + NR);
+  fold_row<T, Idx>(a20, a21, i0, i1, best + 2 * NR, best_idx + 2 * NR);
+  fold_row<T, Idx>(a30, a31, i0, i1, best + 3 * NR, best_idx + 3 * NR);
+  fold_row<T, Idx>(a40, a41, i0, i1, best + 4 * NR, best_idx + 4 * NR);
+  fold_row<T, Idx>(a50, a51, i0, i1, best + 5 * NR, best_idx + 5 * NR);
+}
+
+template <>
+inline void micro_kernel<float, int32_t, 16>(const float* __restrict z, int64_t D, const float* __restrict panel,
+                                             const float* __restrict norms, int32_t first_index,
+                                             float* __restrict best, int32_t* __restrict best_idx) {
+  micro_kernel_avx2<float, int32_t>(z, D, panel, norms, first_index, best, best_idx);
+}
+template <>
+inline void micro_kernel<double, int64_t, 8>(const double* __restrict z, int64_t D, const double* __restrict panel,
+                                             const double* __restrict norms, int64_t first_index,
+                                             double* __restrict best, int64_t* __restrict best_idx) {
+  micro_kernel_avx2<double, int64_t>(z, D, panel, norms, first_index, best, best_idx);
+}
+static_assert(kMR == 6, "micro_kernel_avx2 is written out for 6 rows");
+#endif
 
 // Per-thread scratch for one block of kBlockRows rows: the rows of z converted to T (zero rows
 // past N), and the running per-slot minimum.
