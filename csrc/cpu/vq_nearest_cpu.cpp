@@ -5,9 +5,10 @@
 // only the score s_k = ||e_k||^2 - 2 z.e_k is compared, so the lookup is a small GEMM fused with a
 // running argmin; the N x K score matrix is never stored.
 //
-// Layout: the codebook is packed once per call into panels of kNR codewords, each [D][kNR] and
+// Layout: the codebook is packed once per call into panels of NR codewords, each [D][NR] and
 // pre-scaled by -2 (exact: a power of two), with the panel's norms alongside (+inf for the padding
-// codewords past K). A register-blocked micro-kernel computes a kMR x kNR tile of scores,
+// codewords past K). A register-blocked micro-kernel (its shape chosen from the ISA at compile
+// time: AVX-512, AVX2 + FMA in intrinsics, or portable C++) computes a kMR x NR tile of scores,
 // acc = ||e||^2 then acc += z_d * (-2 e_d) for d = 0..D-1, the same operations in the same order for
 // every codeword, so identical codewords get bit-identical scores. The running minimum keeps one
 // slot per (row, panel column); a strict '<' keeps the lowest index within a slot, and the final
