@@ -290,7 +290,8 @@ void vq_nearest_kernel(const In* z, const In* e, int64_t N, int64_t K, int64_t D
 #pragma omp parallel if (n_blocks > 1)
   {
     RowBlockScratch<T, Idx> s(D);
-#pragma omp for schedule(static)
+    // Dynamic: on a shared machine one preempted thread would otherwise hold up a static half.
+#pragma omp for schedule(dynamic, 4)
     for (int64_t blk = 0; blk < n_blocks; ++blk) {
       const int64_t row0 = blk * kBlockRows;
       const int64_t rows = std::min<int64_t>(kBlockRows, N - row0);
