@@ -112,6 +112,30 @@ def test_duplicate_codewords_give_lowest_index(backend, dtype):
     _check_against_float64(z, e, indices, dist)  # rows 0 and 4: 0 up to the expansion's rounding
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_duplicates_across_narrow_panels(backend, dtype):
+    # AVX2 builds use panels of 16 (float) / 8 (double) codewords and 6-row tiles: the duplicates
+    # sit in the same lane of later panels and across panel edges, and N is not a multiple of 6.
+    g = torch.Generator().manual_seed(2)
+    e = (torch.randn(53, 64, generator=g, dtype=torch.float64) * 3).to(dtype)
+    for k in (7, 8, 11, 15, 16, 19, 24, 27, 32, 43, 52):
+        e[k] = e[3]
+    z = torch.cat([e[3].expand(7, 64), e[3] + 0.01 * torch.randn(4, 64, generator=g, dtype=dtype), e[20:22]])
+    indices, dist = vq_nearest(z, e, backend=backend)
+    assert indices.tolist() == [3] * 11 + [20, 21]
+    _check_against_float64(z, e, indices, dist)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", [(13, 17, 16), (97, 33, 64), (49, 9, 7)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_panel_and_tile_edges_match_float64(backend, shape, dtype):
+    z, e = _random(*shape, dtype, seed=5)
+    indices, dist = vq_nearest(z, e, backend=backend)
+    _check_against_float64(z, e, indices, dist)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_all_identical_codebook(backend, dtype):
