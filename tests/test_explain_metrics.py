@@ -10,7 +10,7 @@ import torch
 from mmxai_fast.cli import main
 from mmxai_fast.pipeline import Superpixels, explain, load_case
 from mmxai_fast.pipeline import methods as methods_module
-from mmxai_fast.pipeline.methods import RUNNERS, METHODS
+from mmxai_fast.pipeline.methods import METHODS, RUNNERS
 from pipeline_data import save, small_model, write_case
 
 OUTPUTS = {"importance.json", "summary.json", "heatmaps.png", "importance.png", "viewer.html",
