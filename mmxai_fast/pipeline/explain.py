@@ -2,7 +2,8 @@
 
 The six perturbation methods of Jin et al. (2023) run on the engine (``mmxai_fast.attr``; a
 method not ported yet falls back to Captum's class), the ten gradient methods are Captum's.
-The model sees ``case.image[None]``, i.e. ``[1, M, X, Y, Z]``.
+The model sees ``case.image[None]``, i.e. ``[1, M, X, Y, Z]``. How each method is built and
+called is the table :data:`~mmxai_fast.pipeline.methods.RUNNERS`.
 """
 from __future__ import annotations
 
@@ -243,8 +244,9 @@ def explain(model: nn.Module, case: Case, method: str = "ShapleyValueSampling", 
         :class:`Explanation` with ``attributions`` float32 ``[M, *S]`` on the CPU.
 
     Raises:
-        ValueError: unknown method, layer or method argument, bad target, a hook-based method
-            on TorchScript; raised before any attribution work.
+        ValueError: unknown method, layer or method argument, bad target (or one out of the
+            model's classes), a model not returning one tensor, a hook-based method on
+            TorchScript; raised before any attribution work (after one forward on the case).
     """
     start = time.perf_counter()
     name = resolve_method(method)
