@@ -10,7 +10,7 @@ import importlib
 import inspect
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -87,7 +87,7 @@ def _constructor_kwargs(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return {k: kwargs.pop(k) for k in list(kwargs) if k in names}
 
 
-_warned_slow_path = set()
+_warned_slow_path: Set[str] = set()
 
 
 def _warn_if_captum_path(method) -> None:
