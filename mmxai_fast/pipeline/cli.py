@@ -64,6 +64,8 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
     out.add_argument("--slice", type=int, help="axial slice of the figure (default: largest ROI area, else largest |attribution|)")
     out.add_argument("--smooth", type=float, metavar="SIGMA", help="Gaussian smoothing of the figure's heatmaps, in voxels")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    out.add_argument("--metrics", action="store_true", help="also score the explanation (needs --roi): "
+                                                             "evaluation.json and curves.png, as mmxai-fast evaluate")
     p.set_defaults(func=run_explain, parser=p)
     p.error = _one_line_error(p)  # type: ignore[method-assign]
     return p
@@ -189,6 +191,8 @@ def _check_args(args, parser) -> dict:
         from .case import _window_name
 
         _fail(names_error([_window_name(w) for w in checked["windows"]], "--windows"), parser)
+    if args.metrics and args.roi is None:
+        parser.error("--metrics: needs --roi (the tumour/region mask: MSFI's region and the localisation target)")
     try:
         check_output_dir(args.out)
     except OutputError as exc:
@@ -249,17 +253,21 @@ def run_explain(args) -> int:
     checked = _check_args(args, parser)
     model, case = _load(args, checked, parser)
     from .explain import explain
-    from .outputs import OutputError, write_explanation
+    from .outputs import OutputError, check_output_dir, publish_output_set, render_explanation
     from .superpixels import Superpixels
 
-    explanation = explain(model, case, method=checked["method"], target=args.target,
-                          superpixels=Superpixels(n_segments=args.n_segments or 200, compactness=args.compactness,
-                                                  joint=args.joint),
+    if args.metrics and (case.roi is None or not bool(case.roi.any())):
+        parser.error(f"--roi: the mask {args.roi!r} is empty (no voxel > 0.5); --metrics needs a region")
+    superpixels = Superpixels(n_segments=args.n_segments or 200, compactness=args.compactness, joint=args.joint)
+    explanation = explain(model, case, method=checked["method"], target=args.target, superpixels=superpixels,
                           baseline=checked["baseline"], layer=args.layer, method_kwargs=checked["method_kwargs"],
                           device=args.device, show_progress=not args.no_progress, seed=args.seed)
-    try:
-        written = write_explanation(case, explanation, args.out, slice=args.slice, smooth_sigma=args.smooth)
-    except OutputError as exc:  # the folder changed while the explanation ran
+    try:  # one output set: the explanation (and its evaluation) all-or-nothing
+        files = render_explanation(case, explanation, slice=args.slice, smooth_sigma=args.smooth)
+        metrics = _metric_files(model, case, explanation, files, checked, superpixels, args) if args.metrics else None
+        check_output_dir(args.out, files)
+        written = publish_output_set(args.out, files)
+    except OutputError as exc:  # the folder changed while the explanation ran, or clashing file names
         parser.error(f"--out: {str(exc).removeprefix('out_dir: ')}")
     stats = explanation.stats
     print(f"method             {stats.method} (target {explanation.target})")
@@ -268,5 +276,22 @@ def run_explain(args) -> int:
     print(f"time in model      {stats.model_s:.2f} s ({100 * stats.model_share:.0f}%)")
     print("modality importance  " + "  ".join(f"{name} {100 * share:.1f}%"
                                              for name, share in explanation.modality_importance.items()))
+    if metrics is not None:
+        print(f"MSFI {metrics['msfi']:.3f}  localisation {metrics['localisation']:.3f}  modality tau-b "
+              f"{metrics['modality_tau_b']:.2f}")
     print(f"wrote {len(written)} files to {args.out}: {', '.join(written)}")
     return 0
+
+
+def _metric_files(model, case, explanation, files, checked, superpixels, args):
+    """Add ``evaluation.json`` and ``curves.png`` (as ``mmxai-fast evaluate`` writes) to ``files``."""
+    from ..metrics import evaluate_explanation, plot_curves
+    from .outputs import _json_bytes, _png_bytes
+
+    metrics = evaluate_explanation(model, case, explanation, baseline=checked["baseline"], superpixels=superpixels,
+                                   seed=args.seed, device=args.device)
+    metrics.update(method=explanation.method, baseline=checked["baseline"].describe(),
+                   n_segments=superpixels.n_segments)
+    figure = plot_curves(metrics, title=f"{explanation.method} (target {metrics['target']})")
+    files.update({"evaluation.json": _json_bytes(metrics), "curves.png": _png_bytes(figure)})
+    return metrics

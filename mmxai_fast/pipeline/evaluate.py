@@ -126,9 +126,10 @@ def run_evaluate(args) -> int:
     parser = args.parser
     summary, baseline = _check(args, parser)
     args.layer = args.slice = None
+    args.target = summary.get("target")  # _load checks one forward with it
     if args.state_dict and not args.factory:
         parser.error("--factory: required with --state-dict (e.g. mmxai_fast.models:VGG3D)")
-    checked = {"method": "FeatureAblation",
+    checked = {"method": "FeatureAblation", "method_kwargs": {},
                "modalities": explain_cli._modalities(args.modality, parser) if args.modality else None,
                "windows": explain_cli._windows(args.windows or list(explain_cli.DEFAULT_WINDOWS), parser)
                if args.ct else None}

@@ -2,13 +2,12 @@
 
 The six perturbation methods of Jin et al. (2023) run on the engine (``mmxai_fast.attr``; a
 method not ported yet falls back to Captum's class), the ten gradient methods are Captum's.
-The model sees ``case.image[None]``, i.e. ``[1, M, X, Y, Z]``.
+The model sees ``case.image[None]``, i.e. ``[1, M, X, Y, Z]``. How each method is built and
+called is the table :data:`~mmxai_fast.pipeline.methods.RUNNERS`.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -18,46 +17,14 @@ from torch import Tensor, nn
 
 from .baselines import Baseline
 from .case import Case
+from .methods import (GRADIENT_BATCH_VOXELS, GRADIENT_METHODS, HOOK_METHODS, METHODS,  # noqa: F401 (re-exported)
+                      PERTURBATION_METHODS, RUNNERS, MethodRunner, RunContext, baseline_input, check_method_kwargs,
+                      resolve_method)
 from .superpixels import Superpixels, superpixel_mask
 
 __all__ = ["explain", "Explanation", "RunStats", "resolve_method", "resolve_layer", "modality_importance",
-           "check_method_kwargs",
+           "check_method_kwargs", "MethodRunner", "RUNNERS",
            "PERTURBATION_METHODS", "GRADIENT_METHODS", "METHODS"]
-
-PERTURBATION_METHODS = ("Occlusion", "FeatureAblation", "FeaturePermutation", "Lime", "ShapleyValueSampling",
-                        "KernelShap")
-GRADIENT_METHODS = ("Saliency", "Deconvolution", "GuidedBackprop", "SmoothGrad", "InputXGradient",
-                    "IntegratedGradients", "DeepLift", "GradientShap", "LayerGradCam", "GuidedGradCam")
-METHODS = PERTURBATION_METHODS + GRADIENT_METHODS
-# Methods that need module hooks (impossible on TorchScript, broken by in-place ReLUs).
-HOOK_METHODS = ("Deconvolution", "GuidedBackprop", "DeepLift", "LayerGradCam", "GuidedGradCam")
-_SUPERPIXEL_METHODS = ("FeatureAblation", "FeaturePermutation", "Lime", "ShapleyValueSampling", "KernelShap")
-_ALIASES = {
-    "shapley": "ShapleyValueSampling", "svs": "ShapleyValueSampling", "ablation": "FeatureAblation",
-    "permutation": "FeaturePermutation", "kernelshap": "KernelShap", "gradient": "Saliency",
-    "deconv": "Deconvolution", "ig": "IntegratedGradients", "gradcam": "LayerGradCam",
-    "guidedgradcam": "GuidedGradCam", "inputxgrad": "InputXGradient",
-}
-#: Input voxels per model call for the batched gradient methods (IG steps, SmoothGrad samples).
-GRADIENT_BATCH_VOXELS = 2**24
-
-
-def resolve_method(name: str) -> str:
-    """Canonical (Captum class) name of ``name``; case, ``_`` and ``-`` are ignored
-    (``"shapley"``, ``"integrated_gradients"``, ``"ig"``, ``"GradCAM"``...).
-
-    Raises:
-        ValueError: unknown method (the message lists them).
-    """
-    if not isinstance(name, str):
-        raise ValueError(f"method must be a string, got {type(name).__name__}")
-    key = name.lower().replace("_", "").replace("-", "")
-    table = {m.lower(): m for m in METHODS}
-    table.update(_ALIASES)
-    if key not in table:
-        raise ValueError(f"method must be one of {', '.join(METHODS)} (or an alias such as 'shapley', 'ig', "
-                         f"'gradcam'), got {name!r}")
-    return table[key]
 
 
 @dataclass
@@ -101,7 +68,10 @@ class Explanation:
         modality_importance: ``{modality: share of the total |attribution|}`` (sums to 1).
         stats: :class:`RunStats`.
         modalities: modality names, in the order of ``attributions``.
-        settings: the method's arguments, superpixels and baseline, for the record.
+        settings: the method's arguments, superpixels and baseline, for the record (and
+            ``stderr``: median and max standard error, when the method estimates them).
+        stderr: float32 ``[M, *S]`` standard errors of ``attributions`` (ShapleyValueSampling's
+            ``last_stderr``; 0 off the foreground), else None.
     """
 
     attributions: Tensor
@@ -112,6 +82,7 @@ class Explanation:
     stats: RunStats
     modalities: Tuple[str, ...] = ()
     settings: Dict[str, Any] = field(default_factory=dict)
+    stderr: Optional[Tensor] = None
 
 
 def modality_importance(attributions: Tensor, modalities) -> Dict[str, float]:
@@ -205,152 +176,27 @@ def resolve_layer(model: nn.Module, layer: Union[None, str, nn.Module]) -> nn.Mo
     return modules[layer]
 
 
-def _perturbation_class(name: str):
-    """The engine's class (all perturbation methods are on the engine)."""
-    return getattr(importlib.import_module("mmxai_fast.attr"), name)
-
-
-def _constructor_kwargs(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Pop the entries of ``kwargs`` that ``cls``'s constructor takes (Lime's
-    ``interpretable_model``, ``similarity_func``...); the rest go to ``attribute``."""
-    names = set(inspect.signature(cls.__init__).parameters) - {"self", "forward_func", "model", "layer"}
-    return {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-
-
-# Arguments explain() passes itself; method_kwargs may not set them.
-_RESERVED = {"inputs", "target", "baselines", "feature_mask", "nt_type", "forward_func", "model", "layer"}
-
-
-def _method_classes(name: str):
-    import captum.attr as ca
-
-    if name in PERTURBATION_METHODS:
-        return [_perturbation_class(name)]
-    if name == "SmoothGrad":
-        return [ca.NoiseTunnel, ca.Saliency]
-    return [getattr(ca, name)]
-
-
-def check_method_kwargs(method: str, method_kwargs: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Reject ``method_kwargs`` entries the method does not take, before any work.
-
-    Accepted: the parameters of the method class's ``attribute`` and constructor (for SmoothGrad
-    those of NoiseTunnel and Saliency), ``permutation_batch`` for FeaturePermutation.
-
-    Raises:
-        ValueError: not a mapping, an unknown name, or one that explain() sets itself.
-    """
-    name = resolve_method(method)
-    if method_kwargs is None:
-        return {}
-    if not isinstance(method_kwargs, Mapping):
-        raise ValueError(f"method_kwargs must be a mapping, got {type(method_kwargs).__name__}")
-    accepted = {"permutation_batch"} if name == "FeaturePermutation" else set()
-    for cls in _method_classes(name):
-        for fn in (cls.attribute, cls.__init__):
-            accepted |= {p.name for p in inspect.signature(fn).parameters.values()
-                         if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    accepted -= _RESERVED | {"self"}
-    for key in method_kwargs:
-        if key in _RESERVED:
-            raise ValueError(f"method_kwargs: {key!r} is set by explain() itself (use its own argument)")
-        if key not in accepted:
-            raise ValueError(f"method_kwargs: {name} takes no argument {key!r}; it takes {sorted(accepted)}")
-    size = method_kwargs.get("permutation_batch", 2)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-        raise ValueError(f"method_kwargs['permutation_batch'] must be an int >= 2, got {size!r}")
-    return dict(method_kwargs)
-
-
-def _default_occlusion_window(image: Tensor) -> Tuple[int, ...]:
-    # One modality at a time, an eighth of each spatial edge: 8^d windows per modality.
-    return (1,) + tuple(max(1, s // 8) for s in image.shape[1:])
-
-
-def _run_perturbation(name, model, x, base, target, mask, kwargs, show_progress, baseline: Baseline, case):
-    cls = _perturbation_class(name)
-    kwargs = dict(kwargs)
-    kwargs.setdefault("perturbations_per_eval", "auto")
-    kwargs.setdefault("show_progress", show_progress)
-    method = cls(model, **_constructor_kwargs(cls, kwargs))
-    if name == "Occlusion":
-        window = tuple(kwargs.pop("sliding_window_shapes", _default_occlusion_window(case.image)))
-        kwargs.setdefault("strides", window)
-        return method.attribute(x, sliding_window_shapes=window, baselines=base, target=target, **kwargs)
-    if name == "FeaturePermutation":
-        # Permutation swaps a feature between the examples of a batch: the case is batched with
-        # baseline draws (the paper used batches of 4), so a permuted feature takes a baseline value.
-        size = kwargs.pop("permutation_batch", 4)
-        draws = [base] + [_baseline_input(case, Baseline.gaussian(baseline.seed + i) if baseline.kind == "gaussian"
-                                          else baseline)[None].to(x.device) for i in range(1, size - 1)]
-        batch = torch.cat([x] + draws)
-        return method.attribute(batch, target=target, feature_mask=mask, **kwargs)[:1]
-    if name == "FeatureAblation" and mask is not None and int(mask.min()) == 0:
-        kwargs.setdefault("background_id", 0)  # superpixel 0 is the background: no model calls for it
-    return method.attribute(x, baselines=base, target=target, feature_mask=mask, **kwargs)
-
-
-def _baseline_input(case: Case, baseline: Baseline) -> Tensor:
-    """``baseline`` on the foreground, the input itself on the background: ``[M, *S]``."""
-    base = baseline.tensor(case)
-    return base if case.foreground is None else torch.where(case.foreground.to(base.device), base, case.image)
-
-
-def _gradient_batch(x: Tensor) -> int:
-    return max(1, GRADIENT_BATCH_VOXELS // max(1, x.numel()))
-
-
-def _run_gradient(name, model, x, base, target, layer, kwargs):
-    import captum.attr as ca
-    from captum.attr import LayerAttribution
-
-    kwargs = dict(kwargs)
-    mode = "trilinear" if x.dim() == 5 else "bilinear"
-
-    def build(cls, *args):
-        return cls(*args, **_constructor_kwargs(cls, kwargs))
-
-    if name == "SmoothGrad":
-        kwargs.setdefault("nt_samples", 10)
-        # SmoothGrad's noise level: 15% of the input range (Smilkov et al. 2017 suggest 10-20%).
-        kwargs.setdefault("stdevs", 0.15 * float(x.detach().max() - x.detach().min()) or 1.0)
-        kwargs.setdefault("nt_samples_batch_size", _gradient_batch(x))
-        return build(ca.NoiseTunnel, build(ca.Saliency, model)).attribute(x, nt_type="smoothgrad", target=target,
-                                                                          **kwargs)
-    if name in ("IntegratedGradients", "DeepLift", "GradientShap"):
-        if name == "IntegratedGradients":
-            kwargs.setdefault("internal_batch_size", _gradient_batch(x))
-        return build(getattr(ca, name), model).attribute(x, baselines=base, target=target, **kwargs)
-    if name == "LayerGradCam":
-        cam = build(ca.LayerGradCam, model, layer).attribute(x, target=target, **kwargs)
-        cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode=mode)
-        return cam.expand_as(x)
-    if name == "GuidedGradCam":
-        kwargs.setdefault("interpolate_mode", mode)
-        return build(ca.GuidedGradCam, model, layer).attribute(x, target=target, **kwargs)
-    # Saliency, Deconvolution, GuidedBackprop, InputXGradient
-    return build(getattr(ca, name), model).attribute(x, target=target, **kwargs)
-
-
-def _predict_target(model: nn.Module, x: Tensor) -> Optional[int]:
+def _check_target(target, model: nn.Module, timed: nn.Module, x: Tensor) -> Optional[int]:
+    """One forward on the case (counted when it picks the target): a tensor output, ``target``
+    within its classes; None picks the argmax."""
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 0):
+        raise ValueError(f"target must be a class index >= 0 or None, got {target!r}")
     with torch.no_grad():
-        out = model(x)
+        out = (timed if target is None else model)(x)
     if not isinstance(out, Tensor):
-        raise ValueError(f"model must return a tensor, got {type(out).__name__}")
+        raise ValueError(f"model must return one tensor of outputs (to pick the target's output), got "
+                         f"{type(out).__name__}; wrap it so that forward returns the logits tensor")
+    if target is not None:
+        if out.dim() >= 2 and target >= out.shape[1]:
+            raise ValueError(f"target must be a class index in [0, {out.shape[1]}) for this model's output of "
+                             f"shape {tuple(out.shape)}, got {target}")
+        return target
     if out.dim() <= 1 or out.shape[-1] == 1 and out.dim() == 2:
         return None  # one output: nothing to choose
     if out.dim() != 2:
         raise ValueError(f"model output must be [1, classes] to pick a target, got shape {tuple(out.shape)}; "
                          f"pass target=")
     return int(out.argmax(dim=1)[0])
-
-
-def _check_target(target, stats_model: nn.Module, x: Tensor) -> Optional[int]:
-    if target is None:
-        return _predict_target(stats_model, x)
-    if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-        raise ValueError(f"target must be a class index >= 0 or None, got {target!r}")
-    return target
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -398,11 +244,13 @@ def explain(model: nn.Module, case: Case, method: str = "ShapleyValueSampling", 
         :class:`Explanation` with ``attributions`` float32 ``[M, *S]`` on the CPU.
 
     Raises:
-        ValueError: unknown method, layer or method argument, bad target, a hook-based method
-            on TorchScript; raised before any attribution work.
+        ValueError: unknown method, layer or method argument, bad target (or one out of the
+            model's classes), a model not returning one tensor, a hook-based method on
+            TorchScript; raised before any attribution work (after one forward on the case).
     """
     start = time.perf_counter()
     name = resolve_method(method)
+    runner = RUNNERS[name]
     if not isinstance(case, Case):
         raise ValueError(f"case must be a mmxai_fast.pipeline.Case, got {type(case).__name__}")
     if not isinstance(superpixels, Superpixels):
@@ -411,14 +259,14 @@ def explain(model: nn.Module, case: Case, method: str = "ShapleyValueSampling", 
         raise ValueError(f"baseline must be a Baseline, got {type(baseline).__name__}")
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if name in HOOK_METHODS and isinstance(model, torch.jit.ScriptModule):
+    if runner.needs_hooks and isinstance(model, torch.jit.ScriptModule):
         raise ValueError(f"method {name} needs module hooks, which TorchScript models do not support; "
                          f"load the model from a state dict and factory instead")
     kwargs = check_method_kwargs(name, method_kwargs)
     for key in ("sliding_window_shapes", "strides"):  # JSON gives lists
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
-    grad_layer = resolve_layer(model, layer) if name in ("LayerGradCam", "GuidedGradCam") else None
+    grad_layer = resolve_layer(model, layer) if runner.needs_layer else None
     if device is not None:
         model.to(device)
     device = _model_device(model) if device is None else torch.device(device)
@@ -428,35 +276,43 @@ def explain(model: nn.Module, case: Case, method: str = "ShapleyValueSampling", 
     model.eval()
     try:
         x = case.image[None].to(device)
-        target = _check_target(target, timed, x)
+        target = _check_target(target, model, timed, x)
         fg = case.foreground
-        base = _baseline_input(case, baseline)[None].to(device)
-        mask = None
-        if name in _SUPERPIXEL_METHODS:
-            mask = superpixel_mask(case, superpixels, show_progress=show_progress)
-        hooks = _no_inplace(model) if name in HOOK_METHODS else contextlib.nullcontext()
+        base = baseline_input(case, baseline)[None].to(device)
+        mask = superpixel_mask(case, superpixels, show_progress=show_progress) if runner.uses_superpixels else None
+        engine_mask = None if mask is None else (mask - 1 if int(mask.min()) > 0 else mask)[None].to(device)
+        hooks = _no_inplace(model) if runner.needs_hooks else contextlib.nullcontext()
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), hooks:
             torch.manual_seed(seed)
-            if name in PERTURBATION_METHODS:
-                engine_mask = None if mask is None else (mask - 1 if int(mask.min()) > 0 else mask)
-                engine_mask = None if engine_mask is None else engine_mask[None].to(device)
-                out = _run_perturbation(name, timed, x, base, target, engine_mask, kwargs, show_progress,
-                                        baseline, case)
-            else:
-                out = _run_gradient(name, timed, x.clone().requires_grad_(), base, target, grad_layer, kwargs)
-        attributions = out[0].detach().float().cpu().contiguous()
-        if name in PERTURBATION_METHODS and fg is not None:
-            attributions = attributions.masked_fill(~fg.cpu(), 0.0)
+            ctx = RunContext(timed, x.clone().requires_grad_() if runner.is_gradient else x, base, target,
+                             engine_mask, case, baseline, grad_layer, show_progress)
+            out, method_object = runner.run(ctx, kwargs)
+        attributions = _to_heatmap(out, runner, fg)
+        stderr = runner.stderr(method_object)
+        stderr = None if stderr is None else _to_heatmap(stderr, runner, fg)
     finally:
         model.train(was_training)
     stats = RunStats(name, timed.calls, time.perf_counter() - start, timed.seconds, timed.examples)
-    settings = {"method_kwargs": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, list, tuple))},
-                "baseline": baseline.describe(), "seed": seed}
+    plain = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, list, tuple))}
+    settings = {"method_kwargs": plain, "baseline": baseline.describe(), "seed": seed}
     if mask is not None:
         settings["superpixels"] = {**asdict(superpixels), "features": int(mask.max())}
     if grad_layer is not None:
         settings["layer"] = next((n for n, m in model.named_modules() if m is grad_layer), repr(grad_layer))
+    if stderr is not None:
+        settings["stderr"] = _stderr_summary(stderr, fg)
     return Explanation(attributions=attributions, method=name, target=target, feature_mask=mask,
                        modality_importance=modality_importance(attributions, case.modalities), stats=stats,
-                       modalities=case.modalities, settings=settings)
+                       modalities=case.modalities, settings=settings, stderr=stderr)
+
+
+def _to_heatmap(out: Tensor, runner: MethodRunner, fg: Optional[Tensor]) -> Tensor:
+    """``[1, M, *S]`` -> float32 ``[M, *S]`` on the CPU; 0 off the foreground (perturbation methods)."""
+    heat = out[0].detach().float().cpu().contiguous()
+    return heat.masked_fill(~fg.cpu(), 0.0) if fg is not None and not runner.is_gradient else heat
+
+
+def _stderr_summary(stderr: Tensor, fg: Optional[Tensor]) -> Dict[str, float]:
+    values = (stderr if fg is None else stderr[fg.cpu().expand_as(stderr)]).double().flatten()
+    return {"median": float(values.median()), "max": float(values.max())} if values.numel() else {}

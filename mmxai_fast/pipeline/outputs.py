@@ -44,7 +44,9 @@ __all__ = ["write_explanation", "render_explanation", "publish_output_set", "che
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 HEATMAP_SUFFIX = "_heatmap.nii.gz"
 #: Fixed file names of an output set (besides ``<modality>_heatmap.nii.gz``).
-OUTPUT_NAMES = ("importance.json", "summary.json", "heatmaps.png", "importance.png", "viewer.html")
+# evaluation.json and curves.png: mmxai-fast evaluate / explain --metrics (a re-explained folder drops them).
+OUTPUT_NAMES = ("importance.json", "summary.json", "heatmaps.png", "importance.png", "viewer.html",
+                "evaluation.json", "curves.png")
 _LEGACY_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # per-file temporaries of older versions
 _MAX_NAME_BYTES = 255
 PathLike = Union[str, os.PathLike]
