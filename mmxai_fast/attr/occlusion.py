@@ -4,7 +4,8 @@ Windows are enumerated like Captum 0.9: all windows of ``inputs[0]`` (first trai
 fastest, see :mod:`mmxai_fast.ops.occlusion`), then those of ``inputs[1]``, ...; a model call
 may hold windows of several tensors. Each row is one **global window id**;
 :class:`~mmxai_fast.attr._perturbers.WindowPerturber` builds the occluded copies with
-:func:`~mmxai_fast.ops.occlusion_batch` (a box copy per window, no full-size mask), and the per-window output differences become attributions through
+:func:`~mmxai_fast.ops.occlusion_batch` (a box copy per window, no full-size mask), and the per-window
+output differences become attributions through
 :func:`~mmxai_fast.ops.occlusion.occlusion_attribution` (mean over the covering windows).
 """
 

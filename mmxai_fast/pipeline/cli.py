@@ -30,7 +30,8 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
                                    "heatmap per modality (NIfTI), importance.json, summary.json and PNG figures.")
     case = p.add_argument_group("case (one of --modality, --image, --ct)")
     src = case.add_mutually_exclusive_group(required=True)
-    src.add_argument("--modality", nargs="+", metavar="NAME=PATH", help="one NIfTI per modality, e.g. t1=t1.nii.gz flair=flair.nii.gz")
+    src.add_argument("--modality", nargs="+", metavar="NAME=PATH",
+                     help="one NIfTI per modality, e.g. t1=t1.nii.gz flair=flair.nii.gz")
     src.add_argument("--image", metavar="PATH", help="one 4D NIfTI, modalities on the last axis")
     src.add_argument("--ct", metavar="PATH", help="CT volume in HU, expanded into --windows channels")
     case.add_argument("--names", nargs="+", metavar="NAME", help="modality names for --image")
@@ -38,12 +39,14 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
                       help="CT windows: preset names or LEVEL:WIDTH (default: brain subdural bone)")
     case.add_argument("--roi", metavar="PATH", help="tumour/ROI mask (chooses the figure's slice)")
     case.add_argument("--foreground", metavar="PATH", help="brain/body mask (default: derived from the intensities)")
-    case.add_argument("--normalize", choices=["zscore"], help="per-modality z-score inside the foreground, as the model was trained")
+    case.add_argument("--normalize", choices=["zscore"],
+                      help="per-modality z-score inside the foreground, as the model was trained")
     model = p.add_argument_group("model (--model, or --state-dict with --factory)")
     src_model = model.add_mutually_exclusive_group(required=True)
     src_model.add_argument("--model", metavar="PATH", help="TorchScript file (torch.jit.save)")
     src_model.add_argument("--state-dict", metavar="PATH", help="state dict, loaded with weights_only=True")
-    model.add_argument("--factory", metavar="MODULE:CALLABLE", help="builds the model for --state-dict, e.g. mmxai_fast.models:VGG3D")
+    model.add_argument("--factory", metavar="MODULE:CALLABLE",
+                       help="builds the model for --state-dict, e.g. mmxai_fast.models:VGG3D")
     model.add_argument("--factory-kwargs", metavar="JSON", help='keyword arguments for --factory, e.g. \'{"in_channels": 4}\'')
     model.add_argument("--device", help="where the model runs (default cpu)")
     method = p.add_argument_group("method")
@@ -54,14 +57,17 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
     method.add_argument("--n-samples", type=int, help="samples/steps of the method (n_samples, nt_samples or n_steps)")
     method.add_argument("--method-kwargs", metavar="JSON", help="more arguments for the method's attribute(), a JSON object")
     method.add_argument("--n-segments", type=int, help="SLIC superpixels per modality (default 200)")
-    method.add_argument("--compactness", type=float, default=0.1, help="SLIC compactness on z-scored intensities (default 0.1)")
+    method.add_argument("--compactness", type=float, default=0.1,
+                        help="SLIC compactness on z-scored intensities (default 0.1)")
     method.add_argument("--joint", action="store_true", help="one superpixel mask shared by all modalities")
-    method.add_argument("--baseline", default="zeros", help="removed features become: zeros, gaussian, or a number (default zeros)")
+    method.add_argument("--baseline", default="zeros",
+                        help="removed features become: zeros, gaussian, or a number (default zeros)")
     method.add_argument("--layer", metavar="NAME", help="Grad-CAM layer (default: the last conv layer)")
     method.add_argument("--seed", type=int, default=0, help="seed of the sampling methods and the Gaussian baseline")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    out.add_argument("--slice", type=int, help="axial slice of the figure (default: largest ROI area, else largest |attribution|)")
+    out.add_argument("--slice", type=int,
+                     help="axial slice of the figure (default: largest ROI area, else largest |attribution|)")
     out.add_argument("--smooth", type=float, metavar="SIGMA", help="Gaussian smoothing of the figure's heatmaps, in voxels")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
     out.add_argument("--metrics", action="store_true", help="also score the explanation (needs --roi): "
@@ -128,18 +134,10 @@ def _windows(items: List[str], parser):
     return windows
 
 
-def _check_args(args, parser) -> dict:
-    """Everything that needs no file reading: syntax, ranges, combinations, file existence."""
-    from .baselines import Baseline
-    from .cli_checks import GRADCAM_METHODS, INT32_MAX, SEED_MAX, device_error, names_error, number
-    from .explain import check_method_kwargs, resolve_method
-    from .outputs import OutputError, check_output_dir
+def _check_combinations(args, parser, method: str) -> None:
+    """Options that only make sense together (or apart)."""
+    from .cli_checks import GRADCAM_METHODS
 
-    checked = {}
-    try:
-        checked["method"] = resolve_method(args.method)
-    except ValueError as exc:
-        parser.error(f"--method: {exc}")
     if args.names and not args.image:
         parser.error("--names: only with --image")
     if args.windows and not args.ct:
@@ -150,6 +148,15 @@ def _check_args(args, parser) -> dict:
         parser.error("--factory: required with --state-dict (e.g. mmxai_fast.models:VGG3D)")
     if (args.factory or args.factory_kwargs) and not args.state_dict:
         parser.error("--factory/--factory-kwargs: only with --state-dict")
+    if args.layer is not None and method not in GRADCAM_METHODS:
+        parser.error(f"--layer: only with {' or '.join(GRADCAM_METHODS)}, not {method}")
+    if args.metrics and args.roi is None:
+        parser.error("--metrics: needs --roi (the tumour/region mask: MSFI's region and the localisation target)")
+
+
+def _check_numbers(args, parser) -> None:
+    from .cli_checks import INT32_MAX, SEED_MAX, device_error, number
+
     for message in (number(args.target, "--target", low=0, high=INT32_MAX, integer=True),
                     number(args.n_segments, "--n-segments", low=1, high=INT32_MAX, integer=True),
                     number(args.compactness, "--compactness", low=0, low_open=True),
@@ -158,25 +165,29 @@ def _check_args(args, parser) -> dict:
                     number(args.seed, "--seed", low=0, high=SEED_MAX, integer=True),
                     device_error(args.device)):
         _fail(message, parser)
-    if args.layer is not None and checked["method"] not in GRADCAM_METHODS:
-        parser.error(f"--layer: only with {' or '.join(GRADCAM_METHODS)}, not {checked['method']}")
-    try:
-        checked["baseline"] = Baseline.parse(args.baseline, seed=args.seed)
-    except ValueError as exc:
-        parser.error(f"--baseline: {exc}")
+
+
+def _check_method_kwargs(args, parser, method: str) -> dict:
+    """``--method-kwargs`` plus ``--n-samples``, checked against the method."""
+    from .cli_checks import INT32_MAX, number
+    from .explain import check_method_kwargs
+
     kwargs = _json_object(args.method_kwargs, "--method-kwargs", parser) if args.method_kwargs else {}
     if args.n_samples is not None:
-        if checked["method"] not in _SAMPLE_ARG:
-            parser.error(f"--n-samples: method {checked['method']} takes no sample count "
+        if method not in _SAMPLE_ARG:
+            parser.error(f"--n-samples: method {method} takes no sample count "
                          f"(it applies to {', '.join(_SAMPLE_ARG)})")
         _fail(number(args.n_samples, "--n-samples", low=1, high=INT32_MAX, integer=True), parser)
-        kwargs[_SAMPLE_ARG[checked["method"]]] = args.n_samples
+        kwargs[_SAMPLE_ARG[method]] = args.n_samples
     try:
-        checked["method_kwargs"] = check_method_kwargs(checked["method"], kwargs)
+        return check_method_kwargs(method, kwargs)
     except ValueError as exc:
         parser.error(f"--method-kwargs: {exc}")
-    checked["modalities"] = _modalities(args.modality, parser) if args.modality else None
-    checked["windows"] = _windows(args.windows or list(DEFAULT_WINDOWS), parser) if args.ct else None
+
+
+def _check_files_and_names(args, parser, checked: dict) -> None:
+    from .cli_checks import names_error
+
     files = [("--image", args.image), ("--ct", args.ct), ("--roi", args.roi), ("--foreground", args.foreground),
              ("--model", args.model), ("--state-dict", args.state_dict)]
     files += [(f"--modality {name}", path) for name, path in (checked["modalities"] or {}).items()]
@@ -191,8 +202,29 @@ def _check_args(args, parser) -> dict:
         from .case import _window_name
 
         _fail(names_error([_window_name(w) for w in checked["windows"]], "--windows"), parser)
-    if args.metrics and args.roi is None:
-        parser.error("--metrics: needs --roi (the tumour/region mask: MSFI's region and the localisation target)")
+
+
+def _check_args(args, parser) -> dict:
+    """Everything that needs no file reading: syntax, ranges, combinations, file existence."""
+    from .baselines import Baseline
+    from .explain import resolve_method
+    from .outputs import OutputError, check_output_dir
+
+    checked = {}
+    try:
+        checked["method"] = resolve_method(args.method)
+    except ValueError as exc:
+        parser.error(f"--method: {exc}")
+    _check_combinations(args, parser, checked["method"])
+    _check_numbers(args, parser)
+    try:
+        checked["baseline"] = Baseline.parse(args.baseline, seed=args.seed)
+    except ValueError as exc:
+        parser.error(f"--baseline: {exc}")
+    checked["method_kwargs"] = _check_method_kwargs(args, parser, checked["method"])
+    checked["modalities"] = _modalities(args.modality, parser) if args.modality else None
+    checked["windows"] = _windows(args.windows or list(DEFAULT_WINDOWS), parser) if args.ct else None
+    _check_files_and_names(args, parser, checked)
     try:
         check_output_dir(args.out)
     except OutputError as exc:

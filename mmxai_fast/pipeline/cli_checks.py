@@ -94,6 +94,14 @@ def _window_error(key: str, value, ndim: int) -> Optional[str]:
     return None
 
 
+def _number_rules() -> Dict[str, Dict[str, Any]]:
+    rules: Dict[str, Dict[str, Any]] = {key: dict(low=1, high=INT32_MAX, integer=True) for key in _COUNTS}
+    rules.update({key: dict(low=0, low_open=True) for key in _POSITIVE_REALS})
+    rules.update({key: dict(low=0) for key in _NON_NEGATIVE_REALS})
+    rules["permutation_batch"] = dict(low=2, high=1024, integer=True)
+    return rules
+
+
 def _like_default_error(where: str, value: Any, default: Any) -> Optional[str]:
     """A value for a keyword the checks do not know: it must have its default's type."""
     if isinstance(default, bool):
@@ -105,6 +113,9 @@ def _like_default_error(where: str, value: Any, default: Any) -> Optional[str]:
             f"{where} must be a {type(default).__name__} like {default!r}, got {value!r}"
     return None if value is None else (f"{where} takes a Python object, which a JSON value cannot give; call "
                                        f"mmxai_fast.explain() from Python instead")
+
+
+_NUMBER_RULES = _number_rules()
 
 
 def method_kwargs_error(method: str, kwargs: Mapping[str, Any], ndim: int) -> Optional[str]:
@@ -121,14 +132,9 @@ def method_kwargs_error(method: str, kwargs: Mapping[str, Any], ndim: int) -> Op
             message = _window_error(key, value, ndim)
         elif key == "perturbations_per_eval" and value == "auto":
             message = None
-        elif key in _COUNTS:
-            message = number(value, where, low=1, high=INT32_MAX, integer=True, sep=" ")
-        elif key in _POSITIVE_REALS:
-            message = number(value, where, low=0, low_open=True, sep=" ")
-        elif key in _NON_NEGATIVE_REALS:
-            message = number(value, where, low=0, sep=" ")
-        elif key == "permutation_batch":
-            message = number(value, where, low=2, high=1024, integer=True, sep=" ")
+        elif key in _NUMBER_RULES:
+            message = (f"{where} must be a number, got null" if value is None
+                       else number(value, where, sep=" ", **_NUMBER_RULES[key]))
         else:
             message = _like_default_error(where, value, defaults.get(key, inspect.Parameter.empty))
         if message:
