@@ -9,7 +9,7 @@ shapes.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -17,7 +17,8 @@ from torch import Tensor
 from ..ops.perturb import MASK_DTYPES
 from ._errors import AttributionInputError
 
-__all__ = ["FeatureMap", "check_inputs", "check_baselines", "check_feature_masks", "ids_present"]
+__all__ = ["FeatureMap", "check_inputs", "check_baselines", "check_feature_masks", "ids_present",
+           "stack_permutations", "check_interpretable_width", "randperm_generator"]
 
 
 def _broadcastable(shape: Sequence[int], target: Sequence[int]) -> bool:
@@ -103,6 +104,46 @@ def check_feature_masks(feature_mask: Sequence[Any], inputs: Tuple[Tensor, ...])
     return masks
 
 
+#: Widest id space permuted per Shapley sample (a permutation and its lookup: 16 bytes an id).
+MAX_PERMUTED_IDS = 2 ** 26
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2 ** 30:.3g} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.3g} MiB"
+
+
+def check_interpretable_width(masks: Sequence[Tensor], num_features: int, what: str, n_samples: int) -> None:
+    """Lime and KernelShap fit Captum's ``max id + 1`` interpretable features, absent ids
+    included (their random columns change the fit), so they cannot be compacted: a mask whose id
+    space is mostly gaps and wide is refused before any sample is drawn."""
+    present = sum(int(ids_present(m).numel()) for m in masks if m.numel())
+    if num_features <= 4 * present + 10000:
+        return
+    high = max(int(m.max()) for m in masks if m.numel())
+    raise AttributionInputError(
+        f"feature_mask ids must be compact for {what} (Captum fits one interpretable feature per id "
+        f"0 .. max id), got id {high}: {num_features} features of which {present} present, about "
+        f"{_bytes(5 * n_samples * num_features)} of samples and a fit over {num_features} columns; "
+        "renumber the ids to 0 .. K - 1 (torch.unique(mask, return_inverse=True))")
+
+
+def randperm_generator(num_features: int, num_samples: int) -> Iterator[Tensor]:
+    """Captum's ``_perm_generator`` (the same draws), yielding tensors instead of lists."""
+    for _ in range(num_samples):
+        yield torch.randperm(num_features)
+
+
+def stack_permutations(block: Sequence[Any], lookup: Optional[Tensor]) -> Tensor:
+    """Permutations (tensors or sequences of ids) -> ``[P, F]`` int64 compact columns: each
+    mapped through ``lookup`` with the absent ids (-1) dropped, order kept."""
+    perms = torch.stack([p.long().cpu() if isinstance(p, Tensor) else torch.tensor(list(p), dtype=torch.int64)
+                         for p in block])
+    if lookup is None:
+        return perms
+    mapped = lookup[perms]
+    return mapped[mapped >= 0].reshape(perms.shape[0], -1)
+
+
 class FeatureMap:
     """Masks aligned to their inputs, numbered by column ``0 .. F - 1``.
 
@@ -136,6 +177,9 @@ class FeatureMap:
             self.feature_order = torch.cat(order) if order else torch.zeros(0, dtype=torch.int64)
             self.masks = tuple(self._renumber(m, ids) for m in masks)
             self.num_features, self.feature_ids = max(ids.numel(), 1), ids
+        #: The largest id of the masks (Captum's id space is ``0 .. max_id``).
+        self.max_id = int(self.feature_ids[-1]) if self.feature_ids.numel() else 0
+        self.background_id = background_id
         if num_features is not None:  # rows wider than the ids (Lime's per-example ids)
             self.num_features = num_features
         #: With a declared background: its elements point at column ``num_features`` (one past
@@ -165,6 +209,29 @@ class FeatureMap:
         order = self.feature_order
         self.feature_order = shift(order[order != column])
         self.num_features, self.has_background = players, True
+
+    def permutation_space(self, what: str) -> Tuple[int, Optional[Tensor]]:
+        """Captum's permutation width (``max id + 1``, less a declared background) and the
+        lookup from its ids to :attr:`masks`' compact columns (-1 for ids not present).
+
+        Ids absent from the masks change no input, so their marginals are 0 and dropping them
+        from each permutation leaves every present id's marginal as it was: Captum's result
+        for the same seed, without the model calls of the absent ids.
+        """
+        width = self.max_id + 1 - int(self.has_background)
+        if width > MAX_PERMUTED_IDS:
+            raise AttributionInputError(
+                f"feature_mask ids must be at most {MAX_PERMUTED_IDS - 1} for {what} (Captum permutes the ids "
+                f"0 .. max id), got id {self.max_id}: about {_bytes(16 * width)} per permutation; renumber "
+                "the ids to 0 .. K - 1 (torch.unique(mask, return_inverse=True))")
+        ids = self.feature_ids
+        if self.has_background:
+            ids = ids - (ids > self.background_id).long()
+        if ids.numel() == width:
+            return width, None
+        lookup = torch.full((width,), -1, dtype=torch.int64)
+        lookup[ids] = torch.arange(ids.numel())
+        return width, lookup
 
     @property
     def num_columns(self) -> int:
