@@ -87,3 +87,34 @@ def test_lime_small_gaps_keep_captum_results():
     torch.manual_seed(6)
     want = ca.Lime(f).attribute(x, target=1, feature_mask=GAPPED, n_samples=30)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+
+
+SEVEN = [FeatureAblation, Occlusion, ShapleyValueSampling, ShapleyValues, FeaturePermutation, Lime, KernelShap]
+
+
+def _bad(t, kind):
+    return t.to_sparse() if kind == "sparse" else t.to("meta")
+
+
+@pytest.mark.parametrize("kind", ["sparse", "meta"])
+@pytest.mark.parametrize("cls,arg", [(c, a) for c in SEVEN for a in ("inputs", "baselines", "feature_mask")
+                                     if (c, a) not in ((FeaturePermutation, "baselines"), (Occlusion, "feature_mask"))],
+                         ids=str)
+def test_sparse_and_meta_tensors_rejected_before_any_call(cls, arg, kind):
+    lin, calls = torch.nn.Linear(8, 1), []
+    x, mask = torch.randn(3, 8), torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3]])
+    kw = dict(inputs=x, target=0)
+    kw.update(dict(sliding_window_shapes=(2,)) if cls is Occlusion else dict(feature_mask=mask))
+    if cls in (Lime, KernelShap):
+        kw["n_samples"] = 10
+    kw[arg] = _bad({"inputs": x, "baselines": torch.zeros(1, 8), "feature_mask": mask}[arg], kind)
+    with pytest.raises(AttributionInputError, match=rf"^{arg}(\[0\])? must be a dense tensor .*, got a "):
+        cls(lambda z: calls.append(1) or lin(z)).attribute(**kw)
+    assert not calls
+
+
+def test_require_dense_uses_callers_error():
+    from mmxai_fast._validation import require_dense
+    with pytest.raises(TypeError, match="x must be a dense tensor .* got a torch.sparse_coo tensor"):
+        require_dense(torch.eye(2).to_sparse(), "x", TypeError)
+    require_dense(torch.eye(2), "x")

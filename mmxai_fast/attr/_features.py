@@ -14,11 +14,12 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .._validation import require_dense
 from ..ops.perturb import MASK_DTYPES
 from ._errors import AttributionInputError
 
 __all__ = ["FeatureMap", "check_inputs", "check_baselines", "check_feature_masks", "ids_present",
-           "stack_permutations", "check_interpretable_width", "randperm_generator"]
+           "stack_permutations", "check_dense", "check_interpretable_width", "randperm_generator"]
 
 
 def _broadcastable(shape: Sequence[int], target: Sequence[int]) -> bool:
@@ -51,6 +52,7 @@ def check_inputs(inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
     for i, inp in enumerate(inputs):
         if not isinstance(inp, Tensor):
             raise AttributionInputError(f"inputs[{i}] must be a torch.Tensor, got {type(inp).__name__}")
+        require_dense(inp, f"inputs[{i}]", AttributionInputError)
         if inp.dim() == 0:
             raise AttributionInputError(f"inputs[{i}] must have a batch dim, got a 0-d tensor")
     return inputs
@@ -64,6 +66,7 @@ def check_baselines(baselines: Sequence[Any], inputs: Tuple[Tensor, ...]) -> Tup
     checked = []
     for i, (base, inp) in enumerate(zip(baselines, inputs)):
         if isinstance(base, Tensor):
+            require_dense(base, f"baselines[{i}]", AttributionInputError)
             if not _broadcastable(base.shape, inp.shape):
                 raise AttributionInputError(
                     f"baselines[{i}] must be broadcastable to inputs[{i}] {tuple(inp.shape)}, "
@@ -91,6 +94,7 @@ def check_feature_masks(feature_mask: Sequence[Any], inputs: Tuple[Tensor, ...])
         if not isinstance(mask, Tensor) or mask.dtype not in MASK_DTYPES:
             got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
             raise AttributionInputError(f"feature_mask[{i}] must be an integer tensor, got {got}")
+        require_dense(mask, f"feature_mask[{i}]", AttributionInputError)
         if not _broadcastable(mask.shape, inp.shape):
             raise AttributionInputError(
                 f"feature_mask[{i}] must be broadcastable to inputs[{i}] {tuple(inp.shape)}, "
@@ -110,6 +114,16 @@ MAX_PERMUTED_IDS = 2 ** 26
 
 def _bytes(n: int) -> str:
     return f"{n / 2 ** 30:.3g} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.3g} MiB"
+
+
+def check_dense(value: Any, name: str) -> None:
+    """Every tensor of ``value`` (a tensor, a tuple of them, or anything else: ignored) dense."""
+    if isinstance(value, Tensor):
+        require_dense(value, name, AttributionInputError)
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            if isinstance(item, Tensor):
+                require_dense(item, f"{name}[{i}]", AttributionInputError)
 
 
 def check_interpretable_width(masks: Sequence[Tensor], num_features: int, what: str, n_samples: int) -> None:

@@ -27,7 +27,7 @@ from torch import Tensor
 from ..ops.shapley import shapley_accumulate, shapley_coalitions, shapley_prefix_rows, shapley_stats
 from ._engine import AttributionInputError, coalition_evaluator, check_perturbations_per_eval
 from ._evaluator import Evaluator
-from ._features import FeatureMap, randperm_generator, stack_permutations
+from ._features import FeatureMap, check_dense, randperm_generator, stack_permutations
 
 __all__ = ["ShapleyValueSampling", "ShapleyValues"]
 
@@ -287,6 +287,8 @@ class ShapleyValues(ShapleyValueSampling, _CaptumShapleyValues):
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Exact Shapley values; arguments as :meth:`ShapleyValueSampling.attribute`."""
+        check_dense(inputs, "inputs")
+        check_dense(feature_mask, "feature_mask")
         if feature_mask is None:
             total_features = sum(torch.numel(inp[0]) for inp in _format_tensor_into_tuples(inputs))
         else:
