@@ -118,3 +118,21 @@ def test_require_dense_uses_callers_error():
     with pytest.raises(TypeError, match="x must be a dense tensor .* got a torch.sparse_coo tensor"):
         require_dense(torch.eye(2).to_sparse(), "x", TypeError)
     require_dense(torch.eye(2), "x")
+
+
+@pytest.mark.parametrize("kw", [dict(target=1), dict(target=1, feature_mask=torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3]])),
+                                dict(), dict(target=2, baselines=0.5)], ids=["target", "mask", "plain", "baseline"])
+def test_feature_ablation_empty_batch_like_captum(kw):
+    lin = torch.nn.Linear(8, 3)
+    x = torch.randn(0, 8)
+    want = ca.FeatureAblation(lin).attribute(x, **kw)
+    got = FeatureAblation(lin).attribute(x, **kw)
+    assert got.shape == want.shape == (0, 8) and got.dtype == want.dtype
+
+
+def test_feature_ablation_empty_batch_tuple_like_captum():
+    model = lambda a, b: a.flatten(1).sum(1) + b.sum(1)  # noqa: E731
+    x = (torch.randn(0, 2, 3), torch.randn(0, 4))
+    want = ca.FeatureAblation(model).attribute(x)
+    got = FeatureAblation(model).attribute(x)
+    assert [g.shape for g in got] == [w.shape for w in want] == [(0, 2, 3), (0, 4)]

@@ -100,7 +100,7 @@ def check_feature_masks(feature_mask: Sequence[Any], inputs: Tuple[Tensor, ...])
                 f"feature_mask[{i}] must be broadcastable to inputs[{i}] {tuple(inp.shape)}, "
                 f"got shape {tuple(mask.shape)}")
         masks.append(mask.reshape((1,) * (inp.dim() - mask.dim()) + tuple(mask.shape)).to(inp.device))
-    if not any(m.numel() for m in masks):
+    if not any(m.numel() for m in masks) and any(inp.numel() for inp in inputs):  # N = 0: nothing to do
         raise AttributionInputError("feature_mask is empty: no features to perturb")
     for i, mask in enumerate(masks):
         if mask.numel() and int(mask.min()) < 0:
