@@ -136,3 +136,17 @@ def test_feature_ablation_empty_batch_tuple_like_captum():
     want = ca.FeatureAblation(model).attribute(x)
     got = FeatureAblation(model).attribute(x)
     assert [g.shape for g in got] == [w.shape for w in want] == [(0, 2, 3), (0, 4)]
+
+
+def test_feature_permutation_background_gets_no_calls_and_zero():
+    lin, calls = torch.nn.Linear(8, 1), []
+    model = lambda z: calls.append(1) or lin(z)  # noqa: E731
+    x, mask = torch.randn(5, 8), torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3]])
+    torch.manual_seed(0)
+    plain = FeaturePermutation(model).attribute(x, feature_mask=mask)
+    plain_calls = len(calls)
+    calls.clear()
+    torch.manual_seed(0)
+    out = FeaturePermutation(model).attribute(x, feature_mask=mask, background_id=0)
+    assert (plain_calls, len(calls)) == (5, 4)  # initial + one per feature; the background: none
+    assert (out[:, :2] == 0).all() and (out[:, 2:] != 0).all() and (plain[:, :2] != 0).all()

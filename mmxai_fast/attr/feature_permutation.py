@@ -237,6 +237,7 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
         feature_mask: Union[None, TensorOrTupleOfTensorsGeneric] = None,
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
+        background_id: Optional[int] = None,
         **kwargs: Any,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Permutation importances, as ``captum.attr.FeaturePermutation.attribute``.
@@ -249,6 +250,8 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
                 ids shared across the tuple. None: every scalar is its own feature.
             perturbations_per_eval: permuted features per model call (int >= 1) or ``"auto"``.
             show_progress: tqdm progress bar ("Feature Permutation attribution").
+            background_id: a ``feature_mask`` id that is no feature: never shuffled (no model
+                calls), attribution 0. None (default): Captum's semantics.
             **kwargs: accepted for compatibility with Captum (``baselines`` is dropped), ignored.
 
         Returns:
@@ -271,8 +274,8 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
         formatted_inputs = check_inputs(_format_tensor_into_tuples(inputs))
         formatted_args = _format_additional_forward_args(additional_forward_args)
         features = FeatureMap(_format_feature_mask(feature_mask, formatted_inputs), formatted_inputs,
-                              compact_ids=True)
-        perturber = ShufflePerturber(formatted_inputs, features.masks, features.num_features)
+                              compact_ids=True, background_id=background_id)
+        perturber = ShufflePerturber(formatted_inputs, features.masks, features.num_columns)
         with torch.no_grad():
             evaluator = Evaluator(self.forward_func, formatted_inputs, perturber, target, formatted_args,
                                   perturbations_per_eval, check_batch_output=features.require_shared)
