@@ -237,7 +237,6 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
         feature_mask: Union[None, TensorOrTupleOfTensorsGeneric] = None,
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
-        background_id: Optional[int] = None,
         **kwargs: Any,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Permutation importances, as ``captum.attr.FeaturePermutation.attribute``.
@@ -250,8 +249,9 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
                 ids shared across the tuple. None: every scalar is its own feature.
             perturbations_per_eval: permuted features per model call (int >= 1) or ``"auto"``.
             show_progress: tqdm progress bar ("Feature Permutation attribution").
-            background_id: a ``feature_mask`` id that is no feature: never shuffled (no model
-                calls), attribution 0. None (default): Captum's semantics.
+            background_id: (keyword, in ``kwargs`` to keep Captum's signature) a ``feature_mask``
+                id that is no feature: never shuffled (no model calls), attribution 0. None
+                (default): Captum's semantics.
             **kwargs: accepted for compatibility with Captum (``baselines`` is dropped), ignored.
 
         Returns:
@@ -263,6 +263,7 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
             AttributionInputError: invalid arguments or model outputs.
         """
         kwargs.pop("baselines", None)
+        background_id = kwargs.pop("background_id", None)
         check_perturbations_per_eval(perturbations_per_eval)
         if self.perm_func is not _permute_feature:
             return _CaptumFeaturePermutation.attribute(
