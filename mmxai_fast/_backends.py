@@ -383,4 +383,7 @@ def run_op(name: str, impl: Callable, *args):
     """
     if torch.compiler.is_compiling():
         return getattr(torch.ops.mmxai_fast, name)(*args)
+    if torch.autograd.profiler._is_profiler_enabled:  # name the call in traces, as the custom op would
+        with torch.profiler.record_function(f"mmxai_fast::{name}"):
+            return impl(*args)
     return impl(*args)

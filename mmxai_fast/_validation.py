@@ -97,3 +97,10 @@ def exact_ints(values, name: str) -> list:
         except TypeError:
             raise TypeError(f"{name}[{k}] must be an int, got {v!r}") from None
     return out
+
+
+def require_dense(t: torch.Tensor, name: str, error: type = ValueError) -> None:
+    """``t`` must be a strided tensor holding data: sparse layouts and meta tensors are refused."""
+    if t.layout != torch.strided or t.is_meta:
+        got = f"a {t.layout} tensor" if t.layout != torch.strided else "a meta tensor (no data)"
+        raise error(f"{name} must be a dense tensor (torch.strided layout, with data), got {got}")

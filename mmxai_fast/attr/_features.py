@@ -9,15 +9,17 @@ shapes.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from .._validation import require_dense
 from ..ops.perturb import MASK_DTYPES
 from ._errors import AttributionInputError
 
-__all__ = ["FeatureMap", "check_inputs", "check_baselines", "check_feature_masks", "ids_present"]
+__all__ = ["FeatureMap", "check_inputs", "check_baselines", "check_feature_masks", "ids_present",
+           "stack_permutations", "check_dense", "check_interpretable_width", "randperm_generator"]
 
 
 def _broadcastable(shape: Sequence[int], target: Sequence[int]) -> bool:
@@ -50,6 +52,7 @@ def check_inputs(inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
     for i, inp in enumerate(inputs):
         if not isinstance(inp, Tensor):
             raise AttributionInputError(f"inputs[{i}] must be a torch.Tensor, got {type(inp).__name__}")
+        require_dense(inp, f"inputs[{i}]", AttributionInputError)
         if inp.dim() == 0:
             raise AttributionInputError(f"inputs[{i}] must have a batch dim, got a 0-d tensor")
     return inputs
@@ -63,6 +66,7 @@ def check_baselines(baselines: Sequence[Any], inputs: Tuple[Tensor, ...]) -> Tup
     checked = []
     for i, (base, inp) in enumerate(zip(baselines, inputs)):
         if isinstance(base, Tensor):
+            require_dense(base, f"baselines[{i}]", AttributionInputError)
             if not _broadcastable(base.shape, inp.shape):
                 raise AttributionInputError(
                     f"baselines[{i}] must be broadcastable to inputs[{i}] {tuple(inp.shape)}, "
@@ -90,17 +94,68 @@ def check_feature_masks(feature_mask: Sequence[Any], inputs: Tuple[Tensor, ...])
         if not isinstance(mask, Tensor) or mask.dtype not in MASK_DTYPES:
             got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
             raise AttributionInputError(f"feature_mask[{i}] must be an integer tensor, got {got}")
+        require_dense(mask, f"feature_mask[{i}]", AttributionInputError)
         if not _broadcastable(mask.shape, inp.shape):
             raise AttributionInputError(
                 f"feature_mask[{i}] must be broadcastable to inputs[{i}] {tuple(inp.shape)}, "
                 f"got shape {tuple(mask.shape)}")
         masks.append(mask.reshape((1,) * (inp.dim() - mask.dim()) + tuple(mask.shape)).to(inp.device))
-    if not any(m.numel() for m in masks):
+    if not any(m.numel() for m in masks) and any(inp.numel() for inp in inputs):  # N = 0: nothing to do
         raise AttributionInputError("feature_mask is empty: no features to perturb")
     for i, mask in enumerate(masks):
         if mask.numel() and int(mask.min()) < 0:
             raise AttributionInputError(f"feature_mask[{i}] ids must be >= 0, got min {int(mask.min())}")
     return masks
+
+
+#: Widest id space permuted per Shapley sample (a permutation and its lookup: 16 bytes an id).
+MAX_PERMUTED_IDS = 2 ** 26
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2 ** 30:.3g} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.3g} MiB"
+
+
+def check_dense(value: Any, name: str) -> None:
+    """Every tensor of ``value`` (a tensor, a tuple of them, or anything else: ignored) dense."""
+    if isinstance(value, Tensor):
+        require_dense(value, name, AttributionInputError)
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            if isinstance(item, Tensor):
+                require_dense(item, f"{name}[{i}]", AttributionInputError)
+
+
+def check_interpretable_width(masks: Sequence[Tensor], num_features: int, what: str, n_samples: int) -> None:
+    """Lime and KernelShap fit Captum's ``max id + 1`` interpretable features, absent ids
+    included (their random columns change the fit), so they cannot be compacted: a mask whose id
+    space is mostly gaps and wide is refused before any sample is drawn."""
+    present = sum(int(ids_present(m).numel()) for m in masks if m.numel())
+    if num_features <= 4 * present + 10000:
+        return
+    high = max(int(m.max()) for m in masks if m.numel())
+    raise AttributionInputError(
+        f"feature_mask ids must be compact for {what} (Captum fits one interpretable feature per id "
+        f"0 .. max id), got id {high}: {num_features} features of which {present} present, about "
+        f"{_bytes(5 * n_samples * num_features)} of samples and a fit over {num_features} columns; "
+        "renumber the ids to 0 .. K - 1 (torch.unique(mask, return_inverse=True))")
+
+
+def randperm_generator(num_features: int, num_samples: int) -> Iterator[Tensor]:
+    """Captum's ``_perm_generator`` (the same draws), yielding tensors instead of lists."""
+    for _ in range(num_samples):
+        yield torch.randperm(num_features)
+
+
+def stack_permutations(block: Sequence[Any], lookup: Optional[Tensor]) -> Tensor:
+    """Permutations (tensors or sequences of ids) -> ``[P, F]`` int64 compact columns: each
+    mapped through ``lookup`` with the absent ids (-1) dropped, order kept."""
+    perms = torch.stack([p.long().cpu() if isinstance(p, Tensor) else torch.tensor(list(p), dtype=torch.int64)
+                         for p in block])
+    if lookup is None:
+        return perms
+    mapped = lookup[perms]
+    return mapped[mapped >= 0].reshape(perms.shape[0], -1)
 
 
 class FeatureMap:
@@ -136,6 +191,9 @@ class FeatureMap:
             self.feature_order = torch.cat(order) if order else torch.zeros(0, dtype=torch.int64)
             self.masks = tuple(self._renumber(m, ids) for m in masks)
             self.num_features, self.feature_ids = max(ids.numel(), 1), ids
+        #: The largest id of the masks (Captum's id space is ``0 .. max_id``).
+        self.max_id = int(self.feature_ids[-1]) if self.feature_ids.numel() else 0
+        self.background_id = background_id
         if num_features is not None:  # rows wider than the ids (Lime's per-example ids)
             self.num_features = num_features
         #: With a declared background: its elements point at column ``num_features`` (one past
@@ -165,6 +223,29 @@ class FeatureMap:
         order = self.feature_order
         self.feature_order = shift(order[order != column])
         self.num_features, self.has_background = players, True
+
+    def permutation_space(self, what: str) -> Tuple[int, Optional[Tensor]]:
+        """Captum's permutation width (``max id + 1``, less a declared background) and the
+        lookup from its ids to :attr:`masks`' compact columns (-1 for ids not present).
+
+        Ids absent from the masks change no input, so their marginals are 0 and dropping them
+        from each permutation leaves every present id's marginal as it was: Captum's result
+        for the same seed, without the model calls of the absent ids.
+        """
+        width = self.max_id + 1 - int(self.has_background)
+        if width > MAX_PERMUTED_IDS:
+            raise AttributionInputError(
+                f"feature_mask ids must be at most {MAX_PERMUTED_IDS - 1} for {what} (Captum permutes the ids "
+                f"0 .. max id), got id {self.max_id}: about {_bytes(16 * width)} per permutation; renumber "
+                "the ids to 0 .. K - 1 (torch.unique(mask, return_inverse=True))")
+        ids = self.feature_ids
+        if self.has_background:
+            ids = ids - (ids > self.background_id).long()
+        if ids.numel() == width:
+            return width, None
+        lookup = torch.full((width,), -1, dtype=torch.int64)
+        lookup[ids] = torch.arange(ids.numel())
+        return width, lookup
 
     @property
     def num_columns(self) -> int:

@@ -115,7 +115,7 @@ def ablate_one_feature_per_row(evaluator: Evaluator, features: FeatureMap, initi
 
     outputs = evaluator.run(num_rows, make_keep)
     flat_initial = initial.reshape(1, -1)
-    diff = flat_initial - outputs.reshape(num_rows, -1).to(flat_initial.device)
+    diff = flat_initial - outputs.reshape(num_rows, flat_initial.shape[1]).to(flat_initial.device)
     table = torch.zeros((num_features, flat_initial.shape[1]), dtype=flat_initial.dtype, device=flat_initial.device)
     table[order.to(table.device)] = diff.to(table.dtype)
     return table

@@ -249,6 +249,9 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
                 ids shared across the tuple. None: every scalar is its own feature.
             perturbations_per_eval: permuted features per model call (int >= 1) or ``"auto"``.
             show_progress: tqdm progress bar ("Feature Permutation attribution").
+            background_id: (keyword, in ``kwargs`` to keep Captum's signature) a ``feature_mask``
+                id that is no feature: never shuffled (no model calls), attribution 0. None
+                (default): Captum's semantics.
             **kwargs: accepted for compatibility with Captum (``baselines`` is dropped), ignored.
 
         Returns:
@@ -260,6 +263,7 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
             AttributionInputError: invalid arguments or model outputs.
         """
         kwargs.pop("baselines", None)
+        background_id = kwargs.pop("background_id", None)
         check_perturbations_per_eval(perturbations_per_eval)
         if self.perm_func is not _permute_feature:
             return _CaptumFeaturePermutation.attribute(
@@ -271,8 +275,8 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
         formatted_inputs = check_inputs(_format_tensor_into_tuples(inputs))
         formatted_args = _format_additional_forward_args(additional_forward_args)
         features = FeatureMap(_format_feature_mask(feature_mask, formatted_inputs), formatted_inputs,
-                              compact_ids=True)
-        perturber = ShufflePerturber(formatted_inputs, features.masks, features.num_features)
+                              compact_ids=True, background_id=background_id)
+        perturber = ShufflePerturber(formatted_inputs, features.masks, features.num_columns)
         with torch.no_grad():
             evaluator = Evaluator(self.forward_func, formatted_inputs, perturber, target, formatted_args,
                                   perturbations_per_eval, check_batch_output=features.require_shared)

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ._engine import AttributionInputError, check_perturbations_per_eval, coalition_evaluator
 from ._evaluator import Evaluator
-from ._features import FeatureMap, check_feature_masks
+from ._features import FeatureMap, check_feature_masks, check_inputs, check_interpretable_width
 from ._perturbers import CoalitionPerturber
 
 __all__ = ["Lime"]
@@ -82,6 +82,7 @@ def interpretable_masks(feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
     """The shared mask check (:func:`~mmxai_fast.attr._features.check_feature_masks`), then
     Captum's ``construct_feature_mask`` (default mask, shift to 0 with its warning); returns the
     masks and ``F``."""
+    check_inputs(inputs)
     if feature_mask is not None:
         check_feature_masks(_format_tensor_into_tuples(feature_mask), inputs)
     return _captum_lime.construct_feature_mask(feature_mask, inputs)
@@ -249,6 +250,7 @@ class Lime(_CaptumLime):
         _positive_int(n_samples, "n_samples")
         check_perturbations_per_eval(perturbations_per_eval)
         masks, num_features = interpretable_masks(feature_mask, formatted_inputs)
+        check_interpretable_width(masks, num_features, self.get_name(), n_samples)
         self._check_num_features(num_features)
         if num_features > 10000:
             warnings.warn(_MANY_FEATURES_WARNING, stacklevel=3)

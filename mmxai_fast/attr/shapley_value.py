@@ -19,6 +19,7 @@ from captum._utils.common import (_format_additional_forward_args, _format_featu
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import ShapleyValues as _CaptumShapleyValues
 from captum.attr import ShapleyValueSampling as _CaptumShapleyValueSampling
+from captum.attr._core.shapley_value import _perm_generator as _captum_perm_generator
 from captum.attr._utils.common import _format_input_baseline
 from captum.log import log_usage
 from torch import Tensor
@@ -26,7 +27,7 @@ from torch import Tensor
 from ..ops.shapley import shapley_accumulate, shapley_coalitions, shapley_prefix_rows, shapley_stats
 from ._engine import AttributionInputError, coalition_evaluator, check_perturbations_per_eval
 from ._evaluator import Evaluator
-from ._features import FeatureMap, ids_present
+from ._features import FeatureMap, check_dense, randperm_generator, stack_permutations
 from ._incremental import check_incremental, step_major, use_incremental
 
 __all__ = ["ShapleyValueSampling", "ShapleyValues"]
@@ -141,10 +142,10 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         with torch.no_grad():
             evaluator, features = coalition_evaluator(self.forward_func, inputs_tuple, baselines, formatted_mask,
                                                       target, formatted_args, perturbations_per_eval,
-                                                      compact_ids=False, background_id=background_id)
+                                                      compact_ids=True, background_id=background_id)
             self.last_incremental_report = use_incremental(evaluator, incremental, num_features=features.num_features,
                                                            reference_keep=False)
-            self._warn_missing_ids(features)
+            self._perm_width, self._perm_lookup = self._permutation_space(features)
             with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 mean, stderr, count = self._walk(evaluator, features.num_features, plan)
             attributions = features.to_input_shapes(mean.float())
@@ -178,25 +179,26 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         """Permutations the generator yields (``n_samples``; ``F!`` for exact Shapley values)."""
         return n_samples
 
-    @staticmethod
-    def _warn_missing_ids(features: FeatureMap) -> None:
-        present = torch.zeros(features.num_columns, dtype=torch.bool)
-        for mask in features.masks:
-            if mask.numel():
-                present[ids_present(mask)] = True
-        if not bool(present[:features.num_features].all()):
-            warnings.warn(_MISSING_IDS_WARNING, stacklevel=3)
+    def _permutation_space(self, features: FeatureMap):
+        """Captum's permutation width and the lookup to compact columns (absent ids dropped)."""
+        width, lookup = features.permutation_space(self.get_name())
+        if lookup is not None:
+            warnings.warn(_MISSING_IDS_WARNING, stacklevel=4)
+        return width, lookup
 
     def _rounds(self, num_features: int, plan) -> Iterator[Tensor]:
         """Yield ``[P, F]`` int64 permutation blocks, drawn lazily from the generator."""
         per_draw = 2 if plan["antithetic"] else 1
         total = self._num_permutations(num_features, plan["max_samples"] or plan["n_samples"])
-        draws = iter(self.permutation_generator(num_features, total // per_draw))
+        generator = self.permutation_generator
+        if generator is _captum_perm_generator:  # the same draws, without F Python ints each
+            generator = randperm_generator
+        draws = iter(generator(self._perm_width, total // per_draw))
         while True:
             block = list(itertools.islice(draws, plan["n_samples"] // per_draw))
             if not block:
                 return
-            perms = torch.tensor([list(p) for p in block], dtype=torch.int64)
+            perms = stack_permutations(block, self._perm_lookup)
             if plan["antithetic"]:
                 perms = torch.stack((perms, perms.flip(1)), dim=1).reshape(-1, num_features)
             yield perms
@@ -294,6 +296,8 @@ class ShapleyValues(ShapleyValueSampling, _CaptumShapleyValues):
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Exact Shapley values; arguments as :meth:`ShapleyValueSampling.attribute`."""
+        check_dense(inputs, "inputs")
+        check_dense(feature_mask, "feature_mask")
         if feature_mask is None:
             total_features = sum(torch.numel(inp[0]) for inp in _format_tensor_into_tuples(inputs))
         else:
@@ -310,3 +314,11 @@ class ShapleyValues(ShapleyValueSampling, _CaptumShapleyValues):
 
     def _num_permutations(self, num_features: int, n_samples: int) -> int:
         return math.factorial(num_features)
+
+    def _permutation_space(self, features: FeatureMap):
+        """All permutations of the ids present: absent ids are null players (Shapley value 0,
+        no effect on the others), so this is Captum's result without ``(max id + 1)!`` walks."""
+        width, lookup = features.num_features, None
+        if features.num_features < features.max_id + 1 - int(features.has_background):
+            warnings.warn(_MISSING_IDS_WARNING, stacklevel=4)
+        return width, lookup
