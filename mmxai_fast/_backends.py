@@ -128,7 +128,8 @@ class Backend:
 
     Args:
         name: one of :data:`BACKEND_NAMES`.
-        impl: the implementation, called with the op's validated arguments.
+        impl: the implementation, called with the op's validated arguments (or what the op's own
+            dispatcher takes, e.g. slic's tuple of step functions).
         devices: device types it takes.
         dtypes: dtypes of the op's main tensor it takes (None: every dtype the op accepts).
         needs: environment requirements (``"compiled"``, ``"triton"``, ``"cupy"``, ``"cuda"``).
@@ -331,24 +332,24 @@ def resolve_backend(op: str, requested: Optional[str], device: torch.device, imp
     return OpBackends(op, declared, register=False).select(requested, device).name
 
 
-def reference(impl: Callable, **kw) -> Backend:
+def reference(impl: Any, **kw) -> Backend:
     """The plain-PyTorch backend of an op (any device but meta)."""
     return Backend("reference", impl, summary=kw.pop("summary", BACKEND_SUMMARIES["reference"]), **kw)
 
 
-def cpu(impl: Callable, **kw) -> Backend:
+def cpu(impl: Any, **kw) -> Backend:
     """A C++ backend (CPU tensors, needs ``mmxai_fast._C``)."""
     return Backend("cpu", impl, devices=("cpu",), needs=("compiled",),
                    summary=kw.pop("summary", BACKEND_SUMMARIES["cpu"]), **kw)
 
 
-def triton(impl: Callable, **kw) -> Backend:
+def triton(impl: Any, **kw) -> Backend:
     """A Triton backend (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
     return Backend("triton", impl, devices=("cuda", "cpu"), needs=kw.pop("needs", ("triton",)), auto_devices=("cuda",),
                    summary=kw.pop("summary", BACKEND_SUMMARIES["triton"]), **kw)
 
 
-def cuda(impl: Callable, **kw) -> Backend:
+def cuda(impl: Any, **kw) -> Backend:
     """A CUDA C++ backend compiled at run time by CuPy (CUDA tensors)."""
     return Backend("cuda", impl, devices=("cuda",), needs=kw.pop("needs", ("cuda", "cupy")),
                    summary=kw.pop("summary", BACKEND_SUMMARIES["cuda"]), **kw)

@@ -23,7 +23,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -92,7 +92,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
         """A smaller run (32^3 volumes, fewer cases and epochs, one explained case)."""
-        values = dict(shape=(32, 32, 32), n_train=96, n_val=32, epochs=5, n_cases=1, n_segments=100,
+        values: Dict[str, Any] = dict(shape=(32, 32, 32), n_train=96, n_val=32, epochs=5, n_cases=1, n_segments=100,
                       occlusion_window=6, occlusion_stride=6)
         values.update(overrides)
         return cls(**values)
@@ -179,7 +179,8 @@ def _train(config: DemoConfig, anatomy_labels, start: float, show_progress: bool
     # enhancing rim anywhere", which a few dozen cases teach.
     model = VGG3D(in_channels=train_x.shape[1], num_classes=len(GRADES), widths=config.widths, hidden=32,
                   pool="max")
-    model = model.to(memory_format=torch.channels_last_3d)
+    # Module.to accepts memory_format at run time; torch's overloads leave it out
+    model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     steps = config.epochs * -(-config.n_train // config.batch_size)
@@ -285,12 +286,13 @@ def phantom_case(phantom: BrainPhantom, voxel_mm: float = 4.0) -> "Case":
 
 def _method_kwargs(method: str, config: DemoConfig) -> Dict[str, object]:
     w, s = config.occlusion_window, config.occlusion_stride
-    return {
+    per_method: Dict[str, Dict[str, object]] = {
         "ShapleyValueSampling": {"n_samples": config.shapley_samples, "perturbations_per_eval": config.batch_size},
         "Occlusion": {"sliding_window_shapes": (1, w, w, w), "strides": (1, s, s, s),
                       "perturbations_per_eval": config.batch_size},
         "IntegratedGradients": {"n_steps": config.ig_steps, "internal_batch_size": config.batch_size},
-    }.get(method, {})
+    }
+    return per_method.get(method, {})
 
 
 def _overview_figure(case, explanations: Dict[str, "Explanation"]):

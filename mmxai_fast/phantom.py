@@ -310,7 +310,7 @@ def mni152_anatomy(shape: Sequence[int] = (48, 48, 48)) -> np.ndarray:
     brain = np.asarray(datasets.load_mni152_brain_mask(resolution=2).get_fdata()) > 0.5
     gm = np.asarray(datasets.load_mni152_gm_template(resolution=2).get_fdata(), np.float32)
     wm = np.asarray(datasets.load_mni152_wm_template(resolution=2).get_fdata(), np.float32)
-    labels = np.zeros(brain.shape, np.uint8)
+    labels: np.ndarray = np.zeros(brain.shape, np.uint8)
     # Scalp and skull as shells of about 3 and 2.5 mm around the brain (2 mm voxels).
     head = ndimage.binary_dilation(brain, iterations=3)
     labels[head] = TISSUES["scalp"]

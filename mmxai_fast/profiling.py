@@ -75,7 +75,7 @@ class AttributionProfile:
     model_examples: int = 0
     phases: Dict[str, float] = field(default_factory=dict)
     ops: List[Tuple[str, float, int]] = field(default_factory=list)
-    profiler: Optional[object] = field(default=None, repr=False)
+    profiler: Optional[torch.profiler.profile] = field(default=None, repr=False)
 
     @property
     def evaluations_per_s(self) -> float:

@@ -12,7 +12,10 @@ import argparse
 import os
 import runpy
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, ContextManager, List, Optional
+
+if TYPE_CHECKING:
+    from .profiling import AttributionProfile
 
 __all__ = ["add_run_parser", "run_script"]
 
@@ -42,7 +45,7 @@ def run_script(script: str, args: List[str], *, batch: str = "auto", report: boo
     if profile:
         from .profiling import profile_attributions
 
-        profiling = profile_attributions(trace=trace)
+        profiling: ContextManager[Optional[AttributionProfile]] = profile_attributions(trace=trace)
     else:
         profiling = contextlib.nullcontext()
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, List, Tuple, Union
 
 import torch
 
@@ -71,7 +71,7 @@ def _same(a, b) -> bool:
     return torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-5)
 
 
-def run_kernel_tour(size: int = 64, repeats: int = 3, device: str = None) -> List[dict]:
+def run_kernel_tour(size: int = 64, repeats: int = 3, device: Union[str, torch.device, None] = None) -> List[dict]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     report = backends()
     usable = [name for name, info in report.items() if device.type in info["devices"]]

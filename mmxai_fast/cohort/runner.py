@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -37,6 +37,8 @@ __all__ = ["CohortReport", "run_cohort", "SHARD_MODES", "FAILURES_NAME"]
 
 SHARD_MODES = ("auto", "cases", "permutations")
 FAILURES_NAME = "failures.json"
+# one entry of failures.json: ``case`` and ``error`` strings, ``files`` a list of paths
+Failure = Dict[str, Union[str, List[str]]]
 
 
 @dataclass
@@ -48,7 +50,7 @@ class CohortReport:
 
     done: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
-    failed: List[Dict[str, str]] = field(default_factory=list)
+    failed: List[Failure] = field(default_factory=list)
     computed: List[str] = field(default_factory=list)
     shard: str = "cases"
     wall_s: float = 0.0
@@ -68,7 +70,7 @@ def _finished(out: Path, specs: Sequence[CaseSpec]) -> List[str]:
 
 def _prepare(out: Path, specs, settings_dict, model_hash, dist: Dist):
     """Rank 0 checks the manifest and clears stale staging folders; every rank gets the verdict."""
-    verdict = None
+    verdict: Optional[Tuple[str, Any]] = None  # ("ok", finished case ids) or ("error", message)
     if dist.rank == 0:
         try:
             open_manifest(out, settings_dict, model_hash)
@@ -100,7 +102,7 @@ class _Run:
         self.checkpoint_every, self.chunk, self.show_progress = checkpoint_every, chunk, show_progress
         self.key, self.model_hash = key, model_hash
         self.report = CohortReport()
-        self.failures: List[Dict[str, str]] = []
+        self.failures: List[Failure] = []
         self.overall = None
 
     def record_failure(self, spec: CaseSpec, exc: Exception) -> None:

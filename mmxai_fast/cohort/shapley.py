@@ -83,7 +83,7 @@ def _scalar_outputs(out: Tensor, target: Optional[int], rows: int) -> Tensor:
 class _Evaluator:
     """Model calls in chunks, timed and counted."""
 
-    def __init__(self, model: Callable, x: Tensor, mask: Tensor, base: Tensor, target: Optional[int], chunk: int):
+    def __init__(self, model: Callable, x: Tensor, mask: Tensor, base: Union[Tensor, float], target: Optional[int], chunk: int):
         self.model, self.x, self.mask, self.base, self.target, self.chunk = model, x, mask, base, target, chunk
         self.calls = self.inputs = 0
         self.seconds = 0.0

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import math
+from typing import Union, cast
 
 import torch
 from torch import Tensor
@@ -271,13 +272,13 @@ class RegressionAdjustedState:
         """Per pair ``[P, F]`` unbiased Monte Carlo terms of the residual's Shapley values (sizes
         uniform on ``1 .. F-1``: ``phi_i = E[(F - 1) r(S) (1[i in S] / s - 1[i not in S] / (F - s))]``)."""
         num = self.num
-        terms = 0.0
+        terms: Union[Tensor, float] = 0.0
         for side, r in ((0, rows), (1, ~rows)):
             z = r.to(torch.float64)
             s = z.sum(-1, keepdim=True)
             resid = (values[:, side] - predict(r)).unsqueeze(1)
             terms = terms + 0.5 * (num - 1) * resid * (z / s - (1 - z) / (num - s))
-        return terms
+        return cast(Tensor, terms)  # a Tensor after the first side
 
     def estimate(self):
         count = self.first.shape[0]

@@ -10,7 +10,7 @@ state, updated in place: Shapley permutation chains, where each step adds one fe
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, cast
 
 import torch
 from torch import fx
@@ -152,12 +152,13 @@ class IncrementalRunner:
     def _call(self, node: fx.Node, args, kwargs):
         if node.op == "call_module":
             return self.plan.modules[node.target](*args, **kwargs)
+        # fx types every ``target`` as callable-or-str; which one it is follows from ``op``
         if node.op == "call_function":
-            return node.target(*args, **kwargs)
+            return cast(Callable[..., Any], node.target)(*args, **kwargs)
         if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return getattr(args[0], cast(str, node.target))(*args[1:], **kwargs)
         if node.op == "get_attr":
-            return functools.reduce(getattr, node.target.split("."), self.plan.gm)
+            return functools.reduce(getattr, cast(str, node.target).split("."), self.plan.gm)
         raise AssertionError(node.op)
 
     def _call_with(self, node: fx.Node, value_of):
@@ -166,7 +167,7 @@ class IncrementalRunner:
         return self._call(node, args, kwargs)
 
     def _reference_pass(self, ref: torch.Tensor):
-        env: Dict[fx.Node, object] = {}
+        env: Dict[fx.Node, Any] = {}
         modules = self.plan.modules
         for i, node in enumerate(self.plan.nodes):
             if node.op == "placeholder":

@@ -2,10 +2,13 @@
 (what ``mmxai-fast evaluate`` and ``explain --metrics`` report) and the figure of its curves."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..pipeline.explain import Explanation
 
 from .faithfulness import perturbation_curves
 from .modality import modality_importance_correlation, modality_shapley, msfi
@@ -26,7 +29,7 @@ def _predicted_target(model: nn.Module, x: Tensor) -> Optional[int]:
     return None if out.dim() <= 1 or out.shape[-1] == 1 else int(out.argmax(-1).flatten()[0])
 
 
-def evaluate_explanation(model: nn.Module, case, attributions: Union[Tensor, Any], target: Optional[int] = None,
+def evaluate_explanation(model: nn.Module, case, attributions: Union[Tensor, "Explanation"], target: Optional[int] = None,
                          baseline=None, feature_mask: Optional[Tensor] = None, superpixels=None,
                          steps: int = 20, n_random: int = 4, seed: int = 0,
                          device: Union[None, str, torch.device] = None) -> Dict[str, Any]:
@@ -59,10 +62,11 @@ def evaluate_explanation(model: nn.Module, case, attributions: Union[Tensor, Any
         raise ValueError("roi must be given (the tumour/region mask, e.g. --roi tumour.nii.gz), got none")
     if not bool(case.roi.any()):
         raise ValueError("roi must contain at least one voxel, got an empty mask")
-    if hasattr(attributions, "attributions"):  # an Explanation
-        target = attributions.target if target is None else target
-        feature_mask = attributions.feature_mask if feature_mask is None else feature_mask
-        attributions = attributions.attributions
+    if hasattr(attributions, "attributions"):
+        explanation = cast("Explanation", attributions)
+        target = explanation.target if target is None else target
+        feature_mask = explanation.feature_mask if feature_mask is None else feature_mask
+        attributions = explanation.attributions
     attributions = torch.as_tensor(attributions).detach().float().cpu()
     if tuple(attributions.shape) != tuple(case.image.shape):
         raise ValueError(f"attributions must have the case's shape {tuple(case.image.shape)}, got "

@@ -13,7 +13,7 @@ coalitions (:class:`~mmxai_fast.estimators.ModelGame`).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -83,7 +83,7 @@ def perturbation_curves(forward_func, inputs: Tensor, attributions: Tensor, feat
     heat_order = movable[scores[movable].argsort(descending=True, stable=True)]
     generator = torch.Generator().manual_seed(seed)
     orders = [heat_order] + [movable[torch.randperm(movable.numel(), generator=generator)] for _ in range(n_random)]
-    rows = {"deletion": [], "insertion": []}
+    rows: Dict[str, List[Tensor]] = {"deletion": [], "insertion": []}
     for order in orders:
         for kind, r in _curve_rows(order, num, counts, fixed_feature).items():
             rows[kind].append(r)

@@ -70,7 +70,7 @@ def msfi(attributions: Tensor, regions: Tensor, modality_values: Tensor) -> floa
     return float((weights * shares).sum() / weights.sum())
 
 
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
+def kendall_tau_b(x: Union[Sequence[float], Tensor], y: Union[Sequence[float], Tensor]) -> float:
     """Kendall's tau-b (ties corrected); 0 when either side is constant."""
     a, b = torch.as_tensor(x, dtype=torch.float64).flatten(), torch.as_tensor(y, dtype=torch.float64).flatten()
     if a.numel() != b.numel():

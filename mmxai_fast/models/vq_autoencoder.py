@@ -6,7 +6,7 @@ halves (encoder) or doubles (decoder) the resolution; five stages give 256 / 32 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -61,7 +61,8 @@ class VQEncoderDecoder(nn.Module):
         if not widths:
             raise ValueError("widths must name at least one encoder stage, got an empty sequence")
         self.downsampling = 2 ** len(widths)
-        layers, ch = [], in_channels
+        layers: List[nn.Module] = []
+        ch = in_channels
         for width in widths:
             layers.append(_conv_bn_relu(ch, width, stride=2))
             ch = width

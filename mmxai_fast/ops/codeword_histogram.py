@@ -72,8 +72,8 @@ BACKENDS = B.OpBackends("codeword_histogram", [
 def _check_index_range(indices: torch.Tensor, num_codewords: int) -> None:
     if indices.numel() == 0:
         return
-    low, high = torch.aminmax(indices)
-    low, high = int(low), int(high)
+    low_t, high_t = torch.aminmax(indices)
+    low, high = int(low_t), int(high_t)
     if low < 0 or high >= num_codewords:
         raise ValueError(f"indices must be in [0, {num_codewords}) (num_codewords), got min {low} and max {high}")
 

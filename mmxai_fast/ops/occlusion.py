@@ -99,7 +99,7 @@ def _occlusion_batch_cpu(x, windows, window_ids, baseline, out=None):
         fill, full = _baseline_buffer(baseline, x)
         compiled_module().occlusion_batch(
             x.data_ptr(), x.element_size(), _lead_count(x.shape, windows), list(windows.input_shape),
-            list(windows.window), list(windows.strides), ids.data_ptr(), ids.numel(),
+            list(windows.window), list(windows.steps), ids.data_ptr(), ids.numel(),
             fill.data_ptr(), full, out.data_ptr())
     return out
 
@@ -236,7 +236,7 @@ def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, base
                          f"got {tuple(x.shape)}")
     ids = _window_id_tensor(window_ids, windows, x.device)
     fill = _baseline_tensor(baseline, x)
-    geometry = (list(windows.input_shape), list(windows.window), list(windows.strides))
+    geometry = (list(windows.input_shape), list(windows.window), list(windows.steps))
     if out is None:
         return run_op("occlusion_batch", _occlusion_batch_impl, x, ids, fill, *geometry, backend or "")
     require_tensor(out, "out")
@@ -275,7 +275,7 @@ def _occlusion_attribution_cpu(diffs, windows):
     if out.numel():
         compiled_module().occlusion_attribution(
             diffs.data_ptr(), dtype_code(diffs.dtype), out.numel() // math.prod(windows.input_shape),
-            list(windows.input_shape), list(windows.window), list(windows.strides), out.data_ptr())
+            list(windows.input_shape), list(windows.window), list(windows.steps), out.data_ptr())
     return out
 
 
@@ -345,4 +345,4 @@ def occlusion_attribution(diffs: torch.Tensor, windows: OcclusionWindows, *, bac
     if diffs.dim() < 1 or diffs.shape[-1] != windows.num_windows:
         raise ValueError(f"diffs must have shape (*lead, num_windows={windows.num_windows}), got {tuple(diffs.shape)}")
     return run_op("occlusion_attribution", _occlusion_attribution_impl, diffs, list(windows.input_shape),
-                  list(windows.window), list(windows.strides), backend or "")
+                  list(windows.window), list(windows.steps), backend or "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union, cast
 
 import torch
 
@@ -61,13 +61,18 @@ class OcclusionWindows:
         object.__setattr__(self, "strides", strides)
 
     @property
+    def steps(self) -> Tuple[int, ...]:
+        """``strides`` as one int per dim (``__post_init__`` has normalised it)."""
+        return cast(Tuple[int, ...], self.strides)
+
+    @property
     def ndim(self) -> int:
         return len(self.input_shape)
 
     @property
     def counts(self) -> Tuple[int, ...]:
         """Window positions per dim, ``ceil((n - w) / s) + 1`` (Captum's ``shift_counts``)."""
-        return tuple((n - w + s - 1) // s + 1 for n, w, s in zip(self.input_shape, self.window, self.strides))
+        return tuple((n - w + s - 1) // s + 1 for n, w, s in zip(self.input_shape, self.window, self.steps))
 
     @property
     def num_windows(self) -> int:
@@ -90,8 +95,8 @@ class OcclusionWindows:
     def window_box(self, index: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
         """``(starts, stops)`` of window ``index``, cropped at the input's border."""
         j = self.position(index)
-        starts = tuple(min(p * s, n) for p, s, n in zip(j, self.strides, self.input_shape))
-        stops = tuple(min(p * s + w, n) for p, s, w, n in zip(j, self.strides, self.window, self.input_shape))
+        starts = tuple(min(p * s, n) for p, s, n in zip(j, self.steps, self.input_shape))
+        stops = tuple(min(p * s + w, n) for p, s, w, n in zip(j, self.steps, self.window, self.input_shape))
         return starts, stops
 
     def window_slices(self, index: int) -> Tuple[slice, ...]:
@@ -104,7 +109,7 @@ class OcclusionWindows:
         Coverage is separable: the product over dims of the per-dim number of covering positions.
         """
         out = torch.ones((), dtype=dtype, device=device)
-        for k, (n, w, s, c) in enumerate(zip(self.input_shape, self.window, self.strides, self.counts)):
+        for k, (n, w, s, c) in enumerate(zip(self.input_shape, self.window, self.steps, self.counts)):
             i = torch.arange(n, device=device)
             lo = (i - w + s).clamp(min=0) // s  # first position covering i: ceil((i - w + 1) / s)
             hi = (i // s).clamp(max=c - 1)  # last position covering i
@@ -119,7 +124,7 @@ class OcclusionWindows:
         ``span = min(ceil(w / s), count)`` the most positions that can cover one element and
         ``span_pitch`` the stride of that dim when enumerating covering combinations."""
         rows, pitch, mult, span_pitch = [], math.prod(self.input_shape), 1, 1
-        for n, w, s, c in zip(self.input_shape, self.window, self.strides, self.counts):
+        for n, w, s, c in zip(self.input_shape, self.window, self.steps, self.counts):
             pitch //= n
             span = min(-(-w // s), c)
             rows.append([n, pitch, w, s, c, mult, span, span_pitch])
@@ -129,4 +134,4 @@ class OcclusionWindows:
 
     @property
     def _max_cover(self) -> int:
-        return math.prod(min(-(-w // s), c) for w, s, c in zip(self.window, self.strides, self.counts))
+        return math.prod(min(-(-w // s), c) for w, s, c in zip(self.window, self.steps, self.counts))

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -348,7 +348,8 @@ def _slic_impl(volume: torch.Tensor, masks: Optional[torch.Tensor], n_segments: 
     if chosen.name in ("reference", "cpu"):
         volume = volume.cpu()
         masks = masks.cpu() if masks is not None else None
-    opts = _Options(n_segments, compactness, max_num_iter, tuple(spacing), enforce_connectivity, min_size_factor)
+    zyx = cast(Tuple[float, float, float], tuple(spacing))  # _parse_spacing made it three floats
+    opts = _Options(n_segments, compactness, max_num_iter, zyx, enforce_connectivity, min_size_factor)
     per_mod = [masks[m] if masks is not None else None for m in range(volume.shape[0])]
     out, offset = [], 0
     segment = lambda m: _segment_one(volume[m], per_mod[m], opts, chosen.impl)  # noqa: E731
@@ -399,7 +400,7 @@ def _parse_spacing(spacing, n_spatial: int) -> Tuple[float, float, float]:
         raise ValueError(f"Input image is {n_spatial}D, but spacing has {len(values)} elements (expected {n_spatial}).")
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"spacing values must be finite and > 0, got {values}")
-    return tuple([1.0] * (3 - n_spatial) + values)
+    return cast(Tuple[float, float, float], tuple([1.0] * (3 - n_spatial) + values))  # padded to three dims
 
 
 def _parse_mask(mask, spatial_shape, n_mod: int, has_modality_axis: bool, device) -> Optional[torch.Tensor]:

@@ -3,7 +3,7 @@ and the fixed-point scale of the centre sums (see ``ops/slic.py``)."""
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ def regular_grid_steps(shape, n_points) -> Tuple[List[slice], Tuple[int, int, in
     from skimage.util import regular_grid
 
     slices = regular_grid(shape, n_points)
-    return slices, tuple(int(s.step) if s.step is not None else 1 for s in slices)
+    steps = tuple(int(s.step) if s.step is not None else 1 for s in slices)
+    return slices, cast(Tuple[int, int, int], steps)  # one slice per dim of the 3D ``shape``
 
 
 def grid_seeds(shape, n_segments):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -101,12 +101,13 @@ def _check_affine(affine: np.ndarray, what: str) -> None:
 
 def _load_image(path: PathLike, what: str):
     import nibabel as nib
+    from nibabel.spatialimages import SpatialImage
 
     path = Path(path)
     if not path.is_file():
         raise CaseError(f"{what}: file {str(path)!r} does not exist")
     try:
-        img = nib.load(str(path))
+        img = cast(SpatialImage, nib.load(str(path)))  # NIfTI: ``load`` is typed as the base FileBasedImage
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # nibabel raises several types for unreadable files
         raise CaseError(f"{what}: {str(path)!r} is not a readable NIfTI image ({exc})") from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 __all__ = ["add_evaluate_parser", "run_evaluate"]
 
@@ -101,6 +102,7 @@ def _check(args, parser):
 
 def _heatmaps(folder: Path, case, parser):
     import nibabel as nib
+    from nibabel.spatialimages import SpatialImage
     import numpy as np
     import torch
 
@@ -111,7 +113,7 @@ def _heatmaps(folder: Path, case, parser):
         path = folder / heatmap_filename(name)
         if not path.is_file():
             parser.error(f"DIR: no heatmap {path.name} for modality {name!r} in {str(folder)!r}")
-        data = np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float32)
+        data = np.asarray(cast(SpatialImage, nib.load(str(path))).get_fdata(), dtype=np.float32)
         if data.shape != tuple(case.spatial_shape):
             parser.error(f"DIR: {path.name} has shape {data.shape}, the case has {tuple(case.spatial_shape)}")
         maps.append(torch.from_numpy(data))

@@ -6,13 +6,16 @@ matplotlib is used through its object API with the Agg canvas (no display needed
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .case import Case
+
+if TYPE_CHECKING:  # annotation only: no runtime import of the explain machinery
+    from .explain import Explanation
 
 __all__ = ["scale_signed", "smooth", "choose_axial_slice", "plot_explanation", "plot_modality_importance"]
 
@@ -125,7 +128,7 @@ def plot_explanation(case: Case, explanation, slice: Optional[int] = None, smoot
     return fig
 
 
-def plot_modality_importance(importance: Union[Mapping[str, float], object], title: Optional[str] = None):
+def plot_modality_importance(importance: Union[Mapping[str, float], Explanation], title: Optional[str] = None):
     """Bar chart of per-modality importance (share of the total ``|attribution|``, in %).
 
     Args:

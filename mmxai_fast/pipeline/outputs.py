@@ -264,8 +264,8 @@ def write_files_atomically(out_dir: PathLike, files: Dict[str, bytes]) -> Dict[s
     temps: List[Tuple[str, Path]] = []
     try:
         for name, content in files.items():
-            handle, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-            temps.append((name, Path(tmp)))
+            handle, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+            temps.append((name, Path(tmp_name)))
             with os.fdopen(handle, "wb") as f:
                 f.write(content)
                 f.flush()

@@ -107,11 +107,11 @@ def latent_feature_ablation_reference(decoder: Callable[[Tensor], Tensor], indic
                                       codewords: Sequence[int], background: int) -> Tensor:
     """Oracle: one codeword at a time, decoding the whole batch each time (see
     :func:`latent_feature_ablation`)."""
-    codewords = _check_ablation_args(indices, codebook, codewords, background)
+    ids = _check_ablation_args(indices, codebook, codewords, background)
     with torch.no_grad():
         original = decoder(codebook[indices].movedim(-1, 1))
         maps = []
-        for c in codewords.tolist():
+        for c in ids.tolist():
             ablated = torch.where(indices == c, background, indices)
             maps.append((decoder(codebook[ablated].movedim(-1, 1)) - original).abs().sum(1))
     return torch.stack(maps) if maps else original.new_zeros((0, original.shape[0]) + original.shape[2:])
@@ -147,7 +147,7 @@ def latent_feature_ablation(decoder: Callable[[Tensor], Tensor], indices: Tensor
         ValueError: bad shapes, an index, codeword id or ``background`` outside ``[0, K)``, bad
             ``batch_size``, or ``logits`` not of the decoder's output shape.
     """
-    codewords = _check_ablation_args(indices, codebook, codewords, background)
+    ids = _check_ablation_args(indices, codebook, codewords, background)
     batch_size = positive_int(batch_size, "batch_size")
     num_images = indices.shape[0]
     with torch.no_grad():
@@ -156,9 +156,9 @@ def latent_feature_ablation(decoder: Callable[[Tensor], Tensor], indices: Tensor
         elif not isinstance(logits, Tensor) or logits.dim() < 2 or logits.shape[0] != num_images:
             raise ValueError(f"logits must be the decoder output (B={num_images}, C, *out), got "
                              f"{getattr(logits, 'shape', type(logits).__name__)}")
-        out = logits.new_zeros((codewords.shape[0], num_images) + logits.shape[2:])
-        present = codeword_histogram(indices, codebook.shape[0], batch_dims=1)[:, codewords] > 0  # (B, M)
-        present &= codewords[None] != background
+        out = logits.new_zeros((ids.shape[0], num_images) + logits.shape[2:])
+        present = codeword_histogram(indices, codebook.shape[0], batch_dims=1)[:, ids] > 0  # (B, M)
+        present &= ids[None] != background
         image_ids, codeword_pos = present.nonzero(as_tuple=True)
         calls = range(0, image_ids.shape[0], batch_size)
         if show_progress:
@@ -168,7 +168,7 @@ def latent_feature_ablation(decoder: Callable[[Tensor], Tensor], indices: Tensor
         for start in calls:
             rows, pos = image_ids[start:start + batch_size], codeword_pos[start:start + batch_size]
             latent = indices[rows]
-            chosen = codewords[pos].view((-1,) + (1,) * (latent.dim() - 1))
+            chosen = ids[pos].view((-1,) + (1,) * (latent.dim() - 1))
             ablated = decoder(codebook[torch.where(latent == chosen, background, latent)].movedim(-1, 1))
             out[pos, rows] = (ablated - logits[rows]).abs().sum(1)
     return out

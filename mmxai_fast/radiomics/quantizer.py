@@ -82,6 +82,10 @@ class VectorQuantizer(nn.Module):
     ``vq_nearest`` and ``codeword_histogram`` are custom ops with fake implementations.
     """
 
+    # buffers registered only with ``ema_decay`` (nn.Module's ``__getattr__`` cannot say so)
+    ema_cluster_size: Tensor
+    ema_cluster_sum: Tensor
+
     def __init__(self, num_codewords: int, dim: int, beta: float = 0.25, ema_decay: Optional[float] = None,
                  ema_epsilon: float = 1e-5, backend: Optional[str] = None) -> None:
         super().__init__()
