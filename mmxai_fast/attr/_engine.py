@@ -96,7 +96,7 @@ class PerturbationEngine(Evaluator):
 
     def perturbed_inputs(self, keep: Tensor) -> Tuple[Tensor, ...]:
         """``[rows, F]`` coalition rows -> one freshly allocated ``[rows * N, ...]`` tensor per input."""
-        return self.perturber(keep)
+        return self.perturber(keep, None)
 
     def to_input_shapes(self, table: Tensor) -> Tuple[Tensor, ...]:
         return self.features.to_input_shapes(table)

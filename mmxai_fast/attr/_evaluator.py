@@ -114,7 +114,7 @@ class Evaluator:
         elif self.agg_mode:
             self.rows_per_eval = 1
         elif self.perturbations_per_eval != "auto":
-            self.rows_per_eval = max(1, self.perturbations_per_eval // self.samples_per_row)
+            self.rows_per_eval = max(1, int(self.perturbations_per_eval) // self.samples_per_row)
         else:
             row_bytes = sum(x.numel() * x.element_size() for x in self.inputs) or 1
             device = self.inputs[0].device

@@ -145,7 +145,7 @@ def _dispatcher(captum_cls: type, ours: type, original: Callable) -> Callable:
             return inspect.unwrap(original)(self, *args, **kwargs)
         self.__class__ = ours
         try:
-            return inspect.unwrap(ours.attribute)(self, *args, **kwargs)
+            return inspect.unwrap(getattr(ours, "attribute"))(self, *args, **kwargs)
         finally:
             self.__class__ = captum_cls
 
@@ -155,7 +155,7 @@ def _dispatcher(captum_cls: type, ours: type, original: Callable) -> Callable:
             return original(self, *args, **kwargs)
         self.__class__ = ours
         try:
-            return ours.attribute(self, *args, **kwargs)
+            return getattr(ours, "attribute")(self, *args, **kwargs)
         finally:
             self.__class__ = captum_cls
 
@@ -192,9 +192,8 @@ class _Patch:
     def __enter__(self) -> "_Patch":
         return self
 
-    def __exit__(self, *exc_info) -> bool:
+    def __exit__(self, *exc_info) -> None:
         unpatch_captum()
-        return False
 
 
 def patch_captum(batch: Optional[str] = None, *, policy: Optional[ModelPolicy] = None, **settings: Any) -> _Patch:

@@ -184,7 +184,7 @@ class KernelShap(Lime, _CaptumKernelShap):
         """
         if sampler not in (None, "kernel", "leverage"):
             raise AttributionInputError(f"sampler must be None, 'kernel' or 'leverage', got {sampler!r}")
-        self._exact = False
+        self._exact: Union[bool, str] = False
         if sampler == "leverage":  # Leverage SHAP (Musco & Witter 2025), see mmxai_fast.estimators.kernel
             from ..estimators.kernel import leverage_rows, leverage_weights
             return self._attribute_on_engine(inputs, baselines, target, additional_forward_args, feature_mask,
@@ -220,7 +220,7 @@ class KernelShap(Lime, _CaptumKernelShap):
         self._exact = exact
         exact_weights = {}
 
-        def draw_rows(groups: int, n: int, num_features: int, device: torch.device) -> Tensor:
+        def draw_exact_or_paired(groups: int, n: int, num_features: int, device: torch.device) -> Tensor:
             enumerate_all = exact is True or (exact == "auto" and num_features <= MAX_EXACT_FEATURES
                                               and 2 ** num_features <= n)
             if not enumerate_all:
@@ -229,14 +229,14 @@ class KernelShap(Lime, _CaptumKernelShap):
             exact_weights["weights"] = weights
             return rows.expand(groups, -1, -1)
 
-        def weigh(perturber: CoalitionPerturber, rows: Tensor) -> Tensor:
+        def weigh_exact_or_equal(perturber: CoalitionPerturber, rows: Tensor) -> Tensor:
             if "weights" in exact_weights:
                 return exact_weights["weights"].expand(rows.shape[0], -1)
             return torch.ones(rows.shape[:2], dtype=torch.float64, device=rows.device)
 
         return self._attribute_on_engine(inputs, baselines, target, additional_forward_args, feature_mask, n_samples,
-                                         perturbations_per_eval, return_input_shape, show_progress, draw_rows, weigh,
-                                         solve=constrained_shapley_solve)
+                                         perturbations_per_eval, return_input_shape, show_progress,
+                                         draw_exact_or_paired, weigh_exact_or_equal, solve=constrained_shapley_solve)
 
     def _check_num_features(self, num_features: int) -> None:
         if num_features < 2:

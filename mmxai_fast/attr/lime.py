@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union, cast
 
 import torch
 from captum._utils.common import (_format_additional_forward_args, _format_output, _format_tensor_into_tuples,
@@ -265,7 +265,7 @@ class Lime(_CaptumLime):
                 shared_masks_per_batch=False)
             with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 rows, outputs = self._evaluate_samples(evaluator, num_features, n_samples, draw_rows)
-            weights = weigh(evaluator.perturber, rows)
+            weights = weigh(cast(CoalitionPerturber, evaluator.perturber), rows)
             if solve is not None:
                 coefs = [c.reshape(1, -1) for c in solve(rows, outputs, weights).float()]  # [1, F] like Captum's
             else:

@@ -12,7 +12,7 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 __all__ = ["add_explain_parser", "run_explain"]
 
@@ -114,7 +114,7 @@ def _modalities(pairs: List[str], parser) -> Dict[str, str]:
 def _windows(items: List[str], parser):
     from ..ops.hu_window import HU_WINDOW_PRESETS, parse_windows
 
-    windows = []
+    windows: List[Any] = []
     for item in items:
         if item in HU_WINDOW_PRESETS:
             windows.append(item)
@@ -183,6 +183,7 @@ def _check_method_kwargs(args, parser, method: str) -> dict:
         return check_method_kwargs(method, kwargs)
     except ValueError as exc:
         parser.error(f"--method-kwargs: {exc}")
+        raise  # parser.error exits; this tells the type checker
 
 
 def _check_files_and_names(args, parser, checked: dict) -> None:
@@ -210,7 +211,7 @@ def _check_args(args, parser) -> dict:
     from .explain import resolve_method
     from .outputs import OutputError, check_output_dir
 
-    checked = {}
+    checked: Dict[str, Any] = {}
     try:
         checked["method"] = resolve_method(args.method)
     except ValueError as exc:

@@ -148,12 +148,12 @@ def _no_inplace(model: nn.Module):
     DeepLift fail on in-place outputs); restored afterwards."""
     changed = [m for m in model.modules() if getattr(m, "inplace", False) is True]
     for m in changed:
-        m.inplace = False
+        setattr(m, "inplace", False)
     try:
         yield
     finally:
         for m in changed:
-            m.inplace = True
+            setattr(m, "inplace", True)
 
 
 def resolve_layer(model: nn.Module, layer: Union[None, str, nn.Module]) -> nn.Module:
