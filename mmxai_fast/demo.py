@@ -4,8 +4,7 @@ Nothing is downloaded. The demo
 
 1. draws 4-sequence brain phantoms (:mod:`mmxai_fast.phantom`, or the MNI152 anatomy shipped with
    nilearn) with a low- or high-grade glioma; the only evidence of grade is the enhancing rim in T1ce;
-2. trains :class:`~mmxai_fast.models.VGG3D` (small widths) to tell the grades apart and reports its
-   held-out accuracy;
+2. trains :class:`~mmxai_fast.models.VGG3D` (small widths) to tell the grades apart (held-out accuracy);
 3. explains held-out high-grade cases with a few fast methods (Shapley value sampling on superpixels,
    occlusion, integrated gradients) for the "high grade" logit;
 4. writes per case and method the heatmaps and figures, and a summary table (``summary.md`` and
@@ -35,9 +34,8 @@ from .phantom import GRADES, BrainPhantom, make_phantom_dataset
 if TYPE_CHECKING:
     from .pipeline import Case, Explanation
 
-__all__ = ["DemoConfig", "TrainResult", "MethodResult", "DemoResult", "DEFAULT_METHODS", "ANATOMIES",
-           "train_grade_classifier", "phantom_case", "localisation_score", "evidence_share", "modality_ranking",
-           "run_demo"]
+__all__ = ["DemoConfig", "TrainResult", "MethodResult", "DemoResult", "DEFAULT_METHODS", "ANATOMIES", "run_demo",
+           "train_grade_classifier", "phantom_case", "localisation_score", "evidence_share", "modality_ranking"]
 
 DEFAULT_METHODS = ("ShapleyValueSampling", "Occlusion", "IntegratedGradients")
 ANATOMIES = ("phantom", "mni152")
