@@ -25,13 +25,16 @@ _VOLATILE = ("wall_s", "model_s", "model_share")
 
 
 def snapshot(out):
-    """``{name: bytes}`` of the folder (None if missing); run times dropped from summary.json."""
+    """``{name: bytes}`` of the folder (None if missing); run times dropped from summary.json and
+    viewer.html."""
     if not os.path.isdir(out):
         return None
     snap = {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))}
     if "summary.json" in snap:
         summary = json.loads(snap["summary.json"])
         snap["summary.json"] = json.dumps({k: v for k, v in summary.items() if k not in _VOLATILE}).encode()
+    if "viewer.html" in snap:  # embeds the same run times; which set it belongs to shows in the other files
+        snap["viewer.html"] = b"viewer"
     return snap
 
 

@@ -10,6 +10,7 @@ import sys
 import mmxai_fast
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FILES = 7  # the driver's output set: 2 heatmaps, importance.json, summary.json, 2 PNGs, viewer.html
 
 
 def _run(which, tmp_path, seed=0):
@@ -27,8 +28,8 @@ def _check(report, modes=(True, False)):
     boundary = report["boundary"]
     for exchange in modes:
         runs = [r for r in boundary if r["exchange"] == exchange]
-        # staged, 6 files written, (fallback: old moved away), published, done; then a clean run
-        assert len(runs) == (10 if exchange else 11), runs
+        # staged, the files written, (fallback: old moved away), published, done; then a clean run
+        assert len(runs) == (FILES + 4 if exchange else FILES + 5), runs
         assert [r["rc"] for r in runs] == [-9] * (len(runs) - 1) + [0]
         kinds = {r["after_kill"] for r in runs}
         assert kinds <= ({"old", "new"} if exchange else {"old", "new", "missing"}), runs
