@@ -237,7 +237,7 @@ def test_signature_hierarchy_progress_and_patch(capsys):
     assert [(p.name, p.kind, p.default) for p in ours if p.kind != p.KEYWORD_ONLY] == \
         [(p.name, p.kind, p.default) for p in theirs]
     assert [(p.name, p.default) for p in ours if p.kind == p.KEYWORD_ONLY] == \
-        [("paired", False), ("exact", False), ("solver", None), ("sampler", None)]
+        [("paired", False), ("exact", False), ("solver", None), ("sampler", None), ("background_id", None)]
     assert list(inspect.signature(KernelShap.__init__).parameters) == ["self", "forward_func"]
     shap = KernelShap(ConvNet())
     assert isinstance(shap, ca.KernelShap) and isinstance(shap, Lime) and isinstance(shap, ca.Lime)

@@ -3,7 +3,7 @@
 
 A **coalition row** ``keep[r, f]`` (True: feature ``f`` from the input, False: from the
 baseline) describes one perturbed copy of the inputs. :func:`coalition_evaluator` validates
-inputs, baselines and masks once (:mod:`~mmxai_fast.attr._features`), numbers the features
+inputs, baselines and masks once (:mod:`~mmxai_fast._validation`), numbers the features
 (:class:`~mmxai_fast.attr._features.FeatureMap`) and returns an
 :class:`~mmxai_fast.attr._evaluator.Evaluator` whose rows are coalition rows
 (:class:`~mmxai_fast.attr._perturbers.CoalitionPerturber`).
@@ -24,9 +24,10 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .._validation import check_baselines, check_inputs
 from ._errors import AttributionInputError
 from ._evaluator import Evaluator, check_perturbations_per_eval
-from ._features import FeatureMap, check_baselines, check_inputs, ids_present
+from ._features import FeatureMap, ids_present
 from ._perturbers import CoalitionPerturber
 
 __all__ = ["AttributionInputError", "PerturbationEngine", "coalition_evaluator", "check_perturbations_per_eval",

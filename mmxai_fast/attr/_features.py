@@ -1,30 +1,22 @@
-"""Feature masks of the attribution classes: validation, the id map, and the scatter back.
+"""Feature masks of the attribution classes: the id map and the scatter back.
 
-:func:`check_inputs`, :func:`check_baselines` and :func:`check_feature_masks` are the one
-validator of inputs, baselines and masks every attribution class uses; :class:`FeatureMap`
-holds the masks aligned to their inputs and numbered by column, and
-:meth:`FeatureMap.to_input_shapes` is the one scatter back from per-feature values to the inputs'
-shapes.
+The masks are validated by :func:`mmxai_fast._validation.check_feature_masks` (with the inputs
+and baselines: the one validator every attribution class uses); :class:`FeatureMap` holds the
+masks aligned to their inputs and numbered by column, and :meth:`FeatureMap.to_input_shapes`
+is the one scatter back from per-feature values to the inputs' shapes.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .._validation import require_dense
-from ..ops.perturb import MASK_DTYPES
+from .._validation import byte_size, check_background_id, check_feature_masks
 from ._errors import AttributionInputError
 
-__all__ = ["FeatureMap", "check_inputs", "check_baselines", "check_feature_masks", "ids_present",
-           "stack_permutations", "check_dense", "check_interpretable_width", "randperm_generator"]
-
-
-def _broadcastable(shape: Sequence[int], target: Sequence[int]) -> bool:
-    shape, target = tuple(shape), tuple(target)
-    return len(shape) <= len(target) and all(s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
+__all__ = ["FeatureMap", "ids_present", "stack_permutations", "randperm_generator"]
 
 
 def ids_present(mask: Tensor) -> Tensor:
@@ -42,103 +34,8 @@ def ids_present(mask: Tensor) -> Tensor:
     return torch.unique(mask).long().cpu()
 
 
-def check_inputs(inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-    """Formatted inputs: a non-empty tuple of tensors, each with a batch dim. No common dim 0 is
-    required: like Captum, a tensor may hold a variable-length list (sparse features, possibly
-    empty); every tensor is repeated whole per perturbation and examples are counted on
-    ``inputs[0]``."""
-    if not isinstance(inputs, tuple) or not inputs:
-        raise AttributionInputError("inputs must be a tensor or a non-empty tuple of tensors")
-    for i, inp in enumerate(inputs):
-        if not isinstance(inp, Tensor):
-            raise AttributionInputError(f"inputs[{i}] must be a torch.Tensor, got {type(inp).__name__}")
-        require_dense(inp, f"inputs[{i}]", AttributionInputError)
-        if inp.dim() == 0:
-            raise AttributionInputError(f"inputs[{i}] must have a batch dim, got a 0-d tensor")
-    return inputs
-
-
-def check_baselines(baselines: Sequence[Any], inputs: Tuple[Tensor, ...]) -> Tuple[Union[Tensor, float], ...]:
-    """One number, bool (read as an int) or tensor broadcastable to its input, per input."""
-    if len(baselines) != len(inputs):
-        raise AttributionInputError(
-            f"baselines must give one value per input tensor ({len(inputs)}), got {len(baselines)}")
-    checked = []
-    for i, (base, inp) in enumerate(zip(baselines, inputs)):
-        if isinstance(base, Tensor):
-            require_dense(base, f"baselines[{i}]", AttributionInputError)
-            if not _broadcastable(base.shape, inp.shape):
-                raise AttributionInputError(
-                    f"baselines[{i}] must be broadcastable to inputs[{i}] {tuple(inp.shape)}, "
-                    f"got shape {tuple(base.shape)}")
-            if base.device != inp.device:
-                raise AttributionInputError(
-                    f"baselines[{i}] must be on the device of inputs[{i}] ({inp.device}), got {base.device}")
-        elif isinstance(base, bool):  # Captum's default baseline for bool inputs is False
-            base = int(base)
-        elif not isinstance(base, (int, float)):
-            raise AttributionInputError(
-                f"baselines[{i}] must be a number, a bool or a tensor, got {type(base).__name__}")
-        checked.append(base)
-    return tuple(checked)
-
-
-def check_feature_masks(feature_mask: Sequence[Any], inputs: Tuple[Tensor, ...]) -> List[Tensor]:
-    """One integer tensor per input, broadcastable to it, ids >= 0, not all empty; returned
-    reshaped to the input's number of dims and on its device."""
-    if len(feature_mask) != len(inputs):
-        raise AttributionInputError(
-            f"feature_mask must give one tensor per input tensor ({len(inputs)}), got {len(feature_mask)}")
-    masks = []
-    for i, (mask, inp) in enumerate(zip(feature_mask, inputs)):
-        if not isinstance(mask, Tensor) or mask.dtype not in MASK_DTYPES:
-            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-            raise AttributionInputError(f"feature_mask[{i}] must be an integer tensor, got {got}")
-        require_dense(mask, f"feature_mask[{i}]", AttributionInputError)
-        if not _broadcastable(mask.shape, inp.shape):
-            raise AttributionInputError(
-                f"feature_mask[{i}] must be broadcastable to inputs[{i}] {tuple(inp.shape)}, "
-                f"got shape {tuple(mask.shape)}")
-        masks.append(mask.reshape((1,) * (inp.dim() - mask.dim()) + tuple(mask.shape)).to(inp.device))
-    if not any(m.numel() for m in masks) and any(inp.numel() for inp in inputs):  # N = 0: nothing to do
-        raise AttributionInputError("feature_mask is empty: no features to perturb")
-    for i, mask in enumerate(masks):
-        if mask.numel() and int(mask.min()) < 0:
-            raise AttributionInputError(f"feature_mask[{i}] ids must be >= 0, got min {int(mask.min())}")
-    return masks
-
-
 #: Widest id space permuted per Shapley sample (a permutation and its lookup: 16 bytes an id).
 MAX_PERMUTED_IDS = 2 ** 26
-
-
-def _bytes(n: int) -> str:
-    return f"{n / 2 ** 30:.3g} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.3g} MiB"
-
-
-def check_dense(value: Any, name: str) -> None:
-    """Every tensor of ``value`` (a tensor, a tuple of them, or anything else: ignored) dense."""
-    if isinstance(value, Tensor):
-        require_dense(value, name, AttributionInputError)
-    elif isinstance(value, (tuple, list)):
-        for i, item in enumerate(value):
-            if isinstance(item, Tensor):
-                require_dense(item, f"{name}[{i}]", AttributionInputError)
-
-
-def check_interpretable_width(masks: Sequence[Tensor], num_features: int, what: str, n_samples: int) -> None:
-    """Lime and KernelShap fit Captum's ``max id + 1`` interpretable features, absent ids
-    included (their random columns change the fit), so they cannot be compacted: a mask whose id
-    space is mostly gaps and wide is refused before any sample is drawn."""
-    present = sum(int(ids_present(m).numel()) for m in masks if m.numel())
-    if num_features <= 4 * present + 10000:
-        return
-    high = max(int(m.max()) for m in masks if m.numel())
-    raise AttributionInputError(
-        f"feature_mask ids must be compact for {what} (Captum fits one interpretable feature per id "
-        f"0 .. max id), got id {high}: {num_features} features of which {present} present, about "
-        f"{_bytes(5 * n_samples * num_features)} of samples and a fit over {num_features} columns; "
-        "renumber the ids to 0 .. K - 1 (torch.unique(mask, return_inverse=True))")
 
 
 def randperm_generator(num_features: int, num_samples: int) -> Iterator[Tensor]:
@@ -171,9 +68,7 @@ class FeatureMap:
                  num_features: Optional[int] = None, background_id: Optional[int] = None) -> None:
         self.inputs = inputs
         masks = check_feature_masks(feature_mask, inputs)
-        if background_id is not None and (isinstance(background_id, bool) or not isinstance(background_id, int)
-                                          or background_id < 0):
-            raise AttributionInputError(f"background_id must be None or an int >= 0, got {background_id!r}")
+        check_background_id(background_id)
         if not compact_ids:
             self.num_features = max(int(m.max()) for m in masks if m.numel()) + 1
             self.masks = tuple(m.long() for m in masks)
@@ -236,7 +131,7 @@ class FeatureMap:
         if width > MAX_PERMUTED_IDS:
             raise AttributionInputError(
                 f"feature_mask ids must be at most {MAX_PERMUTED_IDS - 1} for {what} (Captum permutes the ids "
-                f"0 .. max id), got id {self.max_id}: about {_bytes(16 * width)} per permutation; renumber "
+                f"0 .. max id), got id {self.max_id}: about {byte_size(16 * width)} per permutation; renumber "
                 "the ids to 0 .. K - 1 (torch.unique(mask, return_inverse=True))")
         ids = self.feature_ids
         if self.has_background:

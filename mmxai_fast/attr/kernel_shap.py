@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ._errors import AttributionInputError
 from ._perturbers import CoalitionPerturber
-from .lime import Lime
+from .lime import Lime, check_captum_path
 from .linear_model import weighted_least_squares
 
 __all__ = ["KernelShap"]
@@ -161,6 +161,7 @@ class KernelShap(Lime, _CaptumKernelShap):
         exact: Union[bool, str] = False,
         solver: Optional[str] = None,
         sampler: Optional[str] = None,
+        background_id: Optional[int] = None,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Kernel SHAP attributions, as ``captum.attr.KernelShap.attribute``.
 
@@ -173,6 +174,9 @@ class KernelShap(Lime, _CaptumKernelShap):
             solver: ``None``, ``"sklearn"`` (Captum's fit) or ``"torch"`` (on-device solve).
             sampler: ``"leverage"``: Leverage SHAP coalitions (:mod:`mmxai_fast.estimators.kernel`),
                 on-device solve; ``None`` / ``"kernel"``: the sampling above.
+            background_id: a ``feature_mask`` id that is no feature (no coalition column, always
+                at its input value, attribution 0 there; ``F`` counts the other ids), as
+                :meth:`mmxai_fast.attr.Lime.attribute`. None (default): Captum's semantics.
 
         Returns:
             float32 attributions shaped like the inputs (first dim ``N`` for per-example
@@ -190,11 +194,12 @@ class KernelShap(Lime, _CaptumKernelShap):
             return self._attribute_on_engine(inputs, baselines, target, additional_forward_args, feature_mask,
                                              n_samples, perturbations_per_eval, return_input_shape, show_progress,
                                              leverage_rows, lambda engine, rows: leverage_weights(rows),
-                                             solve=constrained_shapley_solve)
+                                             solve=constrained_shapley_solve, background_id=background_id)
         on_device = _check_extensions(paired, exact, solver)
         self._exact = False
         if not on_device:
             if not self._runs_on_engine():
+                check_captum_path(background_id)
                 return _CaptumKernelShap.attribute(
                     self, inputs, baselines=baselines, target=target,
                     additional_forward_args=additional_forward_args, feature_mask=feature_mask,
@@ -213,7 +218,7 @@ class KernelShap(Lime, _CaptumKernelShap):
 
             return self._attribute_on_engine(inputs, baselines, target, additional_forward_args, feature_mask,
                                              n_samples, perturbations_per_eval, return_input_shape, show_progress,
-                                             draw_rows, weigh)
+                                             draw_rows, weigh, background_id=background_id)
         if isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples < 2:
             raise AttributionInputError(f"n_samples must be >= 2 with the on-device solve (the full and the "
                                         f"empty coalition), got {n_samples}")
@@ -236,7 +241,8 @@ class KernelShap(Lime, _CaptumKernelShap):
 
         return self._attribute_on_engine(inputs, baselines, target, additional_forward_args, feature_mask, n_samples,
                                          perturbations_per_eval, return_input_shape, show_progress,
-                                         draw_exact_or_paired, weigh_exact_or_equal, solve=constrained_shapley_solve)
+                                         draw_exact_or_paired, weigh_exact_or_equal, solve=constrained_shapley_solve,
+                                         background_id=background_id)
 
     def _check_num_features(self, num_features: int) -> None:
         if num_features < 2:

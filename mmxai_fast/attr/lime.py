@@ -43,7 +43,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ._engine import AttributionInputError, check_perturbations_per_eval, coalition_evaluator
 from ._evaluator import Evaluator
-from ._features import FeatureMap, check_feature_masks, check_inputs, check_interpretable_width
+from .._validation import (check_background_id, check_feature_masks, check_inputs, check_interpretable_width,
+                           int_at_least)
+from ._features import FeatureMap, ids_present
 from ._perturbers import CoalitionPerturber
 
 __all__ = ["Lime"]
@@ -61,10 +63,12 @@ _PER_EXAMPLE_WARNING = (
 RowSampler = Callable[[int, int, int, torch.device], Tensor]
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise AttributionInputError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+def check_captum_path(background_id: Any) -> None:
+    """Captum's own implementation (custom sampling or similarity) has no declared background."""
+    if background_id is not None:
+        raise AttributionInputError(
+            "background_id must be None with a custom perturb_func, similarity_func or interpretable-space "
+            f"transform (Captum's own implementation runs), got {background_id!r}")
 
 
 def exp_kernel_params(func: Any) -> Optional[Tuple[str, float]]:
@@ -88,12 +92,34 @@ def interpretable_masks(feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
     return _captum_lime.construct_feature_mask(feature_mask, inputs)
 
 
-def _per_example_ids(masks: Tuple[Tensor, ...], inputs: Tuple[Tensor, ...], num_features: int) -> Tuple[Tensor, ...]:
+def background_column(feature_mask: Union[None, Tensor, Tuple[Tensor, ...]], background_id: Optional[int],
+                      num_features: int) -> Optional[int]:
+    """The interpretable column of a declared background id (Captum shifts the ids to start at
+    0), or None when no background is declared or the id is outside ``0 .. max id``."""
+    if check_background_id(background_id) is None:
+        return None
+    shift = 0 if feature_mask is None else \
+        min(int(m.min()) for m in _format_tensor_into_tuples(feature_mask) if m.numel())
+    column = background_id - shift
+    return column if 0 <= column < num_features else None
+
+
+def drop_background_column(masks: Tuple[Tensor, ...], column: int, num_features: int) -> Tuple[Tensor, ...]:
+    """Ids after ``column`` move down by one; ``column``'s elements get id ``F - 1``: one past the
+    ``F - 1`` features left, the background."""
+    return tuple(torch.where(m == column, num_features - 1, m - (m > column).to(m.dtype)) for m in masks)
+
+
+def _per_example_ids(masks: Tuple[Tensor, ...], inputs: Tuple[Tensor, ...], num_features: int,
+                     has_background: bool = False) -> Tuple[Tensor, ...]:
+    """Example ``k``'s feature ``f`` -> ``f + k * F``; the background (id ``F``) -> ``N * F``."""
     ids = []
+    background = inputs[0].shape[0] * num_features
     for mask, x in zip(masks, inputs):
         mask = mask.reshape((1,) * (x.dim() - mask.dim()) + tuple(mask.shape)).to(x.device).long()
         offsets = torch.arange(x.shape[0], device=x.device).reshape((-1,) + (1,) * (x.dim() - 1)) * num_features
-        ids.append(mask + offsets)
+        per_example = mask + offsets
+        ids.append(torch.where(mask == num_features, background, per_example) if has_background else per_example)
     return tuple(ids)
 
 
@@ -102,12 +128,14 @@ def exp_kernel_weights(perturber: CoalitionPerturber, rows: Tensor, distance_mod
 
     ``d`` is ``1 - cos(x, x_z)`` or ``|x - x_z|`` over the flattened (tuple of) example(s), with
     ``x_z = where(z[id], x, baseline)``; both follow from per-feature sums over the input.
+    A declared background (the perturber's ``keep_last`` column ``N * F``) is in every ``x_z``.
     """
     groups, _, num_features = rows.shape
     n = perturber.inputs[0].shape[0]
-    device = rows.device
+    device, width = rows.device, n * num_features
     names = ("xx", "xb", "bb") if distance_mode == "cosine" else ("dd",)
-    sums = {name: torch.zeros(n * num_features, dtype=torch.float64, device=device) for name in names}
+    sums = {name: torch.zeros(width + 1, dtype=torch.float64, device=device) for name in names}
+    always = torch.zeros(n, dtype=torch.float64, device=device)  # sum x^2 over the background, per example
     for x, ids, base in zip(perturber.inputs, perturber.masks, perturber.baselines):
         xd = x.to(torch.float64)
         bd = torch.as_tensor(base, device=x.device).to(torch.float64).expand(x.shape)
@@ -115,10 +143,13 @@ def exp_kernel_weights(perturber: CoalitionPerturber, rows: Tensor, distance_mod
         terms = {"xx": lambda: xd * xd, "xb": lambda: xd * bd, "bb": lambda: bd * bd, "dd": lambda: (xd - bd) ** 2}
         for name in names:
             sums[name].index_add_(0, flat_ids, terms[name]().reshape(-1).to(device))
+        if perturber.keep_last and distance_mode == "cosine":
+            always += torch.where(ids == width, xd * xd, 0).reshape(x.shape[0], -1).sum(1).to(device)
     per_group = {}
     for name, values in sums.items():
-        values = values.reshape(n, num_features)
+        values = values[:width].reshape(n, num_features)
         per_group[name] = values.sum(0, keepdim=True) if groups == 1 and n > 1 else values
+    kept_always = always.sum().reshape(1, 1) if groups == 1 and n > 1 else always.reshape(-1, 1)
     z = rows.to(torch.float64)
 
     def kept(a: Tensor, b: Tensor) -> Tensor:  # sum_f z_f a_f + (1 - z_f) b_f, per sample
@@ -126,9 +157,9 @@ def exp_kernel_weights(perturber: CoalitionPerturber, rows: Tensor, distance_mod
 
     if distance_mode == "cosine":
         eps = 1e-8
-        dot = kept(per_group["xx"], per_group["xb"])
-        norm_x = per_group["xx"].sum(-1, keepdim=True).sqrt().clamp_min(eps)
-        norm_p = kept(per_group["xx"], per_group["bb"]).clamp_min(0).sqrt().clamp_min(eps)
+        dot = kept(per_group["xx"], per_group["xb"]) + kept_always
+        norm_x = (per_group["xx"].sum(-1, keepdim=True) + kept_always).sqrt().clamp_min(eps)
+        norm_p = (kept(per_group["xx"], per_group["bb"]) + kept_always).clamp_min(0).sqrt().clamp_min(eps)
         distance_sq = (1 - dot / (norm_x * norm_p)) ** 2
     else:
         distance_sq = kept(torch.zeros_like(per_group["dd"]), per_group["dd"])
@@ -179,6 +210,8 @@ class Lime(_CaptumLime):
         perturbations_per_eval: int = 1,
         return_input_shape: bool = True,
         show_progress: bool = False,
+        *,
+        background_id: Optional[int] = None,
     ) -> TensorOrTupleOfTensorsGeneric:
         """LIME coefficients, as ``captum.attr.Lime.attribute``.
 
@@ -196,15 +229,20 @@ class Lime(_CaptumLime):
             return_input_shape: coefficients scattered to the inputs' shapes (True) or the raw
                 ``[1, F]`` (``[N, F]`` for per-example outputs) coefficient tensor.
             show_progress: tqdm progress bar ("Lime attribution").
+            background_id: (keyword) a ``feature_mask`` id that is no feature: no interpretable
+                column, always at its input value (in the samples and the similarity),
+                attribution 0 there. None (default): every id is a feature, as Captum.
 
         Returns:
             float32 attributions shaped like the inputs (first dim ``N`` for per-example outputs,
-            1 for a scalar per batch), a tuple when ``inputs`` is a tuple; or the coefficients.
+            1 for a scalar per batch), a tuple when ``inputs`` is a tuple; or the coefficients
+            (``[1, F]``, ``F`` without the background's column).
 
         Raises:
             AttributionInputError: invalid arguments or model outputs.
         """
         if not self._runs_on_engine():
+            check_captum_path(background_id)
             return _CaptumLime.attribute(
                 self, inputs, baselines=baselines, target=target, additional_forward_args=additional_forward_args,
                 feature_mask=feature_mask, n_samples=n_samples,
@@ -221,7 +259,8 @@ class Lime(_CaptumLime):
             return exp_kernel_weights(perturber, rows, distance_mode, kernel_width)
 
         return self._attribute_on_engine(inputs, baselines, target, additional_forward_args, feature_mask, n_samples,
-                                         perturbations_per_eval, return_input_shape, show_progress, draw_rows, weigh)
+                                         perturbations_per_eval, return_input_shape, show_progress, draw_rows, weigh,
+                                         background_id=background_id)
 
     def _runs_on_engine(self) -> bool:
         """The default sampling, similarity and transform (what the engine path implements)."""
@@ -238,7 +277,8 @@ class Lime(_CaptumLime):
     def _attribute_on_engine(self, inputs, baselines, target, additional_forward_args, feature_mask, n_samples,
                              perturbations_per_eval, return_input_shape, show_progress,
                              draw_rows: RowSampler, weigh: Callable[[CoalitionPerturber, Tensor], Tensor],
-                             solve: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None):
+                             solve: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None,
+                             background_id: Optional[int] = None):
         """Sample, evaluate on the engine, weigh, fit, format (Lime and KernelShap).
 
         ``solve(rows [G, R, F], outputs [G, R], weights [G, R]) -> [G, F]`` replaces the
@@ -247,10 +287,18 @@ class Lime(_CaptumLime):
         is_inputs_tuple = _is_tuple(inputs)
         formatted_inputs, formatted_baselines = _format_input_baseline(inputs, baselines)
         formatted_args = _format_additional_forward_args(additional_forward_args)
-        _positive_int(n_samples, "n_samples")
+        int_at_least(n_samples, "n_samples", 1, AttributionInputError)
         check_perturbations_per_eval(perturbations_per_eval)
         masks, num_features = interpretable_masks(feature_mask, formatted_inputs)
-        check_interpretable_width(masks, num_features, self.get_name(), n_samples)
+        live = [m for m in masks if m.numel()]
+        check_interpretable_width(sum(int(ids_present(m).numel()) for m in live), max(int(m.max()) for m in live),
+                                  num_features, self.get_name(), n_samples)
+        column = background_column(feature_mask, background_id, num_features)
+        if column is not None:  # the background: no interpretable column, always kept (id F after the drop)
+            masks, num_features = drop_background_column(masks, column, num_features), num_features - 1
+        has_background = column is not None
+        if num_features < 1:
+            raise AttributionInputError(f"feature_mask must hold a feature besides background_id, got only id {background_id}")
         self._check_num_features(num_features)
         if num_features > 10000:
             warnings.warn(_MANY_FEATURES_WARNING, stacklevel=3)
@@ -260,9 +308,9 @@ class Lime(_CaptumLime):
             # so scalar-per-batch models may have per-example masks too.
             evaluator, _ = coalition_evaluator(
                 self.forward_func, formatted_inputs, formatted_baselines,
-                _per_example_ids(masks, formatted_inputs, num_features), target, formatted_args,
-                perturbations_per_eval, compact_ids=False, num_features=n * num_features,
-                shared_masks_per_batch=False)
+                _per_example_ids(masks, formatted_inputs, num_features, has_background), target, formatted_args,
+                perturbations_per_eval, compact_ids=False, num_features=n * num_features + int(has_background),
+                shared_masks_per_batch=False, background_id=n * num_features if has_background else None)
             with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 rows, outputs = self._evaluate_samples(evaluator, num_features, n_samples, draw_rows)
             weights = weigh(cast(CoalitionPerturber, evaluator.perturber), rows)
@@ -277,8 +325,9 @@ class Lime(_CaptumLime):
         groups = len(coefs)
         masks = tuple(m.reshape((1,) * (x.dim() - m.dim()) + tuple(m.shape)) for m, x in zip(masks, formatted_inputs))
         masks = tuple(m if m.shape[0] == groups else m[:1] for m in masks)
-        return _format_output(is_inputs_tuple, FeatureMap(masks, formatted_inputs, compact_ids=False,
-                                                          num_features=num_features).to_input_shapes(table))
+        features = FeatureMap(masks, formatted_inputs, compact_ids=False, num_features=num_features + int(has_background),
+                              background_id=num_features if has_background else None)
+        return _format_output(is_inputs_tuple, features.to_input_shapes(table))
 
     def _evaluate_samples(self, engine: Evaluator, num_features: int, n_samples: int,
                           draw_rows: RowSampler) -> Tuple[Tensor, Tensor]:

@@ -21,10 +21,10 @@ from captum.attr._utils.common import _format_input_baseline
 from captum.log import log_usage
 from torch import Tensor
 
+from .._validation import check_baselines, check_inputs
 from ..ops import OcclusionWindows, occlusion_attribution
 from ._errors import AttributionInputError
 from ._evaluator import Evaluator, check_perturbations_per_eval
-from ._features import check_baselines, check_inputs
 from ._incremental import check_incremental, use_incremental
 from ._perturbers import WindowPerturber
 

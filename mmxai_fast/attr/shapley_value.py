@@ -24,10 +24,11 @@ from captum.attr._utils.common import _format_input_baseline
 from captum.log import log_usage
 from torch import Tensor
 
+from .._validation import check_dense, int_at_least
 from ..ops.shapley import shapley_accumulate, shapley_coalitions, shapley_prefix_rows, shapley_stats
 from ._engine import AttributionInputError, coalition_evaluator, check_perturbations_per_eval
 from ._evaluator import Evaluator
-from ._features import FeatureMap, check_dense, randperm_generator, stack_permutations
+from ._features import FeatureMap, randperm_generator, stack_permutations
 from ._incremental import check_incremental, step_major, use_incremental
 
 __all__ = ["ShapleyValueSampling", "ShapleyValues"]
@@ -37,9 +38,7 @@ _MISSING_IDS_WARNING = ("Feature mask is missing some integers between 0 and num
 
 
 def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise AttributionInputError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+    return int_at_least(value, name, 1, AttributionInputError)
 
 
 def _positive_float(value: Any, name: str) -> Optional[float]:

@@ -117,6 +117,12 @@ def baseline_input(case: Case, baseline: Baseline) -> Tensor:
     return base if case.foreground is None else torch.where(case.foreground.to(base.device), base, case.image)
 
 
+#: Methods the pipeline declares its superpixel background (id 0) to. Its baseline is the input
+#: itself (``baseline_input``), so as a feature it changes no model input: FeatureAblation spends
+#: a call on it and Lime/KernelShap fit a column of noise whose coefficient lands on the background.
+_DECLARES_BACKGROUND = ("FeatureAblation", "Lime", "KernelShap")
+
+
 def _perturbation(name: str):
     def run(ctx: RunContext, kwargs: Dict[str, Any]):
         cls = _engine_class(name)
@@ -138,8 +144,10 @@ def _perturbation(name: str):
                               [None].to(x.device) for i in range(1, size - 1)]
             out = method.attribute(torch.cat([x] + draws), target=target, feature_mask=mask, **kwargs)
             return out[:1], method
-        if name == "FeatureAblation" and mask is not None and int(mask.min()) == 0:
-            kwargs.setdefault("background_id", 0)  # superpixel 0 is the background: no model calls for it
+        if name in _DECLARES_BACKGROUND and mask is not None and int(mask.min()) == 0 \
+                and getattr(method, "_runs_on_engine", lambda: True)():
+            # superpixel 0 is the background: no model calls (FeatureAblation), no column (Lime, KernelShap)
+            kwargs.setdefault("background_id", 0)
         return method.attribute(x, baselines=base, target=target, feature_mask=mask, **kwargs), method
     return run
 
