@@ -29,6 +29,7 @@ from captum._utils.common import _expand_additional_forward_args, _expand_target
 from captum._utils.progress import progress as captum_progress
 from torch import Tensor
 
+from .._validation import is_int
 from ._errors import AttributionInputError
 
 __all__ = ["Evaluator", "check_perturbations_per_eval"]
@@ -47,9 +48,8 @@ def check_perturbations_per_eval(value: Any) -> Union[int, str]:
     """``perturbations_per_eval`` must be an int >= 1 or ``"auto"``."""
     if value == "auto" and isinstance(value, str):
         return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise AttributionInputError(
-            f"perturbations_per_eval must be an int >= 1 or 'auto', got {value!r}")
+    if not is_int(value) or value < 1:
+        raise AttributionInputError(f"perturbations_per_eval must be an int >= 1 or 'auto', got {value!r}")
     return value
 
 

@@ -32,6 +32,7 @@ from .distributed import Dist
 from .manifest import ManifestError, atomic_write_bytes, model_weights_hash, open_manifest, settings_hash, \
     write_manifest
 from .sharding import case_seed, shard
+from .._validation import int_at_least
 
 __all__ = ["CohortReport", "run_cohort", "SHARD_MODES", "FAILURES_NAME"]
 
@@ -186,8 +187,7 @@ def run_cohort(specs: Sequence[CaseSpec], model: torch.nn.Module, out_dir: Union
     if len(set(ids)) != len(ids):
         raise ValueError(f"specs: case ids must be unique, got duplicates {sorted({i for i in ids if ids.count(i) > 1})}")
     for name, value in (("checkpoint_every", checkpoint_every), ("chunk", chunk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        int_at_least(value, name, 1)
     out = Path(out_dir)
     model = model.to(dist.device).eval()
     model_hash = model_weights_hash(model)

@@ -33,6 +33,7 @@ from ..profiling import phase
 from .distributed import Dist
 from .manifest import atomic_write_bytes
 from .sharding import check_rank, permutation_seed
+from .._validation import int_at_least
 
 __all__ = ["ShapleyResult", "sharded_shapley_sampling", "draw_permutations"]
 
@@ -171,8 +172,7 @@ def sharded_shapley_sampling(model: Callable, inputs: Tensor, feature_mask: Tens
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 2:
         raise ValueError(f"n_permutations must be an int >= 2, got {n_permutations!r}")
     for name, value in (("chunk", chunk), ("checkpoint_every", checkpoint_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        int_at_least(value, name, 1)
     if not isinstance(inputs, Tensor) or inputs.dim() < 2 or inputs.shape[0] != 1:
         raise ValueError(f"inputs must be a [1, *S] tensor, got {getattr(inputs, 'shape', type(inputs).__name__)}")
     x = inputs[0]

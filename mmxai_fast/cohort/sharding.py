@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import List, Sequence, TypeVar
+from .._validation import int_at_least
 
 __all__ = ["shard", "case_seed", "permutation_seed", "check_rank"]
 
@@ -13,8 +14,7 @@ _SEED_BITS = 63
 
 
 def check_rank(rank: int, world_size: int) -> None:
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    int_at_least(world_size, "world_size", 1)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
 

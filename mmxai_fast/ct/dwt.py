@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .._validation import require_floating, require_tensor
+from .._validation import int_at_least, require_floating, require_tensor
 from ..ops.thresholded_value_histogram import thresholded_value_histogram
 from ..ops.hu_window import HUWindow
 
@@ -119,8 +119,7 @@ class FixedGrowingWindowSchedule:
             ValueError: non-finite metric, or an epoch not after the previous one.
         """
         metric = _real(metric, "metric")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        int_at_least(epoch, "epoch", 0)
         if self._last_epoch is not None and epoch <= self._last_epoch:
             raise ValueError(f"epoch must increase from call to call, got {epoch} after {self._last_epoch}")
         self._last_epoch = epoch
@@ -187,8 +186,7 @@ def select_window_from_cam(hu: torch.Tensor, cam: torch.Tensor, th_fail: float, 
                          f"images), got {tuple(cam.shape)}")
     if len(hu_range) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in hu_range):
         raise ValueError(f"hu_range must be two ints (low, high), got {hu_range!r}")
-    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
+    int_at_least(min_count, "min_count", 1)
     low, high = hu_range
     counts = thresholded_value_histogram(hu, cam, th_fail, low, high, batch_dims=1, backend=backend)
     kept = (counts >= min_count).any(0) if per_image else counts.sum(0) >= min_count

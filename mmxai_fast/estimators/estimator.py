@@ -24,6 +24,7 @@ from ._game import Game, ModelGame
 from .kernel import LeverageState, RegressionAdjustedState
 from .permutation import PermutationState, hierarchy_paths
 from .stratified import StratifiedState
+from .._validation import int_at_least
 
 __all__ = ["ShapleyEstimator", "estimate_shapley", "METHODS", "EstimateResult"]
 
@@ -49,8 +50,7 @@ def _check_method(method: str) -> str:
 def _positive_int(value, name: str) -> Optional[int]:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    int_at_least(value, name, 1)
     return value
 
 

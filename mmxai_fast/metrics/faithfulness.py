@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..estimators._game import ModelGame
+from .._validation import int_at_least
 
 __all__ = ["feature_scores", "perturbation_curves"]
 
@@ -67,10 +68,8 @@ def perturbation_curves(forward_func, inputs: Tensor, attributions: Tensor, feat
         ``{"fractions", "deletion": {"curve", "area", "random_curve", "random_area"}, "insertion":
         {...}, "delta_aupc": {"deletion", "insertion"}, "n_evaluations"}`` (lists and floats).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
-        raise ValueError(f"n_random must be an int >= 0, got {n_random!r}")
+    int_at_least(steps, "steps", 1)
+    int_at_least(n_random, "n_random", 0)
     mask = feature_mask.to(inputs.device)
     game = ModelGame(forward_func, inputs, baselines, mask, target)
     num = game.num_features

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import torch
+from .._validation import int_at_least
 
 
 def check_num_modalities(num_modalities) -> int:
-    if isinstance(num_modalities, bool) or not isinstance(num_modalities, int) or num_modalities < 1:
-        raise ValueError(f"num_modalities must be an int >= 1, got {num_modalities!r}")
+    int_at_least(num_modalities, "num_modalities", 1)
     return num_modalities
 
 

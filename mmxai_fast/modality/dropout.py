@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .._validation import require_floating, require_tensor
+from .._validation import int_at_least, require_floating, require_tensor
 from ._layout import channels_per_modality, check_num_modalities, modality_of_channel, normalized_dim
 
 __all__ = ["ModalityDropout", "sample_modality_drops", "apply_modality_drops", "modality_dropout_distribution"]
@@ -46,8 +46,7 @@ def sample_modality_drops(num_samples: int, num_modalities: int, p: float, *,
         bool ``(num_samples, M)``, True = dropped; never a row of all True.
     """
     p, m = _check_p(p), check_num_modalities(num_modalities)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-        raise ValueError(f"num_samples must be an int >= 0, got {num_samples!r}")
+    int_at_least(num_samples, "num_samples", 0)
     drops = torch.rand((num_samples, m), generator=generator) < p
     drops &= ~drops.all(dim=1, keepdim=True)
     return drops.to(device) if device is not None else drops

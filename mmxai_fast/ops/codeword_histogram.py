@@ -14,7 +14,7 @@ import torch
 from .. import _backends as B
 from .._backends import compiled_module, run_op
 from .._kernels import dtype_code, triton_module
-from .._validation import require_integer, require_tensor
+from .._validation import int_at_least, require_integer, require_tensor
 
 
 def _as_batches(indices: torch.Tensor, batch_dims: int) -> torch.Tensor:
@@ -122,8 +122,7 @@ def codeword_histogram(indices: torch.Tensor, num_codewords: int, *, batch_dims:
     """
     require_tensor(indices, "indices")
     require_integer(indices, "indices")
-    if isinstance(num_codewords, bool) or not isinstance(num_codewords, int) or num_codewords < 1:
-        raise ValueError(f"num_codewords must be an int >= 1, got {num_codewords!r}")
+    int_at_least(num_codewords, "num_codewords", 1)
     if isinstance(batch_dims, bool) or batch_dims not in (0, 1):
         raise ValueError(f"batch_dims must be 0 or 1, got {batch_dims!r}")
     if batch_dims == 1 and indices.dim() == 0:

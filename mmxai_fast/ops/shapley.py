@@ -34,6 +34,7 @@ from .. import _backends as B
 from .._backends import compiled_module, run_op
 from .._kernels import cpu_supports, dtype_code, triton_module
 from .._validation import (
+    int_at_least,
     require_disjoint,
     require_floating,
     require_integer,
@@ -378,8 +379,7 @@ def shapley_stats(sums: torch.Tensor, sumsq: torch.Tensor, count: int) -> Tuple[
         require_floating(acc, name)
     if sums.shape != sumsq.shape:
         raise ValueError(f"sumsq must have the shape of sums {tuple(sums.shape)}, got {tuple(sumsq.shape)}")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be an int >= 1, got {count!r}")
+    int_at_least(count, "count", 1)
     mean = sums / count
     if count == 1:
         return mean, torch.full_like(mean, math.inf)

@@ -50,7 +50,7 @@ import torch
 from .. import _backends as B
 from .._backends import compiled_module, run_op
 from .._kernels import triton_module
-from .._validation import real_in_range
+from .._validation import int_at_least, real_in_range
 from .slic_reference import (
     SlicProblem,
     _connectivity_reference,
@@ -319,8 +319,7 @@ def slic(image, n_segments: int = 100, compactness: float = 10.0, max_num_iter: 
     if isinstance(n_segments, bool) or not isinstance(n_segments, (int, np.integer)) or n_segments <= 0:
         raise ValueError(f"n_segments must be a positive int, got {n_segments!r}")
     compactness = real_in_range(compactness, "compactness", *COMPACTNESS_RANGE)
-    if isinstance(max_num_iter, bool) or not isinstance(max_num_iter, int) or max_num_iter < 0:
-        raise ValueError(f"max_num_iter must be an int >= 0, got {max_num_iter!r}")
+    int_at_least(max_num_iter, "max_num_iter", 0)
     min_size_factor = real_in_range(min_size_factor, "min_size_factor", 0.0, math.inf)
     stacked, n_spatial = _layout(image, channel_axis, modality_axis)
     n_mod, spatial_shape = stacked.shape[0], tuple(stacked.shape[2:])

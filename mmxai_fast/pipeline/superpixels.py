@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .case import Case
+from .._validation import int_at_least
 
 __all__ = ["Superpixels", "superpixel_mask", "SLIC_BACKENDS"]
 
@@ -57,13 +58,11 @@ class Superpixels:
     max_num_iter: int = 10
 
     def __post_init__(self):
-        if isinstance(self.n_segments, bool) or not isinstance(self.n_segments, int) or self.n_segments < 1:
-            raise ValueError(f"Superpixels.n_segments must be an int >= 1, got {self.n_segments!r}")
+        int_at_least(self.n_segments, "Superpixels.n_segments", 1)
         if (isinstance(self.compactness, bool) or not isinstance(self.compactness, (int, float))
                 or not math.isfinite(self.compactness) or not self.compactness > 0):
             raise ValueError(f"Superpixels.compactness must be a finite number > 0, got {self.compactness!r}")
-        if isinstance(self.max_num_iter, bool) or not isinstance(self.max_num_iter, int) or self.max_num_iter < 1:
-            raise ValueError(f"Superpixels.max_num_iter must be an int >= 1, got {self.max_num_iter!r}")
+        int_at_least(self.max_num_iter, "Superpixels.max_num_iter", 1)
         if self.spacing is not None and (isinstance(self.spacing, (str, bytes)) or not all(
                 isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0
                 for s in self.spacing)):
