@@ -10,13 +10,16 @@ of each side, their ratio, max |incremental - dense| and the report's predicted 
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 
 import torch
 
 from mmxai_fast.attr import Occlusion, ShapleyValueSampling
 from mmxai_fast.models import VGG3D
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import cpu_facts, environment, row, write_results  # noqa: E402
 
 
 def _cubes(size: int, block: int) -> torch.Tensor:
@@ -48,20 +51,20 @@ def main() -> None:
     x = torch.randn(1, 4, 48, 48, 48)
     mask = _cubes(48, 12)
     ShapleyValueSampling(model).attribute(x, target=1, feature_mask=mask, n_samples=1)  # warm-up (kernels)
-    result = dict(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                  load_before=os.getloadavg())
-    result["occlusion"] = _case(lambda: Occlusion(model), lambda e, x, inc: e.attribute(
+    load_before = os.getloadavg()
+    result = {}
+    result["Occlusion"] = _case(lambda: Occlusion(model), lambda e, x, inc: e.attribute(
         x, sliding_window_shapes=(4, 12, 12, 12), strides=(1, 12, 12, 12), target=1, perturbations_per_eval=16,
         incremental=inc), x)
-    result["shapley"] = _case(lambda: ShapleyValueSampling(model), lambda e, x, inc: e.attribute(
+    result["ShapleyValueSampling"] = _case(lambda: ShapleyValueSampling(model), lambda e, x, inc: e.attribute(
         x, target=1, feature_mask=mask, n_samples=4, perturbations_per_eval=4, incremental=inc), x)
-    result["load_after"] = os.getloadavg()
-    text = json.dumps(result, indent=1)
-    print(text)
+    # one run per side (iqr_s null); ratio: the dense side's time / the incremental side's
+    rows = [row(op, "mmxai_fast incremental=True", "VGG3D 4x48^3, 64 windows / 64 cubes of 12^3", device="cpu",
+                dtype="float32", median_s=r["incremental_s"], ratio=r.pop("ratio"), **r) for op, r in result.items()]
+    meta = {"environment": environment(torch.device("cpu")), "cpu": cpu_facts(load_before)}
+    print(json.dumps({"meta": meta, "rows": rows}, indent=1))
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(args.out + ".tmp", args.out)
+        write_results(args.out, rows, meta)
 
 
 if __name__ == "__main__":

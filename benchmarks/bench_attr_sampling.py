@@ -9,6 +9,7 @@ model (the rest is the method's own overhead: building perturbed inputs, weights
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -18,7 +19,7 @@ import captum.attr as ca
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import environment, measure, print_rows, write_json_atomically  # noqa: E402
+from _harness import as_row, cpu_facts, environment, measure, print_rows, write_results  # noqa: E402
 
 import mmxai_fast.attr as ma  # noqa: E402
 
@@ -51,6 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
+    load_before = os.getloadavg()
     device = torch.device("cpu")
     size, cells = (12, 3) if args.quick else (16, 4)
     model = Timed(torch.nn.Sequential(torch.nn.Conv3d(2, 8, 3, padding=1), torch.nn.ReLU(),
@@ -83,12 +85,14 @@ def main() -> None:
             stats = measure(run, device, repeats=3 if args.quick else 5, warmup=0)
             share = model.seconds / (stats["median_s"] * stats["repeats"])
             timings[impl] = stats
-            rows.append(dict(case=case, impl=impl, model_share=round(share, 3), **stats))
-        rows[-1]["speedup"] = timings["captum"]["median_s"] / timings["mmxai_fast"]["median_s"]
+            rows.append(as_row(dict(case=case, impl=impl, model_share=round(share, 3), **stats), name,
+                               device="cpu", dtype="float32"))
+        rows[-2]["ratio"], rows[-1]["ratio"] = timings["captum"]["median_s"] / timings["mmxai_fast"]["median_s"], 1.0
     print_rows(rows)
     for r in rows:
         print(f"{r['case']:44s} {r['impl']:12s} model share {r['model_share']:.2f}")
-    write_json_atomically(args.out, dict(environment=environment(device), rows=rows))
+    write_results(args.out, rows, {"command": " ".join(["python", "benchmarks/bench_attr_sampling.py"] + sys.argv[1:]),
+                                   "environment": environment(device), "cpu": cpu_facts(load_before)})
 
 
 if __name__ == "__main__":

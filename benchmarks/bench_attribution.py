@@ -27,6 +27,7 @@ FeatureAblation and Occlusion; antithetic RMSE < plain RMSE at equal model evalu
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import math
 import statistics
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import environment, write_json_atomically  # noqa: E402
+from _harness import ROW_FIELDS, cpu_facts, environment, row, write_results  # noqa: E402
 
 import captum.attr as captum_attr  # noqa: E402
 
@@ -396,7 +397,8 @@ def main(argv=None) -> dict:
     if unknown:
         parser.error(f"--scenarios must be a subset of a,b,c,accuracy, got {unknown}")
     print(HEADER)
-    payload = dict(environment=environment(torch.device("cpu")),
+    load_before = os.getloadavg()
+    payload = dict(environment=environment(torch.device("cpu")), cpu=cpu_facts(load_before),
                    command=" ".join(["python", "benchmarks/bench_attribution.py"] + (argv if argv is not None
                                                                                       else sys.argv[1:])),
                    quick=args.quick, scenarios={n: asdict(known[n]) for n in chosen if n in known},
@@ -404,8 +406,9 @@ def main(argv=None) -> dict:
                                 non_model_methods=list(NON_MODEL_METHODS)),
                    rows=[], accuracy=None, complete=False)
     if args.update and args.out.exists():
-        previous = json.loads(args.out.read_text())
-        kept = [r for r in previous.get("rows", [])
+        previous_file = json.loads(args.out.read_text())
+        previous = {**previous_file.get("meta", {}), "rows": previous_file.get("rows", [])}
+        kept = [r for r in previous["rows"]
                 if r["scenario"] not in chosen or (methods is not None and r["method"] not in methods)]
         payload["rows"] = kept
         payload["accuracy"] = None if "accuracy" in chosen else previous.get("accuracy")
@@ -424,14 +427,31 @@ def main(argv=None) -> dict:
             payload["rows"].extend(run_scenario(scenario))
             order = list(known) + ["accuracy"]
             payload["rows"].sort(key=lambda r: order.index(r["scenario"]))
-        write_json_atomically(args.out, payload)  # after every scenario: a long run keeps what it measured
+        written = _write(args.out, payload, load_before)  # after every scenario: a long run keeps what it measured
     payload["complete"] = True
-    write_json_atomically(args.out, payload)
+    written = _write(args.out, payload, load_before)
     print("\n" + HEADER)
-    for row in payload["rows"]:
-        print(format_row(row))
+    for r in written["rows"]:
+        print(format_row(r))
     print(f"wrote {args.out}")
-    return payload
+    return written
+
+
+def schema_row(record: dict) -> dict:
+    """One (scenario, method) record as a results row: mmxai_fast's wall time, Captum's (nested
+    under ``captum``) as the comparison (``ratio`` = Captum's wall / ours)."""
+    rest = {k: v for k, v in record.items() if k not in ROW_FIELDS}
+    ours = rest["ours"]
+    case = f"scenario {rest['scenario']}: {rest['model']} {'x'.join(map(str, rest['input_shape']))} F={rest['num_features']}"
+    return row(rest["method"], "mmxai_fast", case, device="cpu", dtype="float32", median_s=ours["wall_s"],
+               iqr_s=ours.get("wall_iqr_s") if ours.get("repeats", 1) > 1 else None, ratio=rest.get("wall_ratio"),
+               commit=record.get("commit"), versions=record.get("versions"), **rest)
+
+
+def _write(path: Path, payload: dict, load_before) -> dict:
+    meta = {k: v for k, v in payload.items() if k != "rows"}
+    meta["cpu"] = cpu_facts(load_before)
+    return write_results(path, [schema_row(r) for r in payload["rows"]], meta)
 
 
 if __name__ == "__main__":

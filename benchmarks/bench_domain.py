@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import environment, measure, run_benches, write_json_atomically  # noqa: E402
+from _harness import as_row, cpu_facts, environment, measure, run_benches, write_results  # noqa: E402
 
 from mmxai_fast.ct import select_window_from_cam  # noqa: E402
 from mmxai_fast.models import VGG3D  # noqa: E402
@@ -134,13 +134,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     benches = {"window_selection": bench_window_selection, "modality_shapley": bench_modality_shapley}
+    load_before = os.getloadavg()
     rows = run_benches(benches, args.only, device, args.quick)
     # On a shared, oversubscribed CPU, OpenMP threads that spin while waiting (the default) steal
     # the cores from the threads doing the work: record the policy the run used.
     env = dict(environment(device), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
-    payload = {"environment": env, "rows": rows,
-               "command": " ".join(["python", "benchmarks/bench_domain.py"] + (argv or sys.argv[1:]))}
-    write_json_atomically(args.out, payload)
+    rows = [as_row(r, "select_window_from_cam" if r["case"].startswith("DWT") else "modality_censorship",
+                   device=device.type, dtype="int16" if r["case"].startswith("DWT") else "float32") for r in rows]
+    meta = {"environment": env, "cpu": cpu_facts(load_before),
+            "command": " ".join(["python", "benchmarks/bench_domain.py"] + (argv or sys.argv[1:]))}
+    write_results(args.out, rows, meta)
     print(f"wrote {args.out}")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import environment, write_json_atomically  # noqa: E402
+from _harness import as_row, cpu_facts, environment, write_results  # noqa: E402
 
 PIPELINE = str(Path(__file__).resolve().parent / "dropin_pipeline.py")
 RUN = [sys.executable, "-m", "mmxai_fast", "run", "--report"]
@@ -37,18 +37,6 @@ POLICIES = {  # FeatureAblation on the VGG-like model, one policy at a time
     "+ channels_last_3d": RUN + ["--batch", "keep", "--channels-last", "on", "--no-inference-mode", PIPELINE],
     "+ inference_mode": RUN + ["--batch", "keep", "--channels-last", "off", PIPELINE],
 }
-
-
-def cpu_facts() -> dict:
-    info = {"loadavg_start": os.getloadavg()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line)
-        flags = next(line for line in text.splitlines() if line.startswith("flags")).split()
-        info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    except (OSError, StopIteration):
-        pass
-    return info
 
 
 def run_config(command: list, args: list, out: Path) -> tuple:
@@ -103,15 +91,19 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     size = ["--size", "32", "--segments", "8", "--samples", "24"] if args.quick else ["--size", "64"]
     methods = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
+    load_before = os.getloadavg()
     payload = {"command": " ".join(["python", "benchmarks/bench_dropin.py"] + (argv or sys.argv[1:])),
-               "environment": {**environment(torch.device("cpu")), **cpu_facts()}, "rows": []}
+               "environment": environment(torch.device("cpu")), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             payload["rows"] += compare(model, size, CONFIGS, methods, Path(tmp))
         baseline = {"captum": CONFIGS["captum"], **POLICIES}
         payload["policies"] = compare("vgg", size, baseline, ["FeatureAblation"], Path(tmp))
-    payload["environment"]["loadavg_end"] = os.getloadavg()
-    write_json_atomically(Path(args.out), payload)
+    payload["cpu"] = cpu_facts(load_before)
+    rows = [as_row(dict(r, study=study), r["method"], device="cpu", dtype="float32", ratio_key="ratio_vs_captum",
+                   median_key="wall_s") for study, key in (("configs", "rows"), ("policies", "policies"))
+            for r in payload.pop(key)]  # one run each: iqr_s null
+    write_results(Path(args.out), rows, payload)
     print(f"wrote {args.out}")
 
 

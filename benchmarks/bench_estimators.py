@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import environment, write_json_atomically  # noqa: E402
+from _harness import cpu_facts, environment, row, write_results  # noqa: E402
 
 from mmxai_fast.estimators import ModelGame, ShapleyEstimator, estimate_shapley  # noqa: E402
 from mmxai_fast.estimators._game import all_subsets, shapley_coefficients  # noqa: E402
@@ -207,6 +207,7 @@ def main(argv=None) -> int:
     seeds = list(range(args.seeds or (20 if args.quick else 30)))
     size = 24 if args.quick else 32
     torch.manual_seed(0)
+    load_before = os.getloadavg()
 
     model_game, model, x, mask = build_game(features, size)
     num = model_game.num_features
@@ -259,28 +260,28 @@ def main(argv=None) -> int:
                                "ratio": ours["rmse"] / best if best > 0 else (1.0 if ours["rmse"] == 0 else float("inf"))})
             target2[name] = {"per_budget": ratios, "met": all(r["ratio"] <= 1.05 for r in ratios)}
     timing = time_per_evaluation(model_game, model, x, mask, repeats=3 if args.quick else 5)
-    payload = {"environment": environment(torch.device("cpu")), "cpu": _cpu_model(), "loadavg": os.getloadavg(),
+    meta = {"environment": environment(torch.device("cpu")), "cpu": cpu_facts(load_before),
                "game": {"features": num, "size": size, "exact_evaluations": 2 ** num, "exact_s": exact_s,
                         "exact_shapley": exact.tolist()},
-               "seeds": len(seeds), "results": results, "target_captum_svs25": {"captum": svs25, "ours": target1},
+               "seeds": len(seeds), "target_captum_svs25": {"captum": svs25, "ours": target1},
                "target_vs_shapiq": target2, "time_per_evaluation": timing, "notes": notes,
                "command": "python benchmarks/bench_estimators.py" + (" --quick" if args.quick else "")}
     out = Path(args.out)
-    write_json_atomically(out, payload)
+    write_results(out, schema_rows(results, timing, f"VGG3D {size}^3 F={num}", len(seeds)), meta)
     plot(results, 2 ** num, out.with_suffix(".png"), f"VGG3D, {num} superpixels, {len(seeds)} seeds")
     _report(results, svs25, target1, target2, timing, notes)
     print(f"wrote {out} and {out.with_suffix('.png')} (loadavg {os.getloadavg()[0]:.1f})")
     return 0
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+def schema_rows(results: dict, timing: dict, game: str, seeds: int) -> list:
+    """Accuracy points (one per method and budget: no time, ``median_s`` null) and the time per
+    model evaluation of each method (median of the repeats; the spread is not kept)."""
+    rows = [row("estimate_shapley", name, f"{game} budget {r['budget']}", device="cpu", dtype="float32", median_s=None,
+                seeds=seeds, **r) for name, curve in results.items() for r in curve]
+    rows += [row("estimate_shapley", name, f"{game} time per evaluation", device="cpu", dtype="float32",
+                 median_s=t["median_s_per_evaluation"], **t) for name, t in timing.items()]
+    return rows
 
 
 def _report(results, svs25, target1, target2, timing, notes) -> None:

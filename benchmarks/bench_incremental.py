@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import environment, write_json_atomically  # noqa: E402
+from _harness import as_row, cpu_facts, environment, write_results  # noqa: E402
 
 from mmxai_fast.incremental import (IncrementalPlan, IncrementalRunner, dense_evaluator,  # noqa: E402
                                     drilldown_occlusion, error_report, feature_boxes, occlusion, occlusion_diffs,
@@ -176,24 +176,23 @@ def main(argv=None):
             if name == "vgg3d" or not args.quick:
                 rows += bench_shapley(name, model, x, steps=4 if args.quick else 24, chains=2, repeats=repeats)
             print(*(f"{r['case']}: {r['speedup']:.2f}x" for r in rows[-2:]), sep="\n", flush=True)
-    env = environment(torch.device("cpu"))
-    env.update(load_before=load_before, load_after=os.getloadavg(), cpu_model=_cpu_model(), argv=sys.argv[1:])
-    write_json_atomically(Path(args.out), {"environment": env, "rows": rows})
+    env = dict(environment(torch.device("cpu")), argv=sys.argv[1:])
+    facts = cpu_facts(load_before)
+    write_results(Path(args.out), [schema_row(r) for r in rows], {"environment": env, "cpu": facts})
     for r in rows:
         extra = (f" (cpu time {r['cpu_time_speedup']:.2f}x, predicted {r['predicted_speedup']:.2f}x)"
                  if "predicted_speedup" in r else "")
         print(f"{r['case']:70s} {r['speedup']:6.2f}x{extra}")
-    print(f"load average before {load_before}, after {env['load_after']}; wrote {args.out}")
+    print(f"load average before {load_before}, after {facts['loadavg_after']}; wrote {args.out}")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+def schema_row(r: dict) -> dict:
+    """The incremental side's best time (of ``repeats``, alternated with the dense side) as
+    ``median_s``; ``ratio`` = the dense (or drill-down's exact) time / it."""
+    median_key = "drilldown_s" if "drilldown_s" in r else "incremental_s"
+    op = "occlusion" if "occlusion" in r["case"] else "shapley"
+    return as_row(dict(r, impl="mmxai_fast incremental", timing="best of repeats"), op, device="cpu", dtype="float32",
+                  median_key=median_key)
 
 
 if __name__ == "__main__":

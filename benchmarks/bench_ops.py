@@ -10,13 +10,14 @@ torch.cdist + argmin. On a GPU the achieved GB/s and TFLOP/s are reported agains
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import environment, measure, run_benches, write_json_atomically  # noqa: E402
+from _harness import as_row, cpu_facts, environment, measure, run_benches, write_results  # noqa: E402
 
 from mmxai_fast.ops import (HU_WINDOW_PRESETS, OcclusionWindows, hu_window, occlusion_attribution,  # noqa: E402
                             occlusion_attribution_reference, occlusion_batch, perturb, vq_nearest)
@@ -157,10 +158,12 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.manual_seed(0)
     benches = {"perturb": bench_perturb, "hu_window": bench_hu_window, "vq": bench_vq, "occlusion": bench_occlusion}
-    rows = run_benches(benches, args.only, device, args.quick)
-    payload = {"environment": environment(device), "ceilings": device_ceilings(device), "rows": rows,
-               "command": " ".join(["python", "benchmarks/bench_ops.py"] + (argv or sys.argv[1:]))}
-    write_json_atomically(args.out, payload)
+    load_before = os.getloadavg()
+    rows = [as_row(r, r["case"].split()[0], device=device.type, dtype="int16" if "int16" in r["case"] else "float32")
+            for r in run_benches(benches, args.only, device, args.quick)]  # the case names start with the op
+    meta = {"environment": environment(device), "cpu": cpu_facts(load_before), "ceilings": device_ceilings(device),
+            "command": " ".join(["python", "benchmarks/bench_ops.py"] + (argv or sys.argv[1:]))}
+    write_results(args.out, rows, meta)
     print(f"wrote {args.out}")
 
 

@@ -13,6 +13,7 @@ Captum's attributions (Shapley: equal seeds, equal permutations).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import environment, print_rows, sync, write_json_atomically  # noqa: E402
+from _harness import as_row, cpu_facts, environment, print_rows, sync, write_results  # noqa: E402
 
 from mmxai_fast.models import VGG3D  # noqa: E402
 from mmxai_fast.pipeline import Case, Superpixels, explain, superpixel_mask  # noqa: E402
@@ -109,12 +110,15 @@ def main(argv=None):
     torch.manual_seed(0)
     model = VGG3D(in_channels=4, num_classes=2, widths=(8, 16, 32)).eval().to(device)
     superpixels = Superpixels(n_segments=25)
+    load_before = os.getloadavg()
     rows = []
     rows += bench("FeatureAblation", case, model, superpixels, {"perturbations_per_eval": 16}, device, args.repeats)
     rows += bench("ShapleyValueSampling", case, model, superpixels, {"n_samples": 1, "perturbations_per_eval": 16},
                   device, args.repeats)
     print_rows(rows)
-    write_json_atomically(args.out, {"environment": environment(device), "rows": rows})
+    rows = [as_row(r, r["case"].split()[0], device=device.type, dtype="float32") for r in rows]  # op: the method
+    write_results(args.out, rows, {"environment": environment(device), "cpu": cpu_facts(load_before),
+                                   "command": " ".join(["python", "benchmarks/bench_pipeline.py"] + (argv or sys.argv[1:]))})
 
 
 if __name__ == "__main__":

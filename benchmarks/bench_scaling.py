@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -91,7 +90,7 @@ def main() -> None:
         return worker(args)
     from cohort_data import make_cohort, save_model
 
-    from _harness import environment
+    from _harness import cpu_facts, environment, row, write_results
     import torch
 
     n_cases, small, large, perms_small, perms_large = (4, 16, 24, 6, 12) if args.quick else (8, 24, 32, 12, 48)
@@ -114,23 +113,17 @@ def main() -> None:
     for row in rows:
         base = next(r for r in rows if r["workload"] == row["workload"] and r["ranks"] == 1 and r["threads"] == 1)
         row["speedup_vs_1x1"] = row["cases_per_hour"] / base["cases_per_hour"]
-    result = {"benchmark": "bench_scaling", "quick": args.quick, "environment": environment(torch.device("cpu")),
-              "cpu_model": platform.processor() or _cpu_model(), "loadavg_before": load_before,
-              "loadavg_after": os.getloadavg(), "cohort": {"cases": n_cases, "shape": [4, small, small, small],
-                                                           "n_samples": perms_small},
-              "large_case": {"shape": [4, large, large, large], "n_samples": perms_large}, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    meta = {"benchmark": "bench_scaling", "quick": args.quick, "environment": environment(torch.device("cpu")),
+            "cpu": cpu_facts(load_before), "cohort": {"cases": n_cases, "shape": [4, small, small, small],
+                                                      "n_samples": perms_small},
+            "large_case": {"shape": [4, large, large, large], "n_samples": perms_large}}
+    # one run per configuration (iqr_s null); ratio: cases per hour against 1 rank x 1 thread
+    write_results(args.out, [row("run_cohort", f"{r['ranks']} rank(s) x {r['threads']} thread(s)", r["workload"],
+                                 device="cpu", dtype="float32", median_s=r["wall_s"], ratio=r["speedup_vs_1x1"], **r)
+                             for r in rows], meta)
     for row in rows:
         print(f"{row['workload']:7s} {row['ranks']}x{row['threads']}: {row['speedup_vs_1x1']:.2f}x cases/hour of 1x1")
-    print(f"load average before {load_before}, after {result['loadavg_after']}; wrote {args.out}")
-
-
-def _cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
+    print(f"load average before {load_before}, after {meta['cpu']['loadavg_after']}; wrote {args.out}")
 
 
 if __name__ == "__main__":

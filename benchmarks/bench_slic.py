@@ -12,6 +12,7 @@ Targets: >= 4x on the 2-core CPU; < 0.5 s on a GPU (triton backend, CUDA connect
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import environment, measure, print_rows, write_json_atomically  # noqa: E402
+from _harness import as_row, cpu_facts, environment, measure, print_rows, write_results  # noqa: E402
 
 from mmxai_fast.ops import slic  # noqa: E402
 from mmxai_fast.ops.slic_metrics import segment_quality, tissue_phantom  # noqa: E402
@@ -44,6 +45,7 @@ def main(argv=None):
     shape = (120, 120, 78) if args.quick else (240, 240, 155)
     n_segments = max(8, args.n_segments // 8) if args.quick else args.n_segments
     volumes, tissue = tissue_phantom(shape, 4, seed=0)
+    load_before = os.getloadavg()
     mask = tissue > 0
     kwargs = dict(n_segments=n_segments, compactness=args.compactness, mask=mask, channel_axis=None)
     case = f"slic 4x{'x'.join(map(str, shape))} f32 mask n_segments={n_segments}/modality"
@@ -71,7 +73,7 @@ def main(argv=None):
         timed = measure(lambda: slic(xg, modality_axis=0, backend="triton", **gkw), gpu, repeats=args.repeats)
         rows.append(dict(case=case, impl=f"mmxai_fast.ops.slic (triton+cuda, {torch.cuda.get_device_name(gpu)})",
                          **timed, quality=mean_quality(gpu_labels, tissue, mask),
-                         speedup=sk["median_s"] / timed["median_s"], target_s=0.5,
+                         speedup_vs_skimage=sk["median_s"] / timed["median_s"], target_s=0.5,
                          agreement_with_cpu=float((gpu_labels == ours_labels).mean())))
     print_rows(rows)
     print(f"{'quality (mean per modality)':44s} {'boundary recall':>16s} {'UE':>8s} {'segments':>9s} {'disconn.':>9s}")
@@ -79,9 +81,10 @@ def main(argv=None):
         q = r["quality"]
         print(f"{r['impl']:44s} {q['boundary_recall']:16.4f} {q['undersegmentation_error']:8.4f} "
               f"{q['n_segments']:9.1f} {q['disconnected_segments']:9.1f}")
-    payload = {"environment": environment(cpu), "rows": rows,
-               "command": " ".join(["python", "benchmarks/bench_slic.py"] + (argv or sys.argv[1:]))}
-    write_json_atomically(args.out, payload)
+    rows = [as_row(r, "slic", device="cuda" if "cuda" in r["impl"] else "cpu", dtype="float32") for r in rows]
+    meta = {"environment": environment(cpu), "cpu": cpu_facts(load_before),
+            "command": " ".join(["python", "benchmarks/bench_slic.py"] + (argv or sys.argv[1:]))}
+    write_results(args.out, rows, meta)
     print(f"wrote {args.out}")
 
 

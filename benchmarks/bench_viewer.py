@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _harness import environment, measure, write_json_atomically  # noqa: E402
+from _harness import cpu_facts, environment, measure, row, write_results  # noqa: E402
 
 from mmxai_fast.demo import phantom_case  # noqa: E402
 from mmxai_fast.phantom import make_brain_phantom  # noqa: E402
@@ -85,6 +85,22 @@ def bench_case(label: str, case: Case, head, repeats: int, workdir: Path):
     return rows
 
 
+def schema_rows(record: dict) -> list:
+    """One measured page as two results rows: the viewer's render and, as the comparison, writing
+    the same heatmaps as NIfTI (``ratio`` = NIfTI time / render time)."""
+    rest = {k: v for k, v in record.items() if k not in ("case", "render", "nifti_heatmaps")}
+    case = f"{record['case']} {len(record['methods'])} method(s)"
+    render, nifti = record["render"], record["nifti_heatmaps"]
+
+    def spread(timing: dict) -> dict:
+        return {k: timing[k] for k in ("min_s", "max_s", "repeats")}
+    return [row("render_viewer", "mmxai_fast render_viewer", case, device="cpu", dtype="float32",
+                median_s=render["median_s"], iqr_s=render["iqr_s"], **spread(render), **rest),
+            row("render_viewer", "NIfTI heatmaps (nibabel)", case, device="cpu", dtype="float32",
+                median_s=nifti["median_s"], iqr_s=nifti["iqr_s"], ratio=nifti["median_s"] / render["median_s"],
+                **spread(nifti))]
+
+
 def browser_ready_s(path: Path, screenshot: Optional[Path] = None) -> float:
     from viewer_browser import load, open_chromium
 
@@ -109,6 +125,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(RESULTS / "viewer_cpu_2core.json"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="bench_viewer_"))
     rows = []
     demo = make_brain_phantom((48, 48, 48), seed=1)
@@ -126,14 +143,11 @@ def main(argv=None):
                 shot = RESULTS / "viewer_screenshot.png" if row["case"] == "demo 48^3" else None
                 row["browser_ready_s"] = browser_ready_s(Path(row["path"]), shot)
                 print(f"{row['case']:>22} 3 methods: Chromium ready after {row['browser_ready_s']:.2f} s", flush=True)
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    payload = {"benchmark": "viewer", "command": "PYTHONPATH=$PWD python benchmarks/bench_viewer.py",
-               "environment": {**environment(torch.device("cpu")), "cpu_model": cpu,
-                               "loadavg": os.getloadavg()}, "rows": rows}
-    for row in rows:
-        row.pop("path")
-    write_json_atomically(Path(args.out), payload)
+    meta = {"benchmark": "viewer", "command": "PYTHONPATH=$PWD python benchmarks/bench_viewer.py",
+            "environment": environment(torch.device("cpu")), "cpu": cpu_facts(load_before)}
+    for r in rows:
+        r.pop("path")
+    write_results(Path(args.out), [r for record in rows for r in schema_rows(record)], meta)
     shutil.rmtree(workdir, ignore_errors=True)
     print(f"wrote {args.out}")
 

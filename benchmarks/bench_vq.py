@@ -17,13 +17,14 @@ Ratios are anchor time / mmxai_fast time for the same inputs on the same device.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import environment, measure, run_benches, write_json_atomically  # noqa: E402
+from _harness import as_row, cpu_facts, environment, measure, run_benches, write_results  # noqa: E402
 
 from mmxai_fast.models import VQEncoderDecoder  # noqa: E402
 from mmxai_fast.ops import vq_nearest  # noqa: E402
@@ -115,20 +116,6 @@ def _fma_peak_gflops(threads):
     return threads * 2 * lanes * 2 * clock, dict(clock_ghz=clock, fp32_lanes=lanes, fma_pipes=2, threads=threads)
 
 
-def _cpu_details():
-    """CPU model, the SIMD flags that matter here and the load average (the machine is shared)."""
-    import os
-
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        info = []
-    model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), None)
-    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
-    return dict(cpu_model=model, cpu_simd=sorted(flags & {"avx2", "fma", "avx512f", "avx512bw", "avx512vl"}),
-                loadavg=list(os.getloadavg()))
-
-
 def _cpu_seconds_per_call(fn, repeats):
     import time
 
@@ -195,6 +182,11 @@ def bench_ablation(device, quick):
     return rows
 
 
+def _op(case: str) -> str:
+    """The op a case measures (its results row's ``op``)."""
+    return {"VQ": "VectorQuantizer", "nearest": "vq_nearest", "latent": "latent_feature_ablation"}[case.split()[0]]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vq.json"))
@@ -204,18 +196,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     benches = {"quantizer": bench_quantizer, "nearest": bench_nearest, "ablation": bench_ablation}
+    load_before = os.getloadavg()
     rows = run_benches(benches, args.only, device, args.quick)
     env = environment(device)
-    env.update(_cpu_details())
     vqp, _ = _vqp()
     env["vector_quantize_pytorch"] = getattr(vqp, "__version__", None) if vqp is not None else None
     if vqp is not None and env["vector_quantize_pytorch"] is None:
         from importlib.metadata import version
 
         env["vector_quantize_pytorch"] = version("vector-quantize-pytorch")
-    payload = {"environment": env, "rows": rows,
-               "command": " ".join(["python", "benchmarks/bench_vq.py"] + (argv or sys.argv[1:]))}
-    write_json_atomically(args.out, payload)
+    rows = [as_row(r, _op(r["case"]), device=device.type, dtype="float32") for r in rows]
+    meta = {"environment": env, "cpu": cpu_facts(load_before),
+            "command": " ".join(["python", "benchmarks/bench_vq.py"] + (argv or sys.argv[1:]))}
+    write_results(args.out, rows, meta)
     print(f"wrote {args.out}")
 
 

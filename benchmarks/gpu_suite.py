@@ -126,6 +126,26 @@ def gpu_benchmarks(device):
     return rows
 
 
+def _dtype(case: str) -> str:
+    for name in ("bfloat16", "float16", "int16", "uint8"):
+        if name in case:
+            return name
+    return "float32"
+
+
+def schema_rows(report: dict) -> list:
+    """Results rows: one per compiled kernel (dry run: nothing timed, ``median_s`` null) or per
+    GPU measurement (``median_s``: the median of 20 CUDA-event timings; spread not kept)."""
+    from _harness import row
+
+    if report["mode"] == "dry-run":
+        return [row(r["case"].split("[")[0], "triton (AOT compile)", r["case"], device="cuda", dtype=_dtype(r["case"]),
+                    median_s=None, **{k: v for k, v in r.items() if k != "case"}) for r in report["kernels"]]
+    return [row(r["case"].split()[0].rstrip(":"), "torch" if r["case"].startswith("ceiling") else "triton", r["case"],
+                device="cuda", dtype=_dtype(r["case"]), median_s=r.get("s"), **{k: v for k, v in r.items() if k != "case"})
+            for r in report["benchmarks"]]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="compile only (no GPU needed)")
@@ -148,9 +168,10 @@ def main(argv=None):
                  for c in report["checks"])
     report["wall_s"] = time.time() - start
     if args.out:
-        from _harness import write_json_atomically
+        from _harness import write_results
 
-        write_json_atomically(Path(args.out), report)
+        write_results(Path(args.out), schema_rows(report),
+                      {k: v for k, v in report.items() if k not in ("kernels", "benchmarks")})
     print(json.dumps({k: v for k, v in report.items() if k not in ("kernels",)}, indent=1, default=str)[:4000])
     return 0 if ok else 1
 

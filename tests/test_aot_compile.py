@@ -36,7 +36,7 @@ def report(tmp_path_factory):
 
 def test_every_kernel_compiles(report):
     data, _ = report
-    failed = [(r["arch"], r["case"], r["error"]) for r in data["kernels"] if r["error"]]
+    failed = [(r["arch"], r["case"], r["error"]) for r in data["rows"] if r["error"]]
     assert not failed, failed
 
 
@@ -48,7 +48,7 @@ def test_every_case_and_arch_was_compiled(report):
 
 
 def data_rows(report):
-    return [r for r in report[0]["kernels"] if not r["error"]]
+    return [r for r in report[0]["rows"] if not r["error"]]
 
 
 def test_code_targets_the_requested_architecture(report):
@@ -80,7 +80,7 @@ def test_vq_nearest_uses_tensor_cores(report):
 
 def test_dry_run_exit_status(report):
     data, result = report
-    assert data["problems"] == 0 and result.returncode == 0, result.stdout[-3000:]
+    assert data["meta"]["problems"] == 0 and result.returncode == 0, result.stdout[-3000:]
 
 
 def test_no_python_float_reaches_a_float64_kernel(report):

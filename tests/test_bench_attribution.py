@@ -29,7 +29,7 @@ def test_quick_run_writes_consistent_json(tmp_path):
             assert row["max_abs_diff"] <= 1e-4 * max(1.0, row["max_abs_attr"]), row
         if row["method"] == "ShapleyValueSampling" and "captum" in row:
             assert row["captum"]["model_evaluations"] >= ours["model_evaluations"]
-    accuracy = payload["accuracy"]
+    accuracy = payload["meta"]["accuracy"]
     assert accuracy["budgets"] and all(b["captum_plain_rmse_mean"] > 0 for b in accuracy["budgets"])
 
 
@@ -67,4 +67,4 @@ def test_update_replaces_only_the_rerun_rows(tmp_path):
     rows = {r["method"]: r for r in second["rows"]}
     assert set(rows) == {"FeatureAblation", "Occlusion"}
     assert rows["FeatureAblation"] == json.loads(json.dumps(first["rows"][0]))  # kept as measured
-    assert second["kept_from_previous_run"]["scenarios"] == ["b"]
+    assert second["meta"]["kept_from_previous_run"]["scenarios"] == ["b"]
