@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mmxai_fast.pipeline import Case, Explanation, RunStats, modality_importance, write_explanation
-from mmxai_fast.pipeline.viewer import MAX_SIZE, render_viewer, viewer_thumbnail, write_viewer
+from mmxai_fast.pipeline.viewer import MAX_SIZE, render_viewer, template_text, viewer_thumbnail, write_viewer
 from mmxai_fast.pipeline.viewer_cohort import cohort_index_html, write_cohort_index
 from pipeline_data import AFFINE
 
@@ -182,9 +182,11 @@ def test_2d_case_and_no_roi():
 
 def test_templates_ship_with_the_installed_package():
     folder = resources.files("mmxai_fast.pipeline")
+    assert "__MMXAI_TITLE__" in folder.joinpath("viewer_head.html").read_text(encoding="utf-8")  # the shared head
     for name in ("viewer_template.html", "viewer_index_template.html"):
         text = folder.joinpath(name).read_text(encoding="utf-8")
-        assert "<!--MMXAI_PAYLOAD-->" in text and "__MMXAI_TITLE__" in text
+        assert "<!--MMXAI_PAYLOAD-->" in text and "<!--MMXAI_HEAD-->" in text
+        assert template_text(name).startswith("<!DOCTYPE html>") and "__MMXAI_TITLE__" in template_text(name)
 
 
 def test_thumbnail_and_cohort_index(tmp_path):

@@ -30,31 +30,16 @@ import traceback
 
 import numpy as np
 import torch
-from torch import nn
+
+# The misbehaving models live with the CLI misuse tests; the CLI loads them as cli_models:NAME.
+TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+sys.path.insert(0, TESTS)
+from cli_models import TupleModel  # noqa: E402
 
 torch.set_num_threads(1)
 KW = {"in_channels": 2, "widths": [4, 8], "hidden": 8}
 SHAPE = (12, 10, 8)
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
-
-
-class TupleModel(nn.Module):
-    def __init__(self, **kwargs):
-        super().__init__()
-        self.conv = nn.Conv3d(2, 2, 1)
-
-    def forward(self, x):
-        return self.conv(x).mean((2, 3, 4)), x
-
-
-class SegmentationModel(TupleModel):
-    def forward(self, x):
-        return self.conv(x)
-
-
-class NaNModel(TupleModel):
-    def forward(self, x):
-        return self.conv(x).mean((2, 3, 4)) * float("nan")
 
 
 def _save(path, data, affine=AFFINE):
@@ -97,7 +82,7 @@ def cli_cases(f):
     ok = case + sd + ["--method", "Saliency", "--n-segments", "4"]  # cheap, where a misuse runs through
 
     def factory(name):
-        return ["--state-dict", f["conv"], "--factory", f"hostile_sweep:{name}"]
+        return ["--state-dict", f["conv"], "--factory", f"cli_models:{name}"]
 
     c = []  # (name, argv without --out, flag the message must name, out setup)
     for v in ("nan", "inf", "-1", "x"):
@@ -418,7 +403,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args()
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     tmp = tempfile.mkdtemp(prefix="mmxai_sweep_")
     try:
         f = prepare(tmp)

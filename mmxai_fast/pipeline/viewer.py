@@ -43,13 +43,17 @@ DEFAULT_OPACITY = 0.85
 _PERCENTILES = (0.5, 99.5)
 _PAYLOAD_MARK = "<!--MMXAI_PAYLOAD-->"
 _TITLE_MARK = "__MMXAI_TITLE__"
+_HEAD_MARK = "<!--MMXAI_HEAD-->"
 
 Explanations = Union[Any, Sequence[Any], Mapping[str, Any]]
 
 
 def template_text(name: str = "viewer_template.html") -> str:
-    """Text of a page template shipped as package data next to this module."""
-    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+    """Text of a page template shipped as package data next to this module, with the head both
+    pages share (``viewer_head.html``: doctype, title, the common style rules) put in."""
+    folder = resources.files(__package__)
+    head = folder.joinpath("viewer_head.html").read_text(encoding="utf-8").rstrip("\n")
+    return folder.joinpath(name).read_text(encoding="utf-8").replace(_HEAD_MARK, head, 1)
 
 
 def _rows(explanations: Explanations) -> List[Tuple[str, Any]]:
