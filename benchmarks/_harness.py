@@ -33,6 +33,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from functools import lru_cache
@@ -186,6 +187,21 @@ def check_results(payload: Any, where: str = "results") -> None:
         raise ValueError(f"{where} must hold a 'meta' dict and a 'rows' list, got keys {sorted(payload)}")
     for k, r in enumerate(payload["rows"]):
         check_row(r, f"{where} rows[{k}]")
+
+
+def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:
+    """The command that reproduces a run of ``benchmarks/<script>``."""
+    return " ".join(["python", f"benchmarks/{script}"] + list(sys.argv[1:] if argv is None else argv))
+
+
+def write_run(path, rows: List[Dict[str, Any]], *, script: str, argv: Optional[Sequence[str]], device: torch.device,
+              loadavg_before: Sequence[float], **meta: Any) -> Dict[str, Any]:
+    """:func:`write_results` with the usual ``meta``: the command, :func:`environment` and
+    :func:`cpu_facts` (``meta`` entries are added, or replace those)."""
+    payload = write_results(path, rows, {"command": command_line(script, argv), "environment": environment(device),
+                                         "cpu": cpu_facts(loadavg_before), **meta})
+    print(f"wrote {path}")
+    return payload
 
 
 def write_results(path, rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:

@@ -19,7 +19,7 @@ import captum.attr as ca
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import as_row, cpu_facts, environment, measure, print_rows, write_results  # noqa: E402
+from _harness import as_row, measure, print_rows, write_run  # noqa: E402
 
 import mmxai_fast.attr as ma  # noqa: E402
 
@@ -91,8 +91,7 @@ def main() -> None:
     print_rows(rows)
     for r in rows:
         print(f"{r['case']:44s} {r['impl']:12s} model share {r['model_share']:.2f}")
-    write_results(args.out, rows, {"command": " ".join(["python", "benchmarks/bench_attr_sampling.py"] + sys.argv[1:]),
-                                   "environment": environment(device), "cpu": cpu_facts(load_before)})
+    write_run(args.out, rows, script="bench_attr_sampling.py", argv=None, device=device, loadavg_before=load_before)
 
 
 if __name__ == "__main__":

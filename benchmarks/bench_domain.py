@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import as_row, cpu_facts, environment, measure, run_benches, write_results  # noqa: E402
+from _harness import as_row, environment, measure, run_benches, write_run  # noqa: E402
 
 from mmxai_fast.ct import select_window_from_cam  # noqa: E402
 from mmxai_fast.models import VGG3D  # noqa: E402
@@ -141,10 +141,8 @@ def main(argv=None):
     env = dict(environment(device), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
     rows = [as_row(r, "select_window_from_cam" if r["case"].startswith("DWT") else "modality_censorship",
                    device=device.type, dtype="int16" if r["case"].startswith("DWT") else "float32") for r in rows]
-    meta = {"environment": env, "cpu": cpu_facts(load_before),
-            "command": " ".join(["python", "benchmarks/bench_domain.py"] + (argv or sys.argv[1:]))}
-    write_results(args.out, rows, meta)
-    print(f"wrote {args.out}")
+    write_run(args.out, rows, script="bench_domain.py", argv=argv, device=device, loadavg_before=load_before,
+              environment=env)
 
 
 if __name__ == "__main__":

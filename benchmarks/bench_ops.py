@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import as_row, cpu_facts, environment, measure, run_benches, write_results  # noqa: E402
+from _harness import as_row, measure, run_benches, write_run  # noqa: E402
 
 from mmxai_fast.ops import (HU_WINDOW_PRESETS, OcclusionWindows, hu_window, occlusion_attribution,  # noqa: E402
                             occlusion_attribution_reference, occlusion_batch, perturb, vq_nearest)
@@ -161,10 +161,8 @@ def main(argv=None):
     load_before = os.getloadavg()
     rows = [as_row(r, r["case"].split()[0], device=device.type, dtype="int16" if "int16" in r["case"] else "float32")
             for r in run_benches(benches, args.only, device, args.quick)]  # the case names start with the op
-    meta = {"environment": environment(device), "cpu": cpu_facts(load_before), "ceilings": device_ceilings(device),
-            "command": " ".join(["python", "benchmarks/bench_ops.py"] + (argv or sys.argv[1:]))}
-    write_results(args.out, rows, meta)
-    print(f"wrote {args.out}")
+    write_run(args.out, rows, script="bench_ops.py", argv=argv, device=device, loadavg_before=load_before,
+              ceilings=device_ceilings(device))
 
 
 if __name__ == "__main__":

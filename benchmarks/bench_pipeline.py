@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import as_row, cpu_facts, environment, print_rows, sync, write_results  # noqa: E402
+from _harness import as_row, print_rows, sync, write_run  # noqa: E402
 
 from mmxai_fast.models import VGG3D  # noqa: E402
 from mmxai_fast.pipeline import Case, Superpixels, explain, superpixel_mask  # noqa: E402
@@ -117,8 +117,7 @@ def main(argv=None):
                   device, args.repeats)
     print_rows(rows)
     rows = [as_row(r, r["case"].split()[0], device=device.type, dtype="float32") for r in rows]  # op: the method
-    write_results(args.out, rows, {"environment": environment(device), "cpu": cpu_facts(load_before),
-                                   "command": " ".join(["python", "benchmarks/bench_pipeline.py"] + (argv or sys.argv[1:]))})
+    write_run(args.out, rows, script="bench_pipeline.py", argv=argv, device=device, loadavg_before=load_before)
 
 
 if __name__ == "__main__":

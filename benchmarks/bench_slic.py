@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import as_row, cpu_facts, environment, measure, print_rows, write_results  # noqa: E402
+from _harness import as_row, measure, print_rows, write_run  # noqa: E402
 
 from mmxai_fast.ops import slic  # noqa: E402
 from mmxai_fast.ops.slic_metrics import segment_quality, tissue_phantom  # noqa: E402
@@ -82,10 +82,7 @@ def main(argv=None):
         print(f"{r['impl']:44s} {q['boundary_recall']:16.4f} {q['undersegmentation_error']:8.4f} "
               f"{q['n_segments']:9.1f} {q['disconnected_segments']:9.1f}")
     rows = [as_row(r, "slic", device="cuda" if "cuda" in r["impl"] else "cpu", dtype="float32") for r in rows]
-    meta = {"environment": environment(cpu), "cpu": cpu_facts(load_before),
-            "command": " ".join(["python", "benchmarks/bench_slic.py"] + (argv or sys.argv[1:]))}
-    write_results(args.out, rows, meta)
-    print(f"wrote {args.out}")
+    write_run(args.out, rows, script="bench_slic.py", argv=argv, device=cpu, loadavg_before=load_before)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import as_row, cpu_facts, environment, measure, run_benches, write_results  # noqa: E402
+from _harness import as_row, environment, measure, run_benches, write_run  # noqa: E402
 
 from mmxai_fast.models import VQEncoderDecoder  # noqa: E402
 from mmxai_fast.ops import vq_nearest  # noqa: E402
@@ -206,10 +206,8 @@ def main(argv=None):
 
         env["vector_quantize_pytorch"] = version("vector-quantize-pytorch")
     rows = [as_row(r, _op(r["case"]), device=device.type, dtype="float32") for r in rows]
-    meta = {"environment": env, "cpu": cpu_facts(load_before),
-            "command": " ".join(["python", "benchmarks/bench_vq.py"] + (argv or sys.argv[1:]))}
-    write_results(args.out, rows, meta)
-    print(f"wrote {args.out}")
+    write_run(args.out, rows, script="bench_vq.py", argv=argv, device=device, loadavg_before=load_before,
+              environment=env)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def require_disjoint(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor)
                          f"(bytes [{span_a[1]}, {span_a[2]}) and [{span_b[1]}, {span_b[2]}))")
 
 
-def exact_ints(values, name: str) -> list:
+def exact_ints(values, name: str, error: type = TypeError) -> list:
     """``values`` (a list or tuple) as Python ints; a fractional or non-integer entry raises."""
     import operator
 
@@ -120,7 +120,7 @@ def exact_ints(values, name: str) -> list:
                 raise TypeError
             out.append(operator.index(v))
         except TypeError:
-            raise TypeError(f"{name}[{k}] must be an int, got {v!r}") from None
+            raise error(f"{name}[{k}] must be an int, got {v!r}") from None
     return out
 
 

@@ -10,7 +10,6 @@ output differences become attributions through
 """
 
 import math
-import operator
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
@@ -21,7 +20,7 @@ from captum.attr._utils.common import _format_input_baseline
 from captum.log import log_usage
 from torch import Tensor
 
-from .._validation import check_baselines, check_inputs
+from .._validation import check_baselines, check_inputs, exact_ints
 from ..ops import OcclusionWindows, occlusion_attribution
 from ._errors import AttributionInputError
 from ._evaluator import Evaluator, check_perturbations_per_eval
@@ -37,15 +36,7 @@ StrideArg = Union[None, int, Tuple[int, ...], Tuple[Union[int, Tuple[int, ...]],
 def _int_tuple(value: Any, name: str) -> Tuple[int, ...]:
     if not isinstance(value, (tuple, list, torch.Size)):
         raise AttributionInputError(f"{name} must be a tuple of ints, got {value!r}")
-    out = []
-    for k, v in enumerate(value):
-        try:
-            if isinstance(v, bool):
-                raise TypeError
-            out.append(operator.index(v))
-        except TypeError:
-            raise AttributionInputError(f"{name}[{k}] must be an int, got {v!r}") from None
-    return tuple(out)
+    return tuple(exact_ints(value, name, AttributionInputError))
 
 
 def _format_windows(sliding_window_shapes: Any, inputs: Tuple[Tensor, ...]) -> Tuple[Tuple[int, ...], ...]:
