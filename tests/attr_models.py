@@ -29,6 +29,17 @@ class TupleMLP(torch.nn.Module):
 GRID = (torch.arange(3).view(3, 1, 1) * 2 + torch.arange(4).view(1, 1, 4) // 2).view(1, 1, 3, 1, 4)
 
 
+def assert_close_tree(ours, theirs, atol, rtol):
+    """A tensor or a tuple of tensors: same structure, shapes and dtypes, values within atol/rtol."""
+    if isinstance(theirs, tuple):
+        assert isinstance(ours, tuple) and len(ours) == len(theirs)
+        for o, t in zip(ours, theirs):
+            assert_close_tree(o, t, atol, rtol)
+        return
+    assert isinstance(ours, torch.Tensor) and ours.shape == theirs.shape and ours.dtype == theirs.dtype
+    torch.testing.assert_close(ours, theirs, atol=atol, rtol=rtol)
+
+
 def signature_params(func):
     """Names, kinds and defaults (annotations are strings on our side: postponed evaluation)."""
     import inspect

@@ -8,7 +8,7 @@ import torch
 import mmxai_fast.attr as ma
 from mmxai_fast.attr import AttributionInputError, FeatureAblation
 
-from attr_models import ConvNet
+from attr_models import assert_close_tree, ConvNet
 
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -51,13 +51,7 @@ def _target(kind, n):
 
 
 def _assert_close(ours, theirs):
-    if isinstance(theirs, tuple):
-        assert isinstance(ours, tuple) and len(ours) == len(theirs)
-        for o, t in zip(ours, theirs):
-            _assert_close(o, t)
-        return
-    assert isinstance(ours, torch.Tensor) and ours.shape == theirs.shape and ours.dtype == theirs.dtype
-    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=RTOL)
+    assert_close_tree(ours, theirs, ATOL, RTOL)
 
 
 CASES = list(itertools.product(["conv", "mlp"], [1, 3], ["none", "broadcast", "per_example"],

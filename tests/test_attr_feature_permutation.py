@@ -10,19 +10,13 @@ import mmxai_fast
 import mmxai_fast.attr.feature_permutation as fp_module
 from mmxai_fast.attr import AttributionInputError, FeatureAblation, FeaturePermutation, patch_captum, unpatch_captum
 
-from attr_models import ConvNet, GRID, signature_params, TupleMLP
+from attr_models import assert_close_tree, ConvNet, GRID, signature_params, TupleMLP
 
 ATOL, RTOL = 1e-5, 1e-4  # float32 model outputs, batched differently from Captum
 
 
 def _assert_close(ours, theirs):
-    if isinstance(theirs, tuple):
-        assert isinstance(ours, tuple) and len(ours) == len(theirs)
-        for o, t in zip(ours, theirs):
-            _assert_close(o, t)
-        return
-    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
-    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=RTOL)
+    assert_close_tree(ours, theirs, ATOL, RTOL)
 
 
 def _both(forward, inputs, seed=0, captum_kwargs=None, **kwargs):

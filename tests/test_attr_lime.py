@@ -13,7 +13,7 @@ import mmxai_fast
 from mmxai_fast.attr import AttributionInputError, Lime, TorchWeightedLinearRegression, patch_captum, unpatch_captum
 from mmxai_fast.attr.linear_model import weighted_least_squares
 
-from attr_models import ConvNet, GRID, signature_params, TupleMLP
+from attr_models import assert_close_tree, ConvNet, GRID, signature_params, TupleMLP
 
 # Same samples and weights; the Lasso fit (coordinate descent, tol 1e-4) sees float32 model
 # outputs that differ from Captum's in the last bits, so coefficients agree to ~1e-6.
@@ -21,13 +21,7 @@ ATOL, RTOL = 1e-5, 1e-4
 
 
 def _assert_close(ours, theirs, atol=ATOL, rtol=RTOL):
-    if isinstance(theirs, tuple):
-        assert isinstance(ours, tuple) and len(ours) == len(theirs)
-        for o, t in zip(ours, theirs):
-            _assert_close(o, t, atol, rtol)
-        return
-    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
-    torch.testing.assert_close(ours, theirs, atol=atol, rtol=rtol)
+    assert_close_tree(ours, theirs, atol, rtol)
 
 
 def _both(forward, inputs, seed=0, captum_kwargs=None, init=None, **kwargs):

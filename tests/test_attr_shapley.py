@@ -7,19 +7,13 @@ import torch
 
 from mmxai_fast.attr import AttributionInputError, ShapleyValues, ShapleyValueSampling
 
-from attr_models import ConvNet, GRID, TupleMLP
+from attr_models import assert_close_tree, ConvNet, GRID, TupleMLP
 
 ATOL, RTOL = 1e-5, 1e-4
 
 
 def _assert_close(ours, theirs):
-    if isinstance(theirs, tuple):
-        assert isinstance(ours, tuple) and len(ours) == len(theirs)
-        for o, t in zip(ours, theirs):
-            _assert_close(o, t)
-        return
-    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
-    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=RTOL)
+    assert_close_tree(ours, theirs, ATOL, RTOL)
 
 
 def _both(cls_ours, cls_captum, forward, inputs, seed=3, **kwargs):

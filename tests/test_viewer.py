@@ -187,6 +187,7 @@ def test_templates_ship_with_the_installed_package():
         text = folder.joinpath(name).read_text(encoding="utf-8")
         assert "<!--MMXAI_PAYLOAD-->" in text and "<!--MMXAI_HEAD-->" in text
         assert template_text(name).startswith("<!DOCTYPE html>") and "__MMXAI_TITLE__" in template_text(name)
+        assert "<!--MMXAI_SCRIPT_HEAD-->" in text and "<!--MMXAI_SCRIPT_HEAD-->" not in template_text(name)
 
 
 def test_thumbnail_and_cohort_index(tmp_path):

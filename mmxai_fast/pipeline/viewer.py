@@ -43,17 +43,21 @@ DEFAULT_OPACITY = 0.85
 _PERCENTILES = (0.5, 99.5)
 _PAYLOAD_MARK = "<!--MMXAI_PAYLOAD-->"
 _TITLE_MARK = "__MMXAI_TITLE__"
-_HEAD_MARK = "<!--MMXAI_HEAD-->"
+#: What both page templates share: the head (doctype, title, common style rules) and the start of
+#: the script (reading the meta payload).
+_SHARED_PARTS = (("<!--MMXAI_HEAD-->", "viewer_head.html"), ("<!--MMXAI_SCRIPT_HEAD-->", "viewer_script_head.html"))
 
 Explanations = Union[Any, Sequence[Any], Mapping[str, Any]]
 
 
 def template_text(name: str = "viewer_template.html") -> str:
-    """Text of a page template shipped as package data next to this module, with the head both
-    pages share (``viewer_head.html``: doctype, title, the common style rules) put in."""
+    """Text of a page template shipped as package data next to this module, with the parts both
+    pages share (:data:`_SHARED_PARTS`) put in."""
     folder = resources.files(__package__)
-    head = folder.joinpath("viewer_head.html").read_text(encoding="utf-8").rstrip("\n")
-    return folder.joinpath(name).read_text(encoding="utf-8").replace(_HEAD_MARK, head, 1)
+    text = folder.joinpath(name).read_text(encoding="utf-8")
+    for mark, part in _SHARED_PARTS:
+        text = text.replace(mark, folder.joinpath(part).read_text(encoding="utf-8").rstrip("\n"), 1)
+    return text
 
 
 def _rows(explanations: Explanations) -> List[Tuple[str, Any]]:
