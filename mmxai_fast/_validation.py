@@ -38,6 +38,18 @@ def require_same_device(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tens
         raise ValueError(f"{name_b} must be on the same device as {name_a} ({a.device}), got {b.device}")
 
 
+def require_out(out, like: torch.Tensor, shape: Sequence[int], layout: str, like_name: str = "x") -> None:
+    """An ``out=`` buffer: a contiguous tensor of ``shape`` (``layout`` names its dims) with
+    ``like``'s dtype, on ``like``'s device."""
+    require_tensor(out, "out")
+    shape = tuple(shape)
+    if tuple(out.shape) != shape or out.dtype != like.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {like.dtype} tensor of shape {shape} ({layout}), got "
+                         f"{'a contiguous' if out.is_contiguous() else 'a non-contiguous'} {out.dtype} tensor "
+                         f"of shape {tuple(out.shape)}")
+    require_same_device(like_name, like, "out", out)
+
+
 def require_broadcastable(shape: Sequence[int], target: Sequence[int], name: str, target_name: str) -> None:
     """``shape`` must broadcast to ``target`` without changing ``target``."""
     shape, target = tuple(shape), tuple(target)

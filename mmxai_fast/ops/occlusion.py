@@ -43,6 +43,7 @@ from .._validation import (
     require_broadcastable,
     require_floating,
     require_integer,
+    require_out,
     require_tensor,
 )
 from .occlusion_windows import OcclusionWindows
@@ -239,14 +240,7 @@ def occlusion_batch(x: torch.Tensor, windows: OcclusionWindows, window_ids, base
     geometry = (list(windows.input_shape), list(windows.window), list(windows.steps))
     if out is None:
         return run_op("occlusion_batch", _occlusion_batch_impl, x, ids, fill, *geometry, backend or "")
-    require_tensor(out, "out")
-    expected = (ids.shape[0],) + tuple(x.shape)
-    if tuple(out.shape) != expected or out.dtype != x.dtype or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {expected} (P, *x.shape), got "
-                         f"{'a contiguous' if out.is_contiguous() else 'a non-contiguous'} {out.dtype} tensor "
-                         f"of shape {tuple(out.shape)}")
-    if out.device != x.device:
-        raise ValueError(f"out must be on the same device as x ({x.device}), got {out.device}")
+    require_out(out, x, (ids.shape[0],) + tuple(x.shape), "P, *x.shape")
     run_op("occlusion_batch_out", _occlusion_batch_out_impl, x, ids, fill, out, *geometry, backend or "")
     return out
 

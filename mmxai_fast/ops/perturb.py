@@ -27,6 +27,7 @@ from .._validation import (
     require_broadcastable,
     require_floating,
     require_ndim,
+    require_out,
     require_same_device,
     require_tensor,
 )
@@ -180,13 +181,7 @@ def _baseline_tensor(baseline: Baseline, x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_out(out: torch.Tensor, x: torch.Tensor, keep: torch.Tensor) -> None:
-    require_tensor(out, "out")
-    expected = (keep.shape[0],) + tuple(x.shape)
-    if tuple(out.shape) != expected or out.dtype != x.dtype or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {expected} (B, *x.shape), got "
-                         f"{'a contiguous' if out.is_contiguous() else 'a non-contiguous'} {out.dtype} tensor "
-                         f"of shape {tuple(out.shape)}")
-    require_same_device("x", x, "out", out)
+    require_out(out, x, (keep.shape[0],) + tuple(x.shape), "B, *x.shape")
 
 
 def _check_out_is_separate(out: torch.Tensor, x: torch.Tensor, baseline: torch.Tensor) -> None:
