@@ -183,3 +183,27 @@ def test_surrogate_background_errors():
         ma.KernelShap(CountingModel()).attribute(x, target=0, feature_mask=(mask > 0).long(), background_id=0)
     with pytest.raises(ma.AttributionInputError, match="^feature_mask must hold a feature besides background_id"):
         ma.Lime(CountingModel()).attribute(x, target=0, feature_mask=torch.zeros_like(mask), background_id=0)
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+def test_pipeline_declares_superpixel_0_to_the_surrogates(tmp_path, monkeypatch, method):
+    from mmxai_fast.pipeline import Superpixels, explain, load_case
+    from pipeline_data import small_model, write_case
+
+    import functools
+
+    cls = getattr(ma, method)
+    seen, original = [], cls.attribute
+
+    @functools.wraps(original)  # the same signature: explain() checks method_kwargs against it
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("background_id"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "attribute", spy)
+    paths, roi = write_case(tmp_path, shape=(12, 10, 8))
+    case = load_case(paths, roi=roi, normalize="zscore")
+    exp = explain(small_model(), case, method=method, superpixels=Superpixels(n_segments=4),
+                  method_kwargs={"n_samples": 8}, show_progress=False)
+    assert seen == [0] and int(exp.feature_mask.min()) == 0  # superpixel 0 (outside the head) is no feature
+    assert bool((exp.attributions[:, ~case.foreground] == 0).all())
