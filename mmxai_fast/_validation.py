@@ -80,6 +80,23 @@ def int_at_least(value, name: str, low: int, error: type = ValueError) -> int:
     return value
 
 
+def int_in_range(value, name: str, low: int, high: int, context: str = "", error: type = ValueError) -> int:
+    """``value`` must be an int (not bool) with ``low <= value < high``; ``context`` follows the
+    range in the message (" for a 3-dim input")."""
+    if not is_int(value) or not low <= value < high:
+        raise error(f"{name} must be an int in [{low}, {high}){context}, got {value!r}")
+    return value
+
+
+def finite_real(value, name: str, error: type = ValueError) -> float:
+    """``value`` as a float: an int or float (not bool) that is finite."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise error(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def optional_int_at_least(value, name: str, low: int, error: type = ValueError) -> Optional[int]:
     """``value`` must be None or an int (not bool) ``>= low``."""
     if value is not None and (not is_int(value) or value < low):

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .models import VGG3D
 from .phantom import GRADES, BrainPhantom, make_phantom_dataset
+from ._validation import int_at_least
 
 if TYPE_CHECKING:
     from .pipeline import Case, Explanation
@@ -77,8 +78,7 @@ class DemoConfig:
         for name in ("n_train", "n_val", "epochs", "batch_size", "n_cases", "n_segments", "shapley_samples",
                      "occlusion_window", "occlusion_stride", "ig_steps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DemoConfig.{name} must be an int >= 1, got {value!r}")
+            int_at_least(value, f"DemoConfig.{name}", 1)
         if (not isinstance(self.shape, tuple) or len(self.shape) != 3
                 or not all(isinstance(s, int) and s >= 16 for s in self.shape)):
             raise ValueError(f"DemoConfig.shape must be three ints >= 16, got {self.shape!r}")

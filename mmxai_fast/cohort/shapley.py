@@ -169,8 +169,7 @@ def sharded_shapley_sampling(model: Callable, inputs: Tensor, feature_mask: Tens
     if dist is not None:
         rank, world_size = dist.rank, dist.world_size
     check_rank(rank, world_size)
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 2:
-        raise ValueError(f"n_permutations must be an int >= 2, got {n_permutations!r}")
+    int_at_least(n_permutations, "n_permutations", 2)
     for name, value in (("chunk", chunk), ("checkpoint_every", checkpoint_every)):
         int_at_least(value, name, 1)
     if not isinstance(inputs, Tensor) or inputs.dim() < 2 or inputs.shape[0] != 1:

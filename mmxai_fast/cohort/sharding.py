@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import List, Sequence, TypeVar
-from .._validation import int_at_least
+from .._validation import int_at_least, int_in_range
 
 __all__ = ["shard", "case_seed", "permutation_seed", "check_rank"]
 
@@ -15,8 +15,7 @@ _SEED_BITS = 63
 
 def check_rank(rank: int, world_size: int) -> None:
     int_at_least(world_size, "world_size", 1)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+    int_in_range(rank, "rank", 0, world_size)
 
 
 def shard(items: Sequence[T], rank: int, world_size: int) -> List[T]:

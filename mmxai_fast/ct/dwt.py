@@ -11,13 +11,12 @@ Two ways of choosing the CT window a model sees during training:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
 
-from .._validation import int_at_least, require_floating, require_tensor
+from .._validation import finite_real, int_at_least, require_floating, require_tensor
 from ..ops.thresholded_value_histogram import thresholded_value_histogram
 from ..ops.hu_window import HUWindow
 
@@ -28,9 +27,7 @@ FULL_HU_RANGE = (-1024, 3071)
 
 
 def _real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return finite_real(value, name)
 
 
 @dataclass
@@ -74,9 +71,7 @@ class FixedGrowingWindowSchedule:
 
     def __post_init__(self) -> None:
         self.metric_threshold = _real(self.metric_threshold, "metric_threshold")
-        if isinstance(self.max_epochs_per_window, bool) or not isinstance(self.max_epochs_per_window, int) \
-                or self.max_epochs_per_window < 1:
-            raise ValueError(f"max_epochs_per_window must be an int >= 1, got {self.max_epochs_per_window!r}")
+        int_at_least(self.max_epochs_per_window, "max_epochs_per_window", 1)
         lower, upper = (_real(v, "start") for v in self.start)
         full_lower, full_upper = (_real(v, "full_range") for v in self.full_range)
         self.step_hu = _real(self.step_hu, "step_hu")

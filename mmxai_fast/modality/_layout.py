@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from .._validation import int_at_least
+from .._validation import int_at_least, int_in_range
 
 
 def check_num_modalities(num_modalities) -> int:
@@ -11,8 +11,7 @@ def check_num_modalities(num_modalities) -> int:
 
 
 def normalized_dim(dim, ndim: int, name: str) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -ndim <= dim < ndim:
-        raise ValueError(f"{name} must be an int in [{-ndim}, {ndim}) for a {ndim}-dim input, got {dim!r}")
+    int_in_range(dim, name, -ndim, ndim, f" for a {ndim}-dim input")
     return dim % ndim
 
 

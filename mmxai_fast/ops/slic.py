@@ -50,7 +50,7 @@ import torch
 from .. import _backends as B
 from .._backends import compiled_module, run_op
 from .._kernels import triton_module
-from .._validation import int_at_least, real_in_range
+from .._validation import int_at_least, int_in_range, real_in_range
 from .slic_reference import (
     SlicProblem,
     _connectivity_reference,
@@ -225,8 +225,7 @@ def _as_tensor(value, name: str) -> Tuple[torch.Tensor, bool]:
 
 
 def _normalize_axis(axis, ndim: int, name: str) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
-        raise ValueError(f"{name} must be an int in [{-ndim}, {ndim}) for an image with {ndim} dims, got {axis!r}")
+    int_in_range(axis, name, -ndim, ndim, f" for an image with {ndim} dims")
     return axis % ndim
 
 

@@ -2,13 +2,13 @@
 modality's mean and standard deviation)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .case import Case
+from .._validation import finite_real, is_int
 
 __all__ = ["Baseline"]
 
@@ -31,9 +31,8 @@ class Baseline:
     def __post_init__(self):
         if self.kind not in _KINDS:
             raise ValueError(f"Baseline.kind must be one of {_KINDS}, got {self.kind!r}")
-        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
-            raise ValueError(f"Baseline value must be a finite number, got {self.value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+        finite_real(self.value, "Baseline value")
+        if not is_int(self.seed) or not 0 <= self.seed < 2**63:
             raise ValueError(f"Baseline seed must be an int in [0, 2**63), got {self.seed!r}")
 
     @classmethod

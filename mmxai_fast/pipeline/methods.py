@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .baselines import Baseline
 from .case import Case
+from .._validation import int_at_least
 
 __all__ = ["MethodRunner", "RunContext", "RUNNERS", "resolve_method", "check_method_kwargs", "baseline_input",
            "PERTURBATION_METHODS", "GRADIENT_METHODS", "METHODS", "HOOK_METHODS", "GRADIENT_BATCH_VOXELS"]
@@ -289,6 +290,5 @@ def check_method_kwargs(method: str, method_kwargs: Optional[Mapping[str, Any]])
         if key not in accepted:
             raise ValueError(f"method_kwargs: {runner.name} takes no argument {key!r}; it takes {sorted(accepted)}")
     size = method_kwargs.get("permutation_batch", 2)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-        raise ValueError(f"method_kwargs['permutation_batch'] must be an int >= 2, got {size!r}")
+    int_at_least(size, "method_kwargs['permutation_batch']", 2)
     return dict(method_kwargs)

@@ -33,6 +33,7 @@ import torch
 
 from .case import Case
 from .figures import scale_signed, smooth
+from .._validation import int_at_least
 
 __all__ = ["MAX_SIZE", "render_viewer", "write_viewer", "viewer_thumbnail", "template_text"]
 
@@ -80,8 +81,7 @@ def _rows(explanations: Explanations) -> List[Tuple[str, Any]]:
 def _check(case: Case, rows: List[Tuple[str, Any]], max_size) -> None:
     if not isinstance(case, Case):
         raise TypeError(f"case must be a Case, got {type(case).__name__}")
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 16:
-        raise ValueError(f"max_size must be an int >= 16, got {max_size!r}")
+    int_at_least(max_size, "max_size", 16)
     image = case.image.detach().cpu().numpy()
     if not np.isfinite(image).all():
         raise ValueError(f"case.image must be finite, got {int((~np.isfinite(image)).sum())} NaN or infinite values")

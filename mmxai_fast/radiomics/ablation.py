@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..ops.codeword_histogram import codeword_histogram
 from .histograms import _check_range
-from .._validation import positive_int, require_floating, require_integer, require_ndim, require_tensor
+from .._validation import int_in_range, positive_int, require_floating, require_integer, require_ndim, require_tensor
 
 __all__ = ["background_codeword", "latent_feature_ablation", "latent_feature_ablation_reference"]
 
@@ -92,8 +92,7 @@ def _check_ablation_args(indices, codebook, codewords, background):
         raise ValueError(f"codewords must be a 1-D sequence of integer codeword ids, got {codewords.dtype} "
                          f"of shape {tuple(codewords.shape)}")
     _check_range(codewords, "codewords", num_codewords, "codebook size K")
-    if isinstance(background, bool) or not isinstance(background, int) or not 0 <= background < num_codewords:
-        raise ValueError(f"background must be an int in [0, {num_codewords}) (codebook size K), got {background!r}")
+    int_in_range(background, "background", 0, num_codewords, " (codebook size K)")
     return codewords.to(torch.int64)
 
 
