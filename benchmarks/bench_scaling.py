@@ -90,7 +90,7 @@ def main() -> None:
         return worker(args)
     from cohort_data import make_cohort, save_model
 
-    from _harness import cpu_facts, environment, row, write_results
+    from _harness import cpu_facts, environment, row as results_row, write_results  # `row` names a loop variable
     import torch
 
     n_cases, small, large, perms_small, perms_large = (4, 16, 24, 6, 12) if args.quick else (8, 24, 32, 12, 48)
@@ -118,9 +118,9 @@ def main() -> None:
                                                       "n_samples": perms_small},
             "large_case": {"shape": [4, large, large, large], "n_samples": perms_large}}
     # one run per configuration (iqr_s null); ratio: cases per hour against 1 rank x 1 thread
-    write_results(args.out, [row("run_cohort", f"{r['ranks']} rank(s) x {r['threads']} thread(s)", r["workload"],
-                                 device="cpu", dtype="float32", median_s=r["wall_s"], ratio=r["speedup_vs_1x1"], **r)
-                             for r in rows], meta)
+    write_results(args.out, [results_row("run_cohort", f"{r['ranks']} rank(s) x {r['threads']} thread(s)",
+                                         r["workload"], device="cpu", dtype="float32", median_s=r["wall_s"],
+                                         ratio=r["speedup_vs_1x1"], **r) for r in rows], meta)
     for row in rows:
         print(f"{row['workload']:7s} {row['ranks']}x{row['threads']}: {row['speedup_vs_1x1']:.2f}x cases/hour of 1x1")
     print(f"load average before {load_before}, after {meta['cpu']['loadavg_after']}; wrote {args.out}")
