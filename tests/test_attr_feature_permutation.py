@@ -144,7 +144,7 @@ def test_patch_captum_round_trip():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(feature_mask=torch.zeros(1, 1, 3, 4, 5, dtype=torch.long)), r"feature_mask\[0\] must be broadcastable"),
     (dict(feature_mask=GRID - 1), r"feature_mask\[0\] ids must be >= 0"),
-    (dict(feature_mask=GRID.float()), r"feature_mask\[0\] must be an integer tensor"),
+    (dict(feature_mask=GRID.float() + 0.5), r"feature_mask\[0\] must hold whole-number ids"),
     (dict(perturbations_per_eval=0), "perturbations_per_eval"),
     (dict(target=5), r"target 5 does not index forward_func's output: .* shape \(3, 3\)"),
 ])

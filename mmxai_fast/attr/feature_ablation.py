@@ -13,6 +13,7 @@ from captum.attr import FeatureAblation as _CaptumFeatureAblation
 from captum.attr._utils.common import _format_input_baseline
 from captum.log import log_usage
 from torch import Tensor
+from torch.futures import Future
 
 from ._engine import coalition_evaluator
 from ._errors import AttributionInputError
@@ -33,8 +34,8 @@ class FeatureAblation(_CaptumFeatureAblation):
     (group of input elements sharing an id in ``feature_mask``; every scalar by default) is
     replaced by the baseline and credited with ``f(input) - f(input with the feature ablated)``.
     All ablations of a model call are built by one batched kernel per input tensor instead of one
-    full-size mask per feature. A subclass of Captum's class, so ``isinstance`` checks and
-    ``attribute_future`` (Captum's own code path) keep working.
+    full-size mask per feature. A subclass of Captum's class, so ``isinstance`` checks keep
+    working; :meth:`attribute_future` runs on the engine too.
 
     Differences (extensions): ``perturbations_per_eval="auto"`` picks the chunk from a memory
     budget and halves it on ``torch.OutOfMemoryError``; invalid masks/baselines, a model output
@@ -48,6 +49,11 @@ class FeatureAblation(_CaptumFeatureAblation):
 
     def __init__(self, forward_func: Callable[..., Union[int, float, Tensor]]) -> None:
         super().__init__(forward_func)
+
+    def attribute_future(self, *args: Any, **kwargs: Any) -> Future:  # type: ignore[override]
+        """:meth:`attribute` for a ``forward_func`` returning ``torch.futures.Future`` (Captum's
+        ``attribute_future``); see :func:`attribute_with_future_forward`."""
+        return attribute_with_future_forward(self, *args, **kwargs)
 
     @log_usage(part_of_slo=True)  # also gives attribute.__wrapped__, used by NoiseTunnel
     def attribute(  # type: ignore[override]
@@ -108,6 +114,31 @@ class FeatureAblation(_CaptumFeatureAblation):
                                                 evaluator.rows_per_eval)
                 table = ablate_one_feature_per_row(evaluator, features, initial, order)
         return _format_output(is_inputs_tuple, features.to_input_shapes(table))
+
+
+def attribute_with_future_forward(attribution: Any, *args: Any, **kwargs: Any) -> Future:
+    """Captum's ``attribute_future`` on the engine: ``forward_func`` must return a
+    ``torch.futures.Future`` (else :class:`AttributionInputError`, an ``AssertionError`` as in
+    Captum); each one is waited for and ``attribution.attribute(*args, **kwargs)`` runs as usual.
+    Returns a completed Future of its result (the model calls do not overlap, the values are the
+    same)."""
+    forward = attribution.forward_func
+
+    def waited_forward(*inputs: Any, **forward_kwargs: Any) -> Any:
+        out = forward(*inputs, **forward_kwargs)
+        if not isinstance(out, Future):
+            raise AttributionInputError(
+                f"forward_func must return a torch.futures.Future for attribute_future, got {type(out).__name__}")
+        return out.wait()
+
+    attribution.forward_func = waited_forward
+    try:
+        result = attribution.attribute(*args, **kwargs)
+    finally:
+        attribution.forward_func = forward
+    done: Future = Future()
+    done.set_result(result)
+    return done.then(lambda fut: fut.value())  # a plain torch.Future, the type Captum returns
 
 
 def ablated_dtype(x: Tensor, base: Any) -> torch.dtype:

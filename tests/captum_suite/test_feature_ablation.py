@@ -1,6 +1,21 @@
 #!/usr/bin/env python3
 
 # pyre-strict
+"""Captum's ``tests/attr/test_feature_ablation.py`` run against ``mmxai_fast.attr`` (FeatureAblation).
+
+Ported from pytorch/captum ``tests/attr/test_feature_ablation.py`` at commit faac0877 (2025-10-02, master
+after the 0.9.0 release; its library code matches the installed Captum 0.9.0). BSD 3-Clause,
+Copyright (c) 2019, PyTorch team; see ``tests/captum_suite/__init__.py``.
+
+Every upstream test, assertion and expected value is kept; the test base class and model helpers
+are Captum 0.9.0's own (``captum.testing.helpers``, a ``unittest.TestCase`` seeding every test
+with 1234). Adaptations (each marked ``# mmxai_fast adaptation:`` where it is made):
+- the class under test is :class:`mmxai_fast.attr.FeatureAblation` (upstream imports Captum's);
+- its ``attribute_future`` runs on the engine too
+  (``feature_ablation.attribute_with_future_forward``).
+
+Dropped upstream tests: none.
+"""
 
 import io
 import threading
@@ -12,6 +27,7 @@ from typing import Any, cast, List, Tuple, Union
 import torch
 from captum._utils.common import _construct_future_forward
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
+# mmxai_fast adaptation: the class under test is ours (upstream imports it from captum.attr._core.feature_ablation)
 from mmxai_fast.attr import FeatureAblation
 from captum.attr._core.noise_tunnel import NoiseTunnel
 from captum.attr._utils.attribution import Attribution

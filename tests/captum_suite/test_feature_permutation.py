@@ -1,11 +1,26 @@
 #!/usr/bin/env python3
 
 # pyre-strict
+"""Captum's ``tests/attr/test_feature_permutation.py`` run against ``mmxai_fast.attr`` (FeaturePermutation).
+
+Ported from pytorch/captum ``tests/attr/test_feature_permutation.py`` at commit faac0877 (2025-10-02, master
+after the 0.9.0 release; its library code matches the installed Captum 0.9.0). BSD 3-Clause,
+Copyright (c) 2019, PyTorch team; see ``tests/captum_suite/__init__.py``.
+
+Every upstream test, assertion and expected value is kept; the test base class and model helpers
+are Captum 0.9.0's own (``captum.testing.helpers``, a ``unittest.TestCase`` seeding every test
+with 1234). Adaptations (each marked ``# mmxai_fast adaptation:`` where it is made):
+- the class under test is :class:`mmxai_fast.attr.FeaturePermutation`; ``_permute_feature`` (the
+  default ``perm_func`` the tests call directly) stays Captum's, as ours uses it as its default.
+
+Dropped upstream tests: none.
+"""
 
 from typing import Any, Callable, List, Tuple
 
 import torch
 from captum.attr._core.feature_permutation import _permute_feature
+# mmxai_fast adaptation: the class under test is ours (upstream imports it from captum.attr._core.feature_permutation)
 from mmxai_fast.attr import FeaturePermutation
 from captum.testing.helpers import BaseTest
 from captum.testing.helpers.basic import assertTensorAlmostEqual, set_all_random_seeds

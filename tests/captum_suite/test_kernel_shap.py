@@ -1,6 +1,19 @@
 #!/usr/bin/env python3
 
 # pyre-unsafe
+"""Captum's ``tests/attr/test_kernel_shap.py`` run against ``mmxai_fast.attr`` (KernelShap).
+
+Ported from pytorch/captum ``tests/attr/test_kernel_shap.py`` at commit faac0877 (2025-10-02, master
+after the 0.9.0 release; its library code matches the installed Captum 0.9.0). BSD 3-Clause,
+Copyright (c) 2019, PyTorch team; see ``tests/captum_suite/__init__.py``.
+
+Every upstream test, assertion and expected value is kept; the test base class and model helpers
+are Captum 0.9.0's own (``captum.testing.helpers``, a ``unittest.TestCase`` seeding every test
+with 1234). Adaptations (each marked ``# mmxai_fast adaptation:`` where it is made):
+- the class under test is :class:`mmxai_fast.attr.KernelShap`.
+
+Dropped upstream tests: none.
+"""
 
 import io
 import unittest
@@ -9,6 +22,7 @@ from typing import Any, Callable, List, Tuple, Union
 
 import torch
 from captum._utils.typing import BaselineType, TensorOrTupleOfTensorsGeneric
+# mmxai_fast adaptation: the class under test is ours (upstream imports it from captum.attr._core.kernel_shap)
 from mmxai_fast.attr import KernelShap
 from captum.testing.helpers.basic import (
     assertTensorAlmostEqual,

@@ -1,6 +1,21 @@
 #!/usr/bin/env python3
 
 # pyre-strict
+"""Captum's ``tests/attr/test_lime.py`` run against ``mmxai_fast.attr`` (Lime).
+
+Ported from pytorch/captum ``tests/attr/test_lime.py`` at commit faac0877 (2025-10-02, master
+after the 0.9.0 release; its library code matches the installed Captum 0.9.0). BSD 3-Clause,
+Copyright (c) 2019, PyTorch team; see ``tests/captum_suite/__init__.py``.
+
+Every upstream test, assertion and expected value is kept; the test base class and model helpers
+are Captum 0.9.0's own (``captum.testing.helpers``, a ``unittest.TestCase`` seeding every test
+with 1234). Adaptations (each marked ``# mmxai_fast adaptation:`` where it is made):
+- the class under test is :class:`mmxai_fast.attr.Lime`; ``LimeBase`` (used as the reference for
+  custom interpretable spaces) and ``get_exp_kernel_similarity_function`` stay Captum's:
+  mmxai_fast has no ``LimeBase`` of its own (its ``Lime`` subclasses Captum's).
+
+Dropped upstream tests: none.
+"""
 
 import io
 import unittest
@@ -13,6 +28,7 @@ from captum._utils.models.linear_model import SGDLasso, SkLearnLasso
 from captum._utils.models.model import Model
 from captum._utils.typing import BaselineType, TensorOrTupleOfTensorsGeneric
 from captum.attr._core.lime import get_exp_kernel_similarity_function, LimeBase
+# mmxai_fast adaptation: the class under test is ours (upstream imports it from captum.attr._core.lime)
 from mmxai_fast.attr import Lime
 from captum.attr._utils.batching import _batch_example_iterator
 from captum.attr._utils.common import (

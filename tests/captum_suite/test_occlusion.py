@@ -1,6 +1,19 @@
 #!/usr/bin/env python3
 
 # pyre-unsafe
+"""Captum's ``tests/attr/test_occlusion.py`` run against ``mmxai_fast.attr`` (Occlusion).
+
+Ported from pytorch/captum ``tests/attr/test_occlusion.py`` at commit faac0877 (2025-10-02, master
+after the 0.9.0 release; its library code matches the installed Captum 0.9.0). BSD 3-Clause,
+Copyright (c) 2019, PyTorch team; see ``tests/captum_suite/__init__.py``.
+
+Every upstream test, assertion and expected value is kept; the test base class and model helpers
+are Captum 0.9.0's own (``captum.testing.helpers``, a ``unittest.TestCase`` seeding every test
+with 1234). Adaptations (each marked ``# mmxai_fast adaptation:`` where it is made):
+- the class under test is :class:`mmxai_fast.attr.Occlusion`.
+
+Dropped upstream tests: none.
+"""
 import io
 import unittest
 import unittest.mock
@@ -13,6 +26,7 @@ from captum._utils.typing import (
     TensorLikeList,
     TensorOrTupleOfTensorsGeneric,
 )
+# mmxai_fast adaptation: the class under test is ours (upstream imports it from captum.attr._core.occlusion)
 from mmxai_fast.attr import Occlusion
 from captum.testing.helpers import BaseTest
 from captum.testing.helpers.basic import assertTensorAlmostEqual

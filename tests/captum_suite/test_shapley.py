@@ -1,6 +1,22 @@
 #!/usr/bin/env python3
 
 # pyre-unsafe
+"""Captum's ``tests/attr/test_shapley.py`` run against ``mmxai_fast.attr`` (ShapleyValueSampling / ShapleyValues).
+
+Ported from pytorch/captum ``tests/attr/test_shapley.py`` at commit faac0877 (2025-10-02, master
+after the 0.9.0 release; its library code matches the installed Captum 0.9.0). BSD 3-Clause,
+Copyright (c) 2019, PyTorch team; see ``tests/captum_suite/__init__.py``.
+
+Every upstream test, assertion and expected value is kept; the test base class and model helpers
+are Captum 0.9.0's own (``captum.testing.helpers``, a ``unittest.TestCase`` seeding every test
+with 1234). Adaptations (each marked ``# mmxai_fast adaptation:`` where it is made):
+- the classes under test are :class:`mmxai_fast.attr.ShapleyValueSampling` and
+  :class:`~mmxai_fast.attr.ShapleyValues` (their ``attribute_future`` runs on the engine);
+- ``parameterized.expand`` comes from ``tests/captum_suite/helpers.py`` (the same expansion,
+  ``<name>_<index>_<param>``), as the ``parameterized`` package is no dependency.
+
+Dropped upstream tests: none.
+"""
 
 import io
 import unittest
@@ -9,6 +25,7 @@ from typing import Any, Callable, Tuple, Union
 
 import torch
 from captum._utils.typing import BaselineType, TensorOrTupleOfTensorsGeneric
+# mmxai_fast adaptation: the class under test is ours (upstream imports it from captum.attr._core.shapley_value)
 from mmxai_fast.attr import ShapleyValues, ShapleyValueSampling
 from captum.testing.helpers.basic import assertTensorTuplesAlmostEqual, BaseTest
 from captum.testing.helpers.basic_models import (
@@ -19,6 +36,7 @@ from captum.testing.helpers.basic_models import (
     BasicModelBoolInput,
     BasicModelBoolInput_with_Future,
 )
+# mmxai_fast adaptation: upstream imports the `parameterized` package (no dependency here)
 from .helpers import parameterized
 from torch.futures import Future
 
