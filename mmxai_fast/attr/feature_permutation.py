@@ -182,7 +182,7 @@ def _draw_permutations(perturber: ShufflePerturber, feature_order: Tensor, rows_
     sizes = [x.shape[0] for x in perturber.inputs]  # each tensor is shuffled over its own dim 0 (sparse lists)
     present = torch.stack([where.counts.cpu() > 0 for where in perturber.feature_positions()])
     for t, n in enumerate(sizes):
-        if n < 2 and bool(present[t].any()):
+        if n < 2 and bool(present[t, feature_order.cpu()].any()):
             raise AttributionInputError(
                 f"cannot permute features of inputs[{t}]: it holds features but has {n} row(s) to shuffle "
                 f"(dim 0 must be >= 2)")
