@@ -134,9 +134,17 @@ def test_bad_arguments(kwargs, match):
         _bad(**kwargs)
 
 
-def test_float_mask_is_rejected():
-    with pytest.raises(AttributionInputError, match=r"feature_mask\[0\] must be an integer tensor, got torch.float32"):
-        _bad(feature_mask=torch.zeros(1, 1, 3, 4, 4))
+def test_whole_number_float_mask_equals_the_integer_mask():
+    model, x = ConvNet(), torch.randn(2, 1, 3, 4, 4)
+    mask = torch.arange(48).reshape(1, 1, 3, 4, 4) // 5
+    ours = FeatureAblation(model).attribute(x, target=1, feature_mask=mask.double())
+    torch.testing.assert_close(ours, FeatureAblation(model).attribute(x, target=1, feature_mask=mask))
+    torch.testing.assert_close(ours, ca.FeatureAblation(model).attribute(x, target=1, feature_mask=mask.double()))
+
+
+def test_float_mask_of_non_integers_is_rejected():  # whole-number float ids are accepted, as in Captum 0.9
+    with pytest.raises(AttributionInputError, match=r"feature_mask\[0\] must hold whole-number ids, got 0.5"):
+        _bad(feature_mask=torch.full((1, 1, 3, 4, 4), 0.5))
 
 
 def test_model_not_growing_with_batch_is_rejected():

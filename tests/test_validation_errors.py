@@ -35,8 +35,13 @@ GOOD_MASK = torch.tensor([[[0, 0, 1, 1], [2, 2, 3, 3]]])
 @pytest.mark.parametrize("cls", MASK_CLASSES)
 def test_float_feature_mask(cls):
     model = Counting()
-    with pytest.raises(ma.AttributionInputError, match=r"^feature_mask\[0\] must be an integer tensor, got torch.float32$"):
-        _call(cls, model, target=0, feature_mask=GOOD_MASK.float())
+    if cls in (ma.FeatureAblation, ma.FeaturePermutation):  # whole-number float ids are ids, as in Captum 0.9
+        with pytest.raises(ma.AttributionInputError, match=r"^feature_mask\[0\] must hold whole-number ids, got 0.5$"):
+            _call(cls, model, target=0, feature_mask=GOOD_MASK.float() + 0.5)
+    else:
+        with pytest.raises(ma.AttributionInputError,
+                           match=r"^feature_mask\[0\] must be an integer tensor, got torch.float32$"):
+            _call(cls, model, target=0, feature_mask=GOOD_MASK.float())
     assert model.calls == 0
 
 

@@ -29,7 +29,8 @@ from .._validation import check_inputs
 from ._errors import AttributionInputError
 from ._evaluator import Evaluator, check_perturbations_per_eval
 from ._features import FeatureMap
-from .feature_ablation import FeatureAblation, ablate_one_feature_per_row
+from .feature_ablation import (FeatureAblation, ablate_one_feature_per_row, integral_feature_masks,
+                               unskipped_feature_order)
 
 __all__ = ["FeaturePermutation"]
 
@@ -182,7 +183,7 @@ def _draw_permutations(perturber: ShufflePerturber, feature_order: Tensor, rows_
     sizes = [x.shape[0] for x in perturber.inputs]  # each tensor is shuffled over its own dim 0 (sparse lists)
     present = torch.stack([where.counts.cpu() > 0 for where in perturber.feature_positions()])
     for t, n in enumerate(sizes):
-        if n < 2 and bool(present[t].any()):
+        if n < 2 and bool(present[t, feature_order.cpu()].any()):
             raise AttributionInputError(
                 f"cannot permute features of inputs[{t}]: it holds features but has {n} row(s) to shuffle "
                 f"(dim 0 must be >= 2)")
@@ -218,8 +219,10 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
 
     Differences (extensions): ``perturbations_per_eval="auto"``; invalid masks, outputs that do
     not grow with the batch and NaN outputs raise :class:`AttributionInputError` at the latest at
-    the first model call. With ``N == 1`` nothing can be shuffled: like Captum, every feature is
-    skipped (one logged warning) and the attributions are zero.
+    the first model call. Like Captum, a chunk of ``perturbations_per_eval`` features is skipped
+    (attribution 0, one logged warning) when one of them lives in an input tensor with fewer than
+    ``_min_examples_per_batch_grouped`` (2) rows: with ``N == 1`` nothing can be shuffled.
+    Floating masks of whole numbers are accepted (as int64), as in Captum.
     """
 
     def __init__(
@@ -275,7 +278,7 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
         is_inputs_tuple = _is_tuple(inputs)
         formatted_inputs = check_inputs(_format_tensor_into_tuples(inputs))
         formatted_args = _format_additional_forward_args(additional_forward_args)
-        features = FeatureMap(_format_feature_mask(feature_mask, formatted_inputs), formatted_inputs,
+        features = FeatureMap(integral_feature_masks(_format_feature_mask(feature_mask, formatted_inputs)), formatted_inputs,
                               compact_ids=True, background_id=background_id)
         perturber = ShufflePerturber(formatted_inputs, features.masks, features.num_columns)
         with torch.no_grad():
@@ -283,15 +286,13 @@ class FeaturePermutation(FeatureAblation, _CaptumFeaturePermutation):
                                   perturbations_per_eval, check_batch_output=features.require_shared)
             with evaluator.progress_bar(show_progress, f"{self.get_name()} attribution"):
                 initial = evaluator.initialize()
-                if evaluator.num_examples < self._min_examples_per_batch_grouped:
-                    logger.warning(f"Skipping all {features.feature_order.numel()} feature groups since the inputs' "
-                                   f"0th dim ({evaluator.num_examples}) is less than "
-                                   f"{self._min_examples_per_batch_grouped}")
+                order = unskipped_feature_order(features, formatted_inputs, self._min_examples_per_batch_grouped,
+                                                evaluator.rows_per_eval)
+                if not order.numel():  # every group skipped: zeros, whatever the masks' shapes (as Captum)
                     evaluator.set_progress_total(1)
-                    table = torch.zeros((features.num_features, initial.numel()), dtype=initial.dtype,
-                                        device=initial.device)
-                else:
-                    perturber.permutations = _draw_permutations(perturber, features.feature_order,
-                                                                evaluator.rows_per_eval)
-                    table = ablate_one_feature_per_row(evaluator, features, initial)
+                    return _format_output(is_inputs_tuple, tuple(
+                        torch.zeros((initial.numel(),) + tuple(x.shape[1:]), dtype=initial.dtype, device=x.device)
+                        for x in formatted_inputs))
+                perturber.permutations = _draw_permutations(perturber, order, evaluator.rows_per_eval)
+                table = ablate_one_feature_per_row(evaluator, features, initial, order)
         return _format_output(is_inputs_tuple, features.to_input_shapes(table))

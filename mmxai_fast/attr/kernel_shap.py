@@ -5,8 +5,8 @@ Kernel SHAP (Lundberg & Lee 2017) is LIME with the Shapley kernel: the weighted 
 has the Shapley values as coefficients, under the constraints ``phi_0 = f(0)`` and
 ``sum phi = f(1) - f(0)``. Captum samples coalition sizes ``k ~ pi`` (uniform subsets of that
 size, weight 1) after the full and the empty coalition (weight 10^6, standing for the
-constraints) and fits ``SkLearnLinearRegression``. Here the same samples are drawn on the
-input's device at once and evaluated by the engine (see :mod:`mmxai_fast.attr.lime`).
+constraints) and fits ``SkLearnLinearRegression``. Here the same samples (Captum's draws at the
+same seed) are evaluated by the engine (see :mod:`mmxai_fast.attr.lime`).
 
 Extension path (keyword-only, off by default): ``paired`` sampling (every coalition followed by
 its complement; Covert & Lee 2021), ``exact`` enumeration of all ``2^F`` coalitions with the
@@ -26,6 +26,7 @@ from captum.attr import KernelShap as _CaptumKernelShap
 from captum.attr._core import lime as _captum_lime
 from captum.log import log_usage
 from torch import Tensor
+from torch.distributions.categorical import Categorical
 
 from ._errors import AttributionInputError
 from ._perturbers import CoalitionPerturber
@@ -44,13 +45,35 @@ def _size_probabilities(num_features: int, device: torch.device) -> Tensor:
     return (num_features - 1) / (k * (num_features - k))
 
 
+def captum_kernel_shap_rows(groups: int, n_samples: int, num_features: int, device: torch.device) -> Tensor:
+    """Captum's ``kernel_shap_perturb_generator`` draws, one sample at a time on the CPU generator
+    (a ``Categorical`` size, then a ``randn`` row thresholded at its ``F - k``-th value), so the
+    same seed gives Captum's samples (for the first group; see :mod:`mmxai_fast.attr.lime`)."""
+    sizes = torch.arange(num_features, dtype=torch.float)
+    probs = torch.tensor(num_features - 1) / (sizes * (num_features - sizes))
+    probs[0] = 0.0
+    size_distribution = Categorical(probs)
+    rows = torch.zeros((groups, n_samples, num_features), dtype=torch.bool)
+    rows[:, 0] = True
+    for g in range(groups):
+        for r in range(2, n_samples):
+            selected = int(size_distribution.sample())
+            rand_vals = torch.randn(1, num_features)
+            threshold = torch.kthvalue(rand_vals, num_features - selected).values.item()
+            rows[g, r] = rand_vals[0] > threshold
+    return rows.to(device)
+
+
 def kernel_shap_rows(groups: int, n_samples: int, num_features: int, device: torch.device,
                      paired: bool = False) -> Tensor:
     """``[G, R]`` Kernel SHAP samples, ``R = n_samples``: the full coalition, the empty one, then
-    sizes ``k ~ P(k)`` with uniform random subsets of size ``k`` (each followed by its complement
-    when ``paired``), drawn on ``device``."""
+    sizes ``k ~ P(k)`` with uniform random subsets of size ``k``. Unpaired: Captum's own draws
+    (:func:`captum_kernel_shap_rows`); ``paired``: each followed by its complement, drawn at once
+    on ``device``."""
     if num_features < 2:
         raise AttributionInputError(f"KernelShap needs at least 2 features, got {num_features}")
+    if not paired:
+        return captum_kernel_shap_rows(groups, n_samples, num_features, device)
     ends = torch.stack((torch.ones(num_features, dtype=torch.bool, device=device),
                         torch.zeros(num_features, dtype=torch.bool, device=device)))
     middle = max(n_samples - 2, 0)
@@ -123,9 +146,9 @@ class KernelShap(Lime, _CaptumKernelShap):
     Same constructor and :meth:`attribute` arguments and, by default, the same estimator: the
     full and the empty coalition (weight ``inf_weight = 1e6``), then coalitions of size
     ``k ~ (F - 1) / (k (F - k))`` with uniform random members (weight 1), fitted by
-    ``SkLearnLinearRegression``. The samples are drawn on the input's device in one call, so at
-    the same seed they differ from Captum's (which interleaves a ``Categorical`` and a ``randn``
-    draw per sample) but follow the same distribution. A subclass of Captum's ``KernelShap`` and
+    ``SkLearnLinearRegression``. The samples are Captum's draws (a ``Categorical`` and a ``randn``
+    per sample on the CPU generator), so the same seed gives Captum's samples (for one example or
+    a scalar-per-batch model, as for ``Lime``). A subclass of Captum's ``KernelShap`` and
     of :class:`~mmxai_fast.attr.Lime` (Captum's hierarchy); differences as for ``Lime``.
 
     Opt-in extensions (keyword-only; any of them selects the on-device solve, see the module

@@ -23,6 +23,7 @@ from captum.attr._core.shapley_value import _perm_generator as _captum_perm_gene
 from captum.attr._utils.common import _format_input_baseline
 from captum.log import log_usage
 from torch import Tensor
+from torch.futures import Future
 
 from .._validation import check_dense, int_at_least
 from ..ops.shapley import shapley_accumulate, shapley_coalitions, shapley_prefix_rows, shapley_stats
@@ -30,6 +31,7 @@ from ._engine import AttributionInputError, coalition_evaluator, check_perturbat
 from ._evaluator import Evaluator
 from ._features import FeatureMap, randperm_generator, stack_permutations
 from ._incremental import check_incremental, step_major, use_incremental
+from .feature_ablation import attribute_with_future_forward
 
 __all__ = ["ShapleyValueSampling", "ShapleyValues"]
 
@@ -80,6 +82,11 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         super().__init__(forward_func)
         self.last_stderr: Optional[TensorOrTupleOfTensorsGeneric] = None
         self.last_n_samples: Optional[int] = None
+
+    def attribute_future(self, *args: Any, **kwargs: Any) -> Future:  # type: ignore[override]
+        """:meth:`attribute` for a ``forward_func`` returning Futures (Captum's ``attribute_future``),
+        on the engine: see :func:`mmxai_fast.attr.feature_ablation.attribute_with_future_forward`."""
+        return attribute_with_future_forward(self, *args, **kwargs)
 
     @log_usage(part_of_slo=True)  # also gives attribute.__wrapped__, used by NoiseTunnel
     def attribute(  # type: ignore[override]

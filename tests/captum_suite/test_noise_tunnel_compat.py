@@ -10,7 +10,7 @@ from captum.attr import NoiseTunnel
 
 import mmxai_fast.attr as ma
 
-from .basic_models import BasicModel_MultiLayer
+from captum.testing.helpers.basic_models import BasicModel_MultiLayer
 
 CASES = [
     (ma.FeatureAblation, {}),

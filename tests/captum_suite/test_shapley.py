@@ -1,24 +1,34 @@
-"""Captum's ``tests/attr/test_shapley.py`` run against :class:`mmxai_fast.attr.ShapleyValueSampling`
-and :class:`mmxai_fast.attr.ShapleyValues`.
+#!/usr/bin/env python3
 
-Ported from pytorch/captum ``tests/attr/test_shapley.py`` (the Captum 0.8+ version with
-``captum.testing`` helpers and ``attribute_future`` cases; BSD 3-Clause, Copyright (c) 2019,
-PyTorch team; see ``tests/captum_suite/__init__.py``). ``parameterized.expand([True, False])``
-became ``pytest.mark.parametrize("use_future", [True, False])``. The ``use_future`` cases run
-``attribute_future``, which our classes inherit unchanged from Captum (Captum's own code path).
+# pyre-unsafe
+"""Captum's ``tests/attr/test_shapley.py`` run against ``mmxai_fast.attr`` (ShapleyValueSampling / ShapleyValues).
+
+Ported from pytorch/captum ``tests/attr/test_shapley.py`` at commit faac0877 (2025-10-02, master
+after the 0.9.0 release; its library code matches the installed Captum 0.9.0). BSD 3-Clause,
+Copyright (c) 2019, PyTorch team; see ``tests/captum_suite/__init__.py``.
+
+Every upstream test, assertion and expected value is kept; the test base class and model helpers
+are Captum 0.9.0's own (``captum.testing.helpers``, a ``unittest.TestCase`` seeding every test
+with 1234). Adaptations (each marked ``# mmxai_fast adaptation:`` where it is made):
+- the classes under test are :class:`mmxai_fast.attr.ShapleyValueSampling` and
+  :class:`~mmxai_fast.attr.ShapleyValues` (their ``attribute_future`` runs on the engine);
+- ``parameterized.expand`` comes from ``tests/captum_suite/helpers.py`` (the same expansion,
+  ``<name>_<index>_<param>``), as the ``parameterized`` package is no dependency.
+
+Dropped upstream tests: none.
 """
+
 import io
+import unittest
 import unittest.mock
 from typing import Any, Callable, Tuple, Union
 
-import pytest
 import torch
 from captum._utils.typing import BaselineType, TensorOrTupleOfTensorsGeneric
-from torch.futures import Future
-
+# mmxai_fast adaptation: the class under test is ours (upstream imports it from captum.attr._core.shapley_value)
 from mmxai_fast.attr import ShapleyValues, ShapleyValueSampling
-
-from .basic_models import (
+from captum.testing.helpers.basic import assertTensorTuplesAlmostEqual, BaseTest
+from captum.testing.helpers.basic_models import (
     BasicModel_MultiLayer,
     BasicModel_MultiLayer_MultiInput,
     BasicModel_MultiLayer_MultiInput_with_Future,
@@ -26,13 +36,13 @@ from .basic_models import (
     BasicModelBoolInput,
     BasicModelBoolInput_with_Future,
 )
-from .helpers import BaseTest, assertTensorTuplesAlmostEqual
-
-use_future_cases = pytest.mark.parametrize("use_future", [True, False])
+# mmxai_fast adaptation: upstream imports the `parameterized` package (no dependency here)
+from .helpers import parameterized
+from torch.futures import Future
 
 
 class Test(BaseTest):
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_simple_shapley_sampling(self, use_future) -> None:
         inp = torch.tensor([[20.0, 50.0, 30.0]], requires_grad=True)
         if use_future:
@@ -54,7 +64,7 @@ class Test(BaseTest):
                 n_samples=250,
             )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_simple_shapley_sampling_with_mask(self, use_future) -> None:
         inp = torch.tensor([[20.0, 50.0, 30.0]], requires_grad=True)
         if use_future:
@@ -76,7 +86,7 @@ class Test(BaseTest):
                 perturbations_per_eval=(1, 2, 3),
             )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_simple_shapley_sampling_boolean(self, use_future) -> None:
         inp = torch.tensor([[True, False, True]])
         if use_future:
@@ -98,7 +108,7 @@ class Test(BaseTest):
                 perturbations_per_eval=(1, 2, 3),
             )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_simple_shapley_sampling_boolean_with_baseline(self, use_future) -> None:
         inp = torch.tensor([[True, False, True]])
         if use_future:
@@ -122,7 +132,7 @@ class Test(BaseTest):
                 perturbations_per_eval=(1, 2, 3),
             )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_simple_shapley_sampling_with_baselines(self, use_future) -> None:
         inp = torch.tensor([[20.0, 50.0, 30.0]])
         if use_future:
@@ -146,7 +156,7 @@ class Test(BaseTest):
                 perturbations_per_eval=(1, 2, 3),
             )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_multi_sample_shapley_sampling(self, use_future) -> None:
         inp = torch.tensor([[2.0, 10.0, 3.0], [20.0, 50.0, 30.0]])
         if use_future:
@@ -168,7 +178,7 @@ class Test(BaseTest):
                 n_samples=200,
             )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_multi_sample_shapley_sampling_with_mask(self, use_future) -> None:
         inp = torch.tensor([[2.0, 10.0, 3.0], [20.0, 50.0, 30.0]], requires_grad=True)
         mask = torch.tensor([[0, 0, 1], [1, 1, 0]])
@@ -299,7 +309,7 @@ class Test(BaseTest):
             perturbations_per_eval=(1, 2, 3),
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_shapley_sampling_multi_task_output(self, use_future) -> None:
         # return shape (batch size, 2)
         inp = torch.tensor([[20.0, 50.0, 30.0]], requires_grad=True)
@@ -372,7 +382,7 @@ class Test(BaseTest):
                 test_true_shapley=True,
             )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_shapley_sampling_multi_task_output_with_mask(self, use_future) -> None:
         # return shape (batch size, 2)
         inp = torch.tensor([[20.0, 50.0, 30.0], [20.0, 50.0, 30.0]], requires_grad=True)
@@ -462,7 +472,7 @@ class Test(BaseTest):
 
     # Remaining tests are for cases where forward function returns a scalar
     # per batch, as either a float, integer, 0d tensor or 1d tensor.
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_single_shapley_batch_scalar_float(self, use_future) -> None:
         def func(inp):
             return torch.sum(net(inp)).item()
@@ -484,7 +494,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_single_shapley_batch_scalar_tensor_0d(self, use_future) -> None:
         def func(inp):
             return torch.sum(net(inp))
@@ -506,7 +516,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_single_shapley_batch_scalar_tensor_1d(self, use_future) -> None:
         def func(inp):
             return torch.sum(net(inp)).reshape(1)
@@ -528,7 +538,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_single_shapley_batch_scalar_tensor_int(self, use_future) -> None:
         def func(inp):
             return int(torch.sum(net(inp)).item())
@@ -550,7 +560,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_single_shapley_int_batch_scalar_float(self, use_future) -> None:
         def func(inp):
             return torch.sum(net(inp.float())).item()
@@ -572,7 +582,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_single_shapley_int_batch_scalar_tensor_0d(self, use_future) -> None:
         def func(inp):
             return torch.sum(net(inp.float()))
@@ -594,7 +604,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_single_shapley_int_batch_scalar_tensor_1d(self, use_future) -> None:
         def func(inp):
             return torch.sum(net(inp.float())).reshape(1)
@@ -616,7 +626,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_single_shapley_int_batch_scalar_tensor_int(self, use_future) -> None:
         def func(inp):
             return int(torch.sum(net(inp.float())).item())
@@ -638,7 +648,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_multi_sample_shapley_batch_scalar_float(self, use_future) -> None:
         def func(inp):
             return torch.sum(net(inp)).item()
@@ -660,7 +670,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_multi_sample_shapley_batch_scalar_tensor_0d(self, use_future) -> None:
         def func(inp):
             return torch.sum(net(inp))
@@ -682,7 +692,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_multi_sample_shapley_batch_scalar_tensor_1d(self, use_future) -> None:
         def func(inp):
             return torch.sum(net(inp)).reshape(1)
@@ -704,7 +714,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_multi_sample_shapley_batch_scalar_tensor_int(self, use_future) -> None:
         def func(inp):
             return int(torch.sum(net(inp)).item())
@@ -726,7 +736,7 @@ class Test(BaseTest):
             lambda inp: func_to_use(inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_multi_inp_shapley_batch_scalar_float(self, use_future) -> None:
         def func(*inp):
             return torch.sum(net(*inp)).item()
@@ -748,7 +758,7 @@ class Test(BaseTest):
             lambda *inp: func_to_use(*inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_multi_inp_shapley_batch_scalar_tensor_0d(self, use_future) -> None:
         def func(*inp):
             return torch.sum(net(*inp))
@@ -770,7 +780,7 @@ class Test(BaseTest):
             lambda *inp: func_to_use(*inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_multi_inp_shapley_batch_scalar_tensor_1d(self, use_future) -> None:
         def func(*inp):
             return torch.sum(net(*inp)).reshape(1)
@@ -792,7 +802,7 @@ class Test(BaseTest):
             lambda *inp: func_to_use(*inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_mutli_inp_shapley_batch_scalar_tensor_int(self, use_future) -> None:
         def func(*inp):
             return int(torch.sum(net(*inp)).item())
@@ -814,7 +824,7 @@ class Test(BaseTest):
             lambda *inp: func_to_use(*inp), use_future=use_future
         )
 
-    @use_future_cases
+    @parameterized.expand([True, False])
     def test_mutli_inp_shapley_batch_scalar_tensor_expanded(self, use_future) -> None:
         def func(*inp):
             sum_val = torch.sum(net(*inp)).item()
@@ -1110,3 +1120,7 @@ class Test(BaseTest):
                 assertTensorTuplesAlmostEqual(
                     self, attributions.value(), expected_attr, mode="max", delta=0.001
                 )
+
+
+if __name__ == "__main__":
+    unittest.main()
