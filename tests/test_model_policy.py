@@ -1,4 +1,4 @@
-"""ModelPolicy / ModelRunner: batch="auto" is safe, layouts and opt-ins keep results."""
+"""The Evaluator's speed policies under patch_captum: batch="auto" is safe, layouts and opt-ins keep results."""
 import warnings
 
 import captum.attr
