@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["FeatureAblation", "ShapleyValueSampling", "Occlusion",
                                                          "Lime", "KernelShap"])
     parser.add_argument("--samples", type=int, default=48, help="Lime/KernelShap samples")
+    parser.add_argument("--window", type=int, default=0, help="Occlusion window and stride (default size // 4)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -49,7 +50,7 @@ def main() -> None:
     case = make_brain_phantom((args.size,) * 3, grade="high", seed=0)
     volume = torch.as_tensor(case.image).unsqueeze(0)
     mask = superpixels(volume, args.segments)
-    window = max(4, args.size // 4)
+    window = args.window or max(4, args.size // 4)
     calls = {
         "FeatureAblation": lambda: FeatureAblation(model).attribute(volume, target=1, feature_mask=mask),
         "ShapleyValueSampling": lambda: ShapleyValueSampling(model).attribute(volume, target=1, feature_mask=mask,

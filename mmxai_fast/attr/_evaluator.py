@@ -42,6 +42,8 @@ __all__ = ["Evaluator", "check_perturbations_per_eval"]
 AUTO_MAX_ROWS = 512
 AUTO_CPU_BUDGET = 256 * 2**20
 AUTO_CUDA_FRACTION = 0.125
+#: The throughput ramp stops at this many rows on CPU (activations, not inputs, fill the memory there).
+AUTO_CPU_RAMP_ROWS = 32
 
 #: ``perturber(rows, buffer) -> model inputs``; ``buffer(i, rows)`` is :meth:`Evaluator.buffer`
 #: on the model-call path and None elsewhere (then the perturber allocates).
@@ -139,7 +141,7 @@ class Evaluator:
                 budget = AUTO_CPU_BUDGET
             self.rows_per_eval = int(max(1, min(AUTO_MAX_ROWS, budget // row_bytes)))
         if self.planner is not None:
-            self.planner.set_cap(self.rows_per_eval, shrink_only=failed_rows is not None)
+            self.planner.set_cap(self._planner_cap(), shrink_only=failed_rows is not None)
         return self.rows_per_eval
 
     def _call_model(self, model_inputs: Tuple[Tensor, ...], rows: int, counted: Optional[int] = None) -> Tensor:
@@ -211,13 +213,19 @@ class Evaluator:
         assert self.caller is not None and self.rows_per_eval is not None
         auto = self.perturbations_per_eval == "auto"
         layout_trial = auto and self.policy.channels_last == "auto" and any(x.dim() == 5 for x in self.inputs)
-        self.planner = ChunkPlanner(self.rows_per_eval, auto, layout_trial, self.caller)
+        self.planner = ChunkPlanner(self._planner_cap(), auto, layout_trial, self.caller)
         self.planner.record(1, self.caller.seconds, first=True)
         self._reference = (model_inputs, out)
         training = training_modules(self.forward_func) if auto else []
         if training:
             self._note(self.planner.row_by_row(
                 f"the model ({training[0]}) is in train mode: BatchNorm/Dropout outputs depend on the batch"), warn_user=True)
+
+    def _planner_cap(self) -> int:
+        assert self.rows_per_eval is not None
+        if self.perturbations_per_eval == "auto" and self.inputs[0].device.type == "cpu":
+            return min(self.rows_per_eval, AUTO_CPU_RAMP_ROWS)
+        return self.rows_per_eval
 
     def run(self, num_rows: int, make_rows: Callable[[int, int], Tensor]) -> Tensor:
         """Outputs ``[R, *row_shape]`` of rows ``0 .. R - 1``, built chunk by chunk by
@@ -261,7 +269,6 @@ class Evaluator:
         count, n = rows.shape[0], self.num_examples
         inputs = self.perturber(rows, self.buffer)
         out = self._call_model(tuple(torch.cat([x, r]) for x, r in zip(inputs, ref_inputs)), count + 1, count)
-        self.planner.checked.add(count + 1)
         self.planner.record(count + 1, self.caller.seconds if self.caller else 1.0)
         lead = self.row_shape[0] if self.row_shape else 1
         if out.dim() < 1 or out.shape[0] != (count + 1) * lead:

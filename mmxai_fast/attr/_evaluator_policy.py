@@ -6,12 +6,13 @@ active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an i
 
 - :class:`ModelCaller` (every model call): 5-D inputs in ``torch.channels_last_3d`` when chosen
   (the chunk buffer is converted once per call), ``torch.inference_mode`` (perturbation methods
-  never differentiate the model; a model that needs autograd is called without it, once said),
+  never differentiate the model; a model that fails under it is called without it, once said),
   opt-in autocast (its error against float32 on the first call reported), ``torch.compile`` and
   CUDA graphs; every call timed into the patch's :class:`~mmxai_fast.attr._model_policy.MethodStats`.
 - :class:`ChunkPlanner` (rows per model call for ``"auto"``): the chunk grows 2, 4, 8, ... on the
-  attribution's own rows (no extra probe evaluations) while a doubling raises the model's
-  measured throughput by at least :data:`MIN_GAIN`, within the memory cap; then one chunk in
+  attribution's own rows (no extra probe evaluations), within the memory cap, until two doublings
+  in a row fail to raise the model's measured throughput by :data:`MIN_GAIN`; the chunk with the
+  best throughput is kept (a larger one only when :data:`MIN_GAIN` faster), then one chunk in
   ``channels_last_3d`` decides the layout (kept when :data:`MIN_LAYOUT_GAIN` faster). The first
   chunk of every size is checked for batch dependence: it carries the first evaluation's row (run
   alone at :meth:`Evaluator.initialize`) as its last row, whose batched output must equal the
@@ -93,10 +94,10 @@ class ModelCaller:
             with torch.inference_mode(self.inference_mode), \
                     torch.autocast(device, dtype=dtype, enabled=dtype is not None):
                 out = self._graph_call(args, kwargs) if self.policy.cuda_graphs else self._model(*args, **kwargs)
-        except RuntimeError as err:
-            if self.inference_mode and "inference" in str(err).lower():
+        except RuntimeError as err:  # retried once without the failing setting; a second failure raises
+            if self.inference_mode:
                 self.inference_mode = False
-                self.note(f"inference_mode not used: the model needs autograd ({err})")
+                self.note(f"inference_mode not used: the model failed under it ({err})")
             elif self.channels_last and self.policy.channels_last == "auto":
                 self.channels_last = False
                 self.note(f"channels_last_3d not used: the model failed on it ({err})")
@@ -169,6 +170,8 @@ class ChunkPlanner:
         """(new rows of the next chunk, whether it carries the check row)."""
         check = self.size > 1 and self.size not in self.checked
         count = min(self.size - 1 if check else self.size, remaining)
+        if check:
+            self.checked.add(self.size)
         if self.layout_trial and not self.ramp and count == self.size and not check:
             self.trial, self.caller.channels_last = self.size, True
         return count, check
@@ -187,13 +190,14 @@ class ChunkPlanner:
         if not self.ramp or model_rows != self.size:
             return
         self.rates[model_rows] = rate
-        previous = self.rates.get(self.size // 2, 0.0)
-        if rate >= previous * MIN_GAIN and self.size * 2 <= self.cap:
+        best = 1
+        for size in sorted(self.rates):
+            if self.rates[size] >= self.rates[best] * MIN_GAIN:
+                best = size
+        if best * 2 >= self.size and self.size * 2 <= self.cap:  # stop after two doublings without a gain
             self.size *= 2
             return
-        if rate < previous * MIN_GAIN:
-            self.size //= 2
-        self.ramp = False
+        self.size, self.ramp = best, False
         if not self.layout_trial:
             self._summarize()
 
