@@ -2,12 +2,20 @@
 vs ``mmxai-fast run`` (batch auto), each in its own subprocess, on benchmarks/dropin_pipeline.py
 (4x64^3, per-modality SLIC, batch 1, default perturbations_per_eval), for a VGG-like and a
 DenseNet-like 3D classifier; then the gain of each Evaluator policy on its own (FeatureAblation,
-VGG-like).
+VGG-like, against the same plain-Captum run).
 
     python benchmarks/bench_dropin.py --out benchmarks/results/dropin_cpu_2core.json [--quick]
 
+Subsampled against a real run, the same settings for all three ways: SLIC with 4 segments per
+modality (32 features; a real run uses 16, 96 features), 48 Lime/KernelShap samples (more than the
+features, so the unregularized KernelShap fit is well posed and comparable), Occlusion windows of
+21^3 voxels x 4 modalities (27 windows), ShapleyValueSampling with one permutation. Runtime: about
+20 min on a quiet 2-core CPU (the DenseNet-like model is most of it; measured 33 min at load 5-8
+from other jobs); ``--quick`` (32^3, 8 segments, 24 samples): about 3 min.
+
 Reports per method: wall-time ratio against Captum, the chunk size chosen, the model's share of
-wall time, and the largest difference from Captum's attribution (relative to its max |value|).
+wall time, and the largest difference from Captum's attribution (relative to its max |value|);
+each subprocess's wall time and the load average before it.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -52,12 +61,13 @@ def cpu_facts() -> dict:
 
 
 def run_config(command: list, args: list, out: Path) -> tuple:
+    start = time.perf_counter()
     result = subprocess.run(command + args + ["--out", str(out)], capture_output=True, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     rows = {json.loads(line)["method"]: json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")}
-    return rows, result.stderr, torch.load(out)
+    return rows, result.stderr, torch.load(out), time.perf_counter() - start
 
 
 def report_notes(stderr: str, method: str) -> dict:
@@ -76,11 +86,14 @@ def report_notes(stderr: str, method: str) -> dict:
     return info
 
 
-def compare(model: str, args: list, configs: dict, methods: list, tmp: Path) -> list:
-    rows, base = [], None
+def compare(model: str, args: list, configs: dict, methods: list, tmp: Path, base=None) -> tuple:
+    """Rows for every config and method, and the first config's (timings, attributions) (the
+    plain-Captum baseline; ``base``: a baseline measured earlier with the same settings)."""
+    rows = []
     for name, command in configs.items():
-        timings, stderr, attrs = run_config(command, ["--model", model, "--methods", *methods] + args,
-                                            tmp / f"{model}_{abs(hash(name))}.pt")
+        load = os.getloadavg()[0]
+        timings, stderr, attrs, process_s = run_config(command, ["--model", model, "--methods", *methods] + args,
+                                                       tmp / f"{model}_{abs(hash(name))}.pt")
         base = base or (timings, attrs)
         for method in methods:
             ref = base[1][method].double()
@@ -88,11 +101,12 @@ def compare(model: str, args: list, configs: dict, methods: list, tmp: Path) -> 
             rows.append({"op": "attribution", "impl": name, "case": f"{model} {method}", "model": model,
                          "method": method, "wall_s": timings[method]["wall_s"],
                          "ratio_vs_captum": base[0][method]["wall_s"] / timings[method]["wall_s"],
-                         "max_rel_diff_vs_captum": diff, **report_notes(stderr, method)})
+                         "max_rel_diff_vs_captum": diff, "process_s": process_s, "loadavg_before": load,
+                         **report_notes(stderr, method)})
             print(f"{model:9s} {method:21s} {name:26s} {rows[-1]['ratio_vs_captum']:6.2f}x  "
                   f"chunk {rows[-1].get('chunk', '-')}  model share {rows[-1].get('model_share', float('nan')):.2f}  "
-                  f"max rel diff {diff:.1e}", flush=True)
-    return rows
+                  f"max rel diff {diff:.1e}  (load {load:.1f})", flush=True)
+    return rows, base
 
 
 def main(argv=None) -> None:
@@ -101,16 +115,24 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="32^3 volumes, fewer samples")
     parser.add_argument("--models", nargs="+", default=["vgg", "densenet"])
     args = parser.parse_args(argv)
-    size = ["--size", "32", "--segments", "8", "--samples", "24"] if args.quick else ["--size", "64"]
+    size = (["--size", "32", "--segments", "8", "--samples", "24"] if args.quick
+            else ["--size", "64", "--segments", "4", "--samples", "48", "--window", "21"])
     methods = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
     payload = {"command": " ".join(["python", "benchmarks/bench_dropin.py"] + (argv or sys.argv[1:])),
                "environment": {**environment(torch.device("cpu")), **cpu_facts()}, "rows": []}
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        bases = {}
         for model in args.models:
-            payload["rows"] += compare(model, size, CONFIGS, methods, Path(tmp))
-        baseline = {"captum": CONFIGS["captum"], **POLICIES}
-        payload["policies"] = compare("vgg", size, baseline, ["FeatureAblation"], Path(tmp))
+            rows, bases[model] = compare(model, size, CONFIGS, methods, Path(tmp))
+            payload["rows"] += rows
+        policy_model = args.models[0]
+        captum_fa = ({"FeatureAblation": bases[policy_model][0]["FeatureAblation"]},
+                     {"FeatureAblation": bases[policy_model][1]["FeatureAblation"]})
+        payload["policies"] = compare(policy_model, size, POLICIES, ["FeatureAblation"], Path(tmp), captum_fa)[0]
     payload["environment"]["loadavg_end"] = os.getloadavg()
+    payload["runtime_s"] = time.perf_counter() - start
+    print(f"runtime {payload['runtime_s']:.0f} s")
     write_json_atomically(Path(args.out), payload)
     print(f"wrote {args.out}")
 

@@ -26,11 +26,10 @@ def build_model(name: str) -> torch.nn.Module:
 
 
 def superpixels(volume: torch.Tensor, n_segments: int) -> torch.Tensor:
-    """Per-modality SLIC ids, offset so every modality has its own features: [1, 4, D, H, W]."""
+    """Per-modality SLIC ids (those of modality ``m`` follow those of ``m - 1``): [1, 4, D, H, W]."""
     labels = slic(volume[0], n_segments=n_segments, compactness=0.1, channel_axis=None, modality_axis=0,
                   start_label=0)
-    offsets = torch.cumsum(torch.tensor([0] + [int(m.max()) + 1 for m in labels[:-1]]), 0)
-    return (labels + offsets.view(-1, 1, 1, 1)).unsqueeze(0).long()
+    return labels.unsqueeze(0).long()
 
 
 def main() -> None:
