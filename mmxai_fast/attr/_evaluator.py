@@ -5,7 +5,8 @@ An attribution method chooses **rows** (coalition rows ``keep [R, F]``, window i
 model's inputs; the evaluator does everything else about running the model:
 
 - chunking: :meth:`Evaluator.chunk_size` rows per model call (``perturbations_per_eval``, or
-  for ``"auto"`` a memory budget), halved and retried on ``torch.OutOfMemoryError``;
+  for ``"auto"`` a memory budget within which the chunk grows by measured throughput), halved
+  and retried on ``torch.OutOfMemoryError``;
 - Captum's expansion of ``target`` and ``additional_forward_args`` per chunk size
   (``_expand_target``, ``_expand_additional_forward_args``), cached;
 - output checks: the first call fixes the per-row output shape, later chunks must return
@@ -17,8 +18,8 @@ Every model call goes through :meth:`Evaluator._call_model` and every chunk-size
 the model-speed policies (a chunk grown by measured throughput with a batch-dependence check,
 ``channels_last_3d`` where faster, ``inference_mode``, opt-in autocast/compile/CUDA graphs) live in
 :mod:`mmxai_fast.attr._evaluator_policy` and apply to ``perturbations_per_eval="auto"`` and while
-a patch policy is active (:func:`~mmxai_fast.attr._model_policy.active_session`). :meth:`Evaluator.run_rows` ``(rows,
-previous_rows)`` is the seam for incremental inference: it sees the rows of the chunk and those
+a patch policy is active (:func:`~mmxai_fast.attr._model_policy.active_session`).
+:meth:`Evaluator.run_rows` ``(rows, previous_rows)`` is the seam for incremental inference: it sees the rows of the chunk and those
 of the previous chunk (None for the first); this dense evaluator ignores ``previous_rows``.
 """
 from __future__ import annotations

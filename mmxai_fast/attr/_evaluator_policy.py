@@ -190,10 +190,7 @@ class ChunkPlanner:
         if not self.ramp or model_rows != self.size:
             return
         self.rates[model_rows] = rate
-        best = 1
-        for size in sorted(self.rates):
-            if self.rates[size] >= self.rates[best] * MIN_GAIN:
-                best = size
+        best = self._best()
         if best * 2 >= self.size and self.size * 2 <= self.cap:  # stop after two doublings without a gain
             self.size *= 2
             return
@@ -206,7 +203,7 @@ class ChunkPlanner:
         self.cap = max(1, cap)
         if shrink_only:
             self.ramp = False
-        if not self.ramp:
+        if not self.ramp and not self.batch_dependent:
             self.size = self.cap if not (shrink_only or self.auto) else min(self.size, self.cap)
         self.size = min(self.size, self.cap)
 
@@ -215,8 +212,16 @@ class ChunkPlanner:
         self.summary = f"{'batch=auto ' if self.auto else ''}kept perturbations_per_eval=1: {reason}"
         return self.summary
 
+    def _best(self) -> int:
+        """The measured size of best throughput (a larger one only when :data:`MIN_GAIN` faster)."""
+        best = 1
+        for size in sorted(self.rates):
+            if self.rates[size] >= self.rates.get(best, 0.0) * MIN_GAIN:
+                best = size
+        return best
+
     def _summarize(self) -> None:
-        best = self.size
+        best = self._best() if self.ramp else self.size
         self.summary = (f"batch=auto: perturbations_per_eval={best} (measured {self.rates.get(best, 0.0):.1f} "
                         f"evaluations/s against {self.rates.get(1, 0.0):.1f} at 1; channels_last_3d "
                         f"{'on' if self.caller.channels_last else 'off'})")
