@@ -220,7 +220,7 @@ class Evaluator:
         training = training_modules(self.forward_func) if auto else []
         if training:
             self._note(self.planner.row_by_row(
-                f"the model ({training[0]}) is in train mode: BatchNorm/Dropout outputs depend on the batch"), warn_user=True)
+                f"the model is in train mode and its {training[0]} outputs depend on the batch"), warn_user=True)
 
     def _planner_cap(self) -> int:
         assert self.rows_per_eval is not None

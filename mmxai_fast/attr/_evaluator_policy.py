@@ -49,9 +49,13 @@ def close(a: Tensor, b: Tensor) -> bool:
 
 
 def training_modules(forward_func: Callable) -> List[str]:
-    """Names of the modules behind ``forward_func`` that are in train mode."""
+    """Names of the BatchNorm/Dropout layers behind ``forward_func`` that are in train mode (their
+    outputs depend on the batch or on the random stream, so batching would change the results)."""
     owner = forward_func if isinstance(forward_func, torch.nn.Module) else getattr(forward_func, "__self__", None)
-    return [type(owner).__name__] if isinstance(owner, torch.nn.Module) and owner.training else []
+    if not isinstance(owner, torch.nn.Module):
+        return []
+    batch_dependent = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+    return [type(m).__name__ for m in owner.modules() if m.training and isinstance(m, batch_dependent)]
 
 
 class ModelCaller:
