@@ -11,7 +11,8 @@ modality (32 features; a real run uses 16, 96 features), 48 Lime/KernelShap samp
 features, so the unregularized KernelShap fit is well posed and comparable), Occlusion windows of
 21^3 voxels x 4 modalities (27 windows), ShapleyValueSampling with one permutation. Runtime: about
 20 min on a quiet 2-core CPU (the DenseNet-like model is most of it; measured 33 min at load 5-8
-from other jobs); ``--quick`` (32^3, 8 segments, 24 samples): about 3 min.
+from other jobs); ``--quick`` (32^3, the same features and samples, 64 Occlusion windows): about
+5 min.
 
 Reports per method: wall-time ratio against Captum, the chunk size chosen, the model's share of
 wall time, and the largest difference from Captum's attribution (relative to its max |value|);
@@ -112,10 +113,10 @@ def compare(model: str, args: list, configs: dict, methods: list, tmp: Path, bas
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/dropin_cpu_2core.json")
-    parser.add_argument("--quick", action="store_true", help="32^3 volumes, fewer samples")
+    parser.add_argument("--quick", action="store_true", help="32^3 volumes (same features and samples)")
     parser.add_argument("--models", nargs="+", default=["vgg", "densenet"])
     args = parser.parse_args(argv)
-    size = (["--size", "32", "--segments", "8", "--samples", "24"] if args.quick
+    size = (["--size", "32", "--segments", "4", "--samples", "48", "--window", "8"] if args.quick
             else ["--size", "64", "--segments", "4", "--samples", "48", "--window", "21"])
     methods = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
     payload = {"command": " ".join(["python", "benchmarks/bench_dropin.py"] + (argv or sys.argv[1:])),

@@ -1,5 +1,4 @@
 """The Evaluator's speed policies under patch_captum: batch="auto" is safe, layouts and opt-ins keep results."""
-import warnings
 
 import captum.attr
 import pytest

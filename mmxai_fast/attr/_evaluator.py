@@ -19,8 +19,9 @@ the model-speed policies (a chunk grown by measured throughput with a batch-depe
 ``channels_last_3d`` where faster, ``inference_mode``, opt-in autocast/compile/CUDA graphs) live in
 :mod:`mmxai_fast.attr._evaluator_policy` and apply to ``perturbations_per_eval="auto"`` and while
 a patch policy is active (:func:`~mmxai_fast.attr._model_policy.active_session`).
-:meth:`Evaluator.run_rows` ``(rows, previous_rows)`` is the seam for incremental inference: it sees the rows of the chunk and those
-of the previous chunk (None for the first); this dense evaluator ignores ``previous_rows``.
+:meth:`Evaluator.run_rows` ``(rows, previous_rows)`` is the seam for incremental inference: it
+sees the rows of the chunk and those of the previous chunk (None for the first); this dense
+evaluator ignores ``previous_rows``.
 """
 from __future__ import annotations
 
