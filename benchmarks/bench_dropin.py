@@ -41,6 +41,7 @@ CONFIGS = {
     "run --batch keep": RUN + ["--batch", "keep", PIPELINE],
     "run": RUN + [PIPELINE],
 }
+METHODS = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
 POLICIES = {  # FeatureAblation on the VGG-like model, one policy at a time
     "engine only": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", PIPELINE],
     "+ batching": RUN + ["--batch", "auto", "--channels-last", "off", "--no-inference-mode", PIPELINE],
@@ -115,22 +116,29 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="benchmarks/results/dropin_cpu_2core.json")
     parser.add_argument("--quick", action="store_true", help="32^3 volumes (same features and samples)")
     parser.add_argument("--models", nargs="+", default=["vgg", "densenet"])
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--policies", choices=("on", "off", "only"), default="on",
+                        help="the per-policy rows (FeatureAblation on the first model)")
     args = parser.parse_args(argv)
     size = (["--size", "32", "--segments", "4", "--samples", "48", "--window", "8"] if args.quick
             else ["--size", "64", "--segments", "4", "--samples", "48", "--window", "21"])
-    methods = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
+    methods = args.methods
     payload = {"command": " ".join(["python", "benchmarks/bench_dropin.py"] + (argv or sys.argv[1:])),
                "environment": {**environment(torch.device("cpu")), **cpu_facts()}, "rows": []}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         bases = {}
-        for model in args.models:
+        for model in args.models if args.policies != "only" else []:
             rows, bases[model] = compare(model, size, CONFIGS, methods, Path(tmp))
             payload["rows"] += rows
         policy_model = args.models[0]
-        captum_fa = ({"FeatureAblation": bases[policy_model][0]["FeatureAblation"]},
-                     {"FeatureAblation": bases[policy_model][1]["FeatureAblation"]})
-        payload["policies"] = compare(policy_model, size, POLICIES, ["FeatureAblation"], Path(tmp), captum_fa)[0]
+        if args.policies != "off":
+            captum_fa = None
+            if policy_model in bases and "FeatureAblation" in methods:
+                captum_fa = ({"FeatureAblation": bases[policy_model][0]["FeatureAblation"]},
+                             {"FeatureAblation": bases[policy_model][1]["FeatureAblation"]})
+            policies = POLICIES if captum_fa else {"captum": CONFIGS["captum"], **POLICIES}
+            payload["policies"] = compare(policy_model, size, policies, ["FeatureAblation"], Path(tmp), captum_fa)[0]
     payload["environment"]["loadavg_end"] = os.getloadavg()
     payload["runtime_s"] = time.perf_counter() - start
     print(f"runtime {payload['runtime_s']:.0f} s")
