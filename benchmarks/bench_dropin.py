@@ -7,12 +7,19 @@ VGG-like, against the same plain-Captum run).
     python benchmarks/bench_dropin.py --out benchmarks/results/dropin_cpu_2core.json [--quick]
 
 Subsampled against a real run, the same settings for all three ways: SLIC with 4 segments per
-modality (32 features; a real run uses 16, 96 features), 48 Lime/KernelShap samples (more than the
-features, so the unregularized KernelShap fit is well posed and comparable), Occlusion windows of
-21^3 voxels x 4 modalities (27 windows), ShapleyValueSampling with one permutation. Runtime: about
-20 min on a quiet 2-core CPU (the DenseNet-like model is most of it; measured 33 min at load 5-8
-from other jobs); ``--quick`` (32^3, the same features and samples, 64 Occlusion windows): about
-5 min.
+modality, ids merged in pairs (16 features; a real run uses 16 segments, 96 features), 32
+Lime/KernelShap samples (twice the features, so the unregularized KernelShap fit is well posed),
+Occlusion windows of 32^3 voxels x 4 modalities (8 windows), ShapleyValueSampling with one
+permutation: about 110 model evaluations per way and model. Runtime: not measured on a quiet
+machine; estimated 15-20 min on a quiet 2-core CPU from the per-evaluation times (64^3,
+batch 1: VGG-like about 1 s, DenseNet-like about 2.5 s, which is most of the run).
+``--quick`` (32^3, 32 features, 48 samples, 64 Occlusion windows): 456 s for the policy rows
+alone and about 15 min for the VGG-like rows at load 11-12 from other jobs.
+
+KernelShap's samples at a given seed differ from Captum's (same distribution, see
+:class:`mmxai_fast.attr.KernelShap`), so its difference from Captum is estimator variance; the
+``max_rel_diff_vs_keep`` column compares each way with ``run --batch keep`` (the engine's own
+samples), which shows whether batching changes results.
 
 Reports per method: wall-time ratio against Captum, the chunk size chosen, the model's share of
 wall time, and the largest difference from Captum's attribution (relative to its max |value|);
@@ -88,26 +95,34 @@ def report_notes(stderr: str, method: str) -> dict:
     return info
 
 
+def _rel_diff(got: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return float((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
 def compare(model: str, args: list, configs: dict, methods: list, tmp: Path, base=None) -> tuple:
     """Rows for every config and method, and the first config's (timings, attributions) (the
     plain-Captum baseline; ``base``: a baseline measured earlier with the same settings)."""
-    rows = []
+    rows, keep = [], None
     for name, command in configs.items():
         load = os.getloadavg()[0]
         timings, stderr, attrs, process_s = run_config(command, ["--model", model, "--methods", *methods] + args,
                                                        tmp / f"{model}_{abs(hash(name))}.pt")
         base = base or (timings, attrs)
+        keep = keep if name != "run --batch keep" else attrs
         for method in methods:
             ref = base[1][method].double()
-            diff = float((attrs[method].double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+            diff = _rel_diff(attrs[method], ref)
+            diff_keep = _rel_diff(attrs[method], keep[method]) if keep is not None else float("nan")
             rows.append({"op": "attribution", "impl": name, "case": f"{model} {method}", "model": model,
                          "method": method, "wall_s": timings[method]["wall_s"],
                          "ratio_vs_captum": base[0][method]["wall_s"] / timings[method]["wall_s"],
-                         "max_rel_diff_vs_captum": diff, "process_s": process_s, "loadavg_before": load,
+                         "max_rel_diff_vs_captum": diff, "max_rel_diff_vs_keep": diff_keep,
+                         "process_s": process_s, "loadavg_before": load,
                          **report_notes(stderr, method)})
             print(f"{model:9s} {method:21s} {name:26s} {rows[-1]['ratio_vs_captum']:6.2f}x  "
                   f"chunk {rows[-1].get('chunk', '-')}  model share {rows[-1].get('model_share', float('nan')):.2f}  "
-                  f"max rel diff {diff:.1e}  (load {load:.1f})", flush=True)
+                  f"max rel diff {diff:.1e} (vs keep {diff_keep:.1e})  (load {load:.1f})", flush=True)
     return rows, base
 
 
@@ -121,7 +136,7 @@ def main(argv=None) -> None:
                         help="the per-policy rows (FeatureAblation on the first model)")
     args = parser.parse_args(argv)
     size = (["--size", "32", "--segments", "4", "--samples", "48", "--window", "8"] if args.quick
-            else ["--size", "64", "--segments", "4", "--samples", "48", "--window", "21"])
+            else ["--size", "64", "--segments", "4", "--group", "2", "--samples", "32", "--window", "32"])
     methods = args.methods
     payload = {"command": " ".join(["python", "benchmarks/bench_dropin.py"] + (argv or sys.argv[1:])),
                "environment": {**environment(torch.device("cpu")), **cpu_facts()}, "rows": []}

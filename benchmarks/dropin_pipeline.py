@@ -41,6 +41,8 @@ def main() -> None:
                                                          "Lime", "KernelShap"])
     parser.add_argument("--samples", type=int, default=48, help="Lime/KernelShap samples")
     parser.add_argument("--window", type=int, default=0, help="Occlusion window and stride (default size // 4)")
+    parser.add_argument("--group", type=int, default=1, help="merge this many consecutive superpixel ids into one "
+                                                             "feature (fewer features than a real run)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -48,7 +50,7 @@ def main() -> None:
     model = build_model(args.model)
     case = make_brain_phantom((args.size,) * 3, grade="high", seed=0)
     volume = torch.as_tensor(case.image).unsqueeze(0)
-    mask = superpixels(volume, args.segments)
+    mask = superpixels(volume, args.segments) // args.group
     window = args.window or max(4, args.size // 4)
     calls = {
         "FeatureAblation": lambda: FeatureAblation(model).attribute(volume, target=1, feature_mask=mask),
