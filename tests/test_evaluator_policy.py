@@ -4,7 +4,7 @@ import captum.attr
 import pytest
 import torch
 
-from mmxai_fast.attr import FeatureAblation, Lime, Occlusion
+from mmxai_fast.attr import FeatureAblation, Lime, Occlusion, _evaluator_policy
 from mmxai_fast.attr._evaluator_policy import ChunkPlanner, ModelCaller
 from mmxai_fast.attr._model_policy import ModelPolicy
 
@@ -38,7 +38,14 @@ def _case():
     return x, mask
 
 
-def test_auto_grows_the_chunk_on_real_rows_and_keeps_results():
+def test_fast_models_go_straight_to_the_cap_with_the_check_row():
+    model, (x, mask) = Counting().eval(), _case()
+    FeatureAblation(model).attribute(x, target=1, feature_mask=mask, perturbations_per_eval="auto")
+    assert model.batches == [1, 17]  # the reference alone, then all 16 rows and the check row
+
+
+def test_auto_grows_the_chunk_on_real_rows_and_keeps_results(monkeypatch):
+    monkeypatch.setattr(_evaluator_policy, "FAST_CALL_S", 0.0)  # ramp even for this tiny model
     model, (x, mask) = Counting().eval(), _case()
     expected = captum.attr.FeatureAblation(model).attribute(x, target=1, feature_mask=mask)
     model.batches.clear()

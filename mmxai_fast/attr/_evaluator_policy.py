@@ -12,7 +12,8 @@ active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an i
 - :class:`ChunkPlanner` (rows per model call for ``"auto"``): the chunk grows 2, 4, 8, ... on the
   attribution's own rows (no extra probe evaluations), within the memory cap, until two doublings
   in a row fail to raise the model's measured throughput by :data:`MIN_GAIN`; the chunk with the
-  best throughput is kept (a larger one only when :data:`MIN_GAIN` faster), then one chunk in
+  best throughput is kept (a larger one only when :data:`MIN_GAIN` faster; a model whose first
+  call takes under :data:`FAST_CALL_S` goes straight to the cap), then one chunk in
   ``channels_last_3d`` decides the layout (kept when :data:`MIN_LAYOUT_GAIN` faster). The first
   chunk of every size is checked for batch dependence: it carries the first evaluation's row (run
   alone at :meth:`Evaluator.initialize`) as its last row, whose batched output must equal the
@@ -34,6 +35,8 @@ __all__ = ["ChunkPlanner", "ModelCaller", "close", "training_modules"]
 
 #: A doubling of the chunk must raise measured throughput by this factor to be taken.
 MIN_GAIN = 1.10
+#: A first model call faster than this (seconds) skips the ramp: the chunk is the memory cap.
+FAST_CALL_S = 0.01
 #: channels_last_3d must be this much faster than the plain layout to be kept.
 MIN_LAYOUT_GAIN = 1.05
 _TOLERANCE = {torch.float64: (1e-7, 1e-9), torch.float32: (1e-4, 1e-5),
@@ -169,11 +172,13 @@ class ChunkPlanner:
         self.trial: Optional[int] = None  # chunk size of the layout trial in progress
         self.batch_dependent = False
         self.summary: Optional[str] = None
+        self.used = 0  # the most new rows of one call so far
 
     def next_chunk(self, remaining: int) -> Tuple[int, bool]:
         """(new rows of the next chunk, whether it carries the check row)."""
         check = self.size > 1 and self.size not in self.checked
         count = min(self.size - 1 if check else self.size, remaining)
+        self.used = max(self.used, count)
         if check:
             self.checked.add(self.size)
         if self.layout_trial and not self.ramp and count == self.size and not check:
@@ -185,6 +190,8 @@ class ChunkPlanner:
         rate = model_rows / max(seconds, 1e-9)
         if first:
             self.rates[1] = rate
+            if self.ramp and seconds < FAST_CALL_S:  # per-call overhead dominates: no ramp, no trial
+                self.ramp, self.layout_trial, self.size = False, False, self.cap
             return
         if self.trial is not None:
             self.trial, self.layout_trial = None, False
@@ -225,7 +232,7 @@ class ChunkPlanner:
         return best
 
     def _summarize(self) -> None:
-        best = self._best() if self.ramp else self.size
+        best = min(self._best() if self.ramp else self.size, max(1, self.used))
         self.summary = (f"batch=auto: perturbations_per_eval={best} (measured {self.rates.get(best, 0.0):.1f} "
                         f"evaluations/s against {self.rates.get(1, 0.0):.1f} at 1; channels_last_3d "
                         f"{'on' if self.caller.channels_last else 'off'})")
