@@ -9,12 +9,14 @@ VGG-like, against the same plain-Captum run).
 Subsampled against a real run, the same settings for all three ways: SLIC with 4 segments per
 modality, ids merged in pairs (16 features; a real run uses 16 segments, 96 features), 32
 Lime/KernelShap samples (twice the features, so the unregularized KernelShap fit is well posed),
-Occlusion windows of 32^3 voxels x 4 modalities (8 windows), ShapleyValueSampling with one
-permutation: about 110 model evaluations per way and model. Runtime: not measured on a quiet
-machine; estimated 15-20 min on a quiet 2-core CPU from the per-evaluation times (64^3,
-batch 1: VGG-like about 1 s, DenseNet-like about 2.5 s, which is most of the run).
-``--quick`` (32^3, 32 features, 48 samples, 64 Occlusion windows): 456 s for the policy rows
-alone and about 15 min for the VGG-like rows at load 11-12 from other jobs.
+Occlusion windows of 21^3 voxels x 4 modalities (27 windows), ShapleyValueSampling with one
+permutation: about 130 model evaluations per way and model.
+
+Runtime: not yet measured on a quiet machine. Measured: the VGG-like rows (three ways, 8 Occlusion
+windows then, no policy rows) took 735 s at load 10-12 from other jobs on the 2-core CPU; the
+DenseNet-like model costs about 2.5x the VGG-like one per evaluation. Estimated 15-20 min on a
+quiet 2-core CPU; ``--models vgg`` or ``--policies off`` shorten it. ``--quick`` (32^3, 32
+features, 48 samples, 64 Occlusion windows): 456 s for the policy rows alone at load 12.
 
 KernelShap's samples at a given seed differ from Captum's (same distribution, see
 :class:`mmxai_fast.attr.KernelShap`), so its difference from Captum is estimator variance; the
@@ -136,7 +138,7 @@ def main(argv=None) -> None:
                         help="the per-policy rows (FeatureAblation on the first model)")
     args = parser.parse_args(argv)
     size = (["--size", "32", "--segments", "4", "--samples", "48", "--window", "8"] if args.quick
-            else ["--size", "64", "--segments", "4", "--group", "2", "--samples", "32", "--window", "32"])
+            else ["--size", "64", "--segments", "4", "--group", "2", "--samples", "32", "--window", "21"])
     methods = args.methods
     payload = {"command": " ".join(["python", "benchmarks/bench_dropin.py"] + (argv or sys.argv[1:])),
                "environment": {**environment(torch.device("cpu")), **cpu_facts()}, "rows": []}
