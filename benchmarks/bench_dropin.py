@@ -2,12 +2,30 @@
 vs ``mmxai-fast run`` (batch auto), each in its own subprocess, on benchmarks/dropin_pipeline.py
 (4x64^3, per-modality SLIC, batch 1, default perturbations_per_eval), for a VGG-like and a
 DenseNet-like 3D classifier; then the gain of each Evaluator policy on its own (FeatureAblation,
-VGG-like).
+VGG-like, against the same plain-Captum run).
 
     python benchmarks/bench_dropin.py --out benchmarks/results/dropin_cpu_2core.json [--quick]
 
+Subsampled against a real run, the same settings for all three ways: SLIC with 4 segments per
+modality, ids merged in pairs (16 features; a real run uses 16 segments, 96 features), 32
+Lime/KernelShap samples (twice the features, so the unregularized KernelShap fit is well posed),
+Occlusion windows of 21^3 voxels x 4 modalities (27 windows), ShapleyValueSampling with one
+permutation: about 130 model evaluations per way and model.
+
+Runtime: not yet measured on a quiet machine. Measured: the VGG-like rows (three ways, 8 Occlusion
+windows then, no policy rows) took 735 s at load 10-12 from other jobs on the 2-core CPU; the
+DenseNet-like model costs about 2.5x the VGG-like one per evaluation. Estimated 15-20 min on a
+quiet 2-core CPU; ``--models vgg`` or ``--policies off`` shorten it. ``--quick`` (32^3, 32
+features, 48 samples, 64 Occlusion windows): 456 s for the policy rows alone at load 12.
+
+KernelShap's samples at a given seed differ from Captum's (same distribution, see
+:class:`mmxai_fast.attr.KernelShap`), so its difference from Captum is estimator variance; the
+``max_rel_diff_vs_keep`` column compares each way with ``run --batch keep`` (the engine's own
+samples), which shows whether batching changes results.
+
 Reports per method: wall-time ratio against Captum, the chunk size chosen, the model's share of
-wall time, and the largest difference from Captum's attribution (relative to its max |value|).
+wall time, and the largest difference from Captum's attribution (relative to its max |value|);
+each subprocess's wall time and the load average before it.
 """
 from __future__ import annotations
 
@@ -17,6 +35,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +50,7 @@ CONFIGS = {
     "run --batch keep": RUN + ["--batch", "keep", PIPELINE],
     "run": RUN + [PIPELINE],
 }
+METHODS = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
 POLICIES = {  # FeatureAblation on the VGG-like model, one policy at a time
     "engine only": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", PIPELINE],
     "+ batching": RUN + ["--batch", "auto", "--channels-last", "off", "--no-inference-mode", PIPELINE],
@@ -40,12 +60,13 @@ POLICIES = {  # FeatureAblation on the VGG-like model, one policy at a time
 
 
 def run_config(command: list, args: list, out: Path) -> tuple:
+    start = time.perf_counter()
     result = subprocess.run(command + args + ["--out", str(out)], capture_output=True, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     rows = {json.loads(line)["method"]: json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")}
-    return rows, result.stderr, torch.load(out)
+    return rows, result.stderr, torch.load(out), time.perf_counter() - start
 
 
 def report_notes(stderr: str, method: str) -> dict:
@@ -64,45 +85,72 @@ def report_notes(stderr: str, method: str) -> dict:
     return info
 
 
-def compare(model: str, args: list, configs: dict, methods: list, tmp: Path) -> list:
-    rows, base = [], None
+def _rel_diff(got: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return float((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
+def compare(model: str, args: list, configs: dict, methods: list, tmp: Path, base=None) -> tuple:
+    """Rows for every config and method, and the first config's (timings, attributions) (the
+    plain-Captum baseline; ``base``: a baseline measured earlier with the same settings)."""
+    rows, keep = [], None
     for name, command in configs.items():
-        timings, stderr, attrs = run_config(command, ["--model", model, "--methods", *methods] + args,
-                                            tmp / f"{model}_{abs(hash(name))}.pt")
+        load = os.getloadavg()[0]
+        timings, stderr, attrs, process_s = run_config(command, ["--model", model, "--methods", *methods] + args,
+                                                       tmp / f"{model}_{abs(hash(name))}.pt")
         base = base or (timings, attrs)
+        keep = keep if name != "run --batch keep" else attrs
         for method in methods:
             ref = base[1][method].double()
-            diff = float((attrs[method].double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+            diff = _rel_diff(attrs[method], ref)
+            diff_keep = _rel_diff(attrs[method], keep[method]) if keep is not None else float("nan")
             rows.append({"op": "attribution", "impl": name, "case": f"{model} {method}", "model": model,
                          "method": method, "wall_s": timings[method]["wall_s"],
                          "ratio_vs_captum": base[0][method]["wall_s"] / timings[method]["wall_s"],
-                         "max_rel_diff_vs_captum": diff, **report_notes(stderr, method)})
+                         "max_rel_diff_vs_captum": diff, "max_rel_diff_vs_keep": diff_keep,
+                         "process_s": process_s, "loadavg_before": load,
+                         **report_notes(stderr, method)})
             print(f"{model:9s} {method:21s} {name:26s} {rows[-1]['ratio_vs_captum']:6.2f}x  "
                   f"chunk {rows[-1].get('chunk', '-')}  model share {rows[-1].get('model_share', float('nan')):.2f}  "
-                  f"max rel diff {diff:.1e}", flush=True)
-    return rows
+                  f"max rel diff {diff:.1e} (vs keep {diff_keep:.1e})  (load {load:.1f})", flush=True)
+    return rows, base
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/dropin_cpu_2core.json")
-    parser.add_argument("--quick", action="store_true", help="32^3 volumes, fewer samples")
+    parser.add_argument("--quick", action="store_true", help="32^3 volumes (same features and samples)")
     parser.add_argument("--models", nargs="+", default=["vgg", "densenet"])
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--policies", choices=("on", "off", "only"), default="on",
+                        help="the per-policy rows (FeatureAblation on the first model)")
     args = parser.parse_args(argv)
-    size = ["--size", "32", "--segments", "8", "--samples", "24"] if args.quick else ["--size", "64"]
-    methods = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
+    size = (["--size", "32", "--segments", "4", "--samples", "48", "--window", "8"] if args.quick
+            else ["--size", "64", "--segments", "4", "--group", "2", "--samples", "32", "--window", "21"])
+    methods = args.methods
     load_before = os.getloadavg()
     payload = {"command": " ".join(["python", "benchmarks/bench_dropin.py"] + (argv or sys.argv[1:])),
                "environment": environment(torch.device("cpu")), "rows": []}
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models:
-            payload["rows"] += compare(model, size, CONFIGS, methods, Path(tmp))
-        baseline = {"captum": CONFIGS["captum"], **POLICIES}
-        payload["policies"] = compare("vgg", size, baseline, ["FeatureAblation"], Path(tmp))
+        bases = {}
+        for model in args.models if args.policies != "only" else []:
+            rows, bases[model] = compare(model, size, CONFIGS, methods, Path(tmp))
+            payload["rows"] += rows
+        policy_model = args.models[0]
+        if args.policies != "off":
+            captum_fa = None
+            if policy_model in bases and "FeatureAblation" in methods:
+                captum_fa = ({"FeatureAblation": bases[policy_model][0]["FeatureAblation"]},
+                             {"FeatureAblation": bases[policy_model][1]["FeatureAblation"]})
+            policies = POLICIES if captum_fa else {"captum": CONFIGS["captum"], **POLICIES}
+            payload["policies"] = compare(policy_model, size, policies, ["FeatureAblation"], Path(tmp), captum_fa)[0]
     payload["cpu"] = cpu_facts(load_before)
+    payload["runtime_s"] = time.perf_counter() - start
+    print(f"runtime {payload['runtime_s']:.0f} s")
     rows = [as_row(dict(r, study=study), r["method"], device="cpu", dtype="float32", ratio_key="ratio_vs_captum",
                    median_key="wall_s") for study, key in (("configs", "rows"), ("policies", "policies"))
-            for r in payload.pop(key)]  # one run each: iqr_s null
+            for r in payload.pop(key, [])]  # one run each: iqr_s null
     write_results(Path(args.out), rows, payload)
     print(f"wrote {args.out}")
 

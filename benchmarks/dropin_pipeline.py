@@ -26,11 +26,10 @@ def build_model(name: str) -> torch.nn.Module:
 
 
 def superpixels(volume: torch.Tensor, n_segments: int) -> torch.Tensor:
-    """Per-modality SLIC ids, offset so every modality has its own features: [1, 4, D, H, W]."""
+    """Per-modality SLIC ids (those of modality ``m`` follow those of ``m - 1``): [1, 4, D, H, W]."""
     labels = slic(volume[0], n_segments=n_segments, compactness=0.1, channel_axis=None, modality_axis=0,
                   start_label=0)
-    offsets = torch.cumsum(torch.tensor([0] + [int(m.max()) + 1 for m in labels[:-1]]), 0)
-    return (labels + offsets.view(-1, 1, 1, 1)).unsqueeze(0).long()
+    return labels.unsqueeze(0).long()
 
 
 def main() -> None:
@@ -41,6 +40,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["FeatureAblation", "ShapleyValueSampling", "Occlusion",
                                                          "Lime", "KernelShap"])
     parser.add_argument("--samples", type=int, default=48, help="Lime/KernelShap samples")
+    parser.add_argument("--window", type=int, default=0, help="Occlusion window and stride (default size // 4)")
+    parser.add_argument("--group", type=int, default=1, help="merge this many consecutive superpixel ids into one "
+                                                             "feature (fewer features than a real run)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -48,8 +50,8 @@ def main() -> None:
     model = build_model(args.model)
     case = make_brain_phantom((args.size,) * 3, grade="high", seed=0)
     volume = torch.as_tensor(case.image).unsqueeze(0)
-    mask = superpixels(volume, args.segments)
-    window = max(4, args.size // 4)
+    mask = superpixels(volume, args.segments) // args.group
+    window = args.window or max(4, args.size // 4)
     calls = {
         "FeatureAblation": lambda: FeatureAblation(model).attribute(volume, target=1, feature_mask=mask),
         "ShapleyValueSampling": lambda: ShapleyValueSampling(model).attribute(volume, target=1, feature_mask=mask,

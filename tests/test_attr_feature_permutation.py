@@ -251,8 +251,9 @@ def test_inference_mode_and_non_contiguous_input():
 
 
 def test_out_of_memory_halving_keeps_captum_permutations():
-    """"auto" starts with all 6 features in one call; the model runs out of memory above 3 rows:
-    the chunks shrink but the permutations stay those drawn for one chunk of 6 (Captum's)."""
+    """"auto" draws the permutations for all 6 features in one chunk; the model runs out of memory
+    above 3 rows: the chunks (grown by measured throughput, or the memory cap for a fast model)
+    shrink but the permutations stay those drawn for one chunk of 6 (Captum's)."""
     n, model = 3, ConvNet()
     x = torch.randn(n, 1, 3, 4, 4)
     sizes = []
@@ -268,7 +269,7 @@ def test_out_of_memory_halving_keeps_captum_permutations():
     torch.manual_seed(5)
     ours = FeaturePermutation(forward).attribute(x, target=2, feature_mask=GRID, perturbations_per_eval="auto")
     _assert_close(ours, theirs)
-    assert sizes == [n, 3 * n, 3 * n]
+    assert sizes[0] == n and max(sizes) <= 3 * n and len(sizes) >= 3  # the failing chunks never reach the model
 
 
 def test_perturbed_inputs_outside_model_calls_are_fresh():

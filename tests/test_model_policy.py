@@ -1,5 +1,4 @@
-"""ModelPolicy / ModelRunner: batch="auto" is safe, layouts and opt-ins keep results."""
-import warnings
+"""The Evaluator's speed policies under patch_captum: batch="auto" is safe, layouts and opt-ins keep results."""
 
 import captum.attr
 import pytest

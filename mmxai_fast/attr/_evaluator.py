@@ -5,7 +5,8 @@ An attribution method chooses **rows** (coalition rows ``keep [R, F]``, window i
 model's inputs; the evaluator does everything else about running the model:
 
 - chunking: :meth:`Evaluator.chunk_size` rows per model call (``perturbations_per_eval``, or
-  for ``"auto"`` a memory budget), halved and retried on ``torch.OutOfMemoryError``;
+  for ``"auto"`` a memory budget within which the chunk grows by measured throughput), halved
+  and retried on ``torch.OutOfMemoryError``;
 - Captum's expansion of ``target`` and ``additional_forward_args`` per chunk size
   (``_expand_target``, ``_expand_additional_forward_args``), cached;
 - output checks: the first call fixes the per-row output shape, later chunks must return
@@ -13,10 +14,14 @@ model's inputs; the evaluator does everything else about running the model:
 - the progress bar (one tick per model call) and reused input buffers (:meth:`Evaluator.buffer`).
 
 Every model call goes through :meth:`Evaluator._call_model` and every chunk-size decision through
-:meth:`Evaluator.chunk_size`: model-speed policies (memory format, ``inference_mode``, a
-throughput-based chunk size) belong in those two methods. :meth:`Evaluator.run_rows` ``(rows,
-previous_rows)`` is the seam for incremental inference: it sees the rows of the chunk and those
-of the previous chunk (None for the first); this dense evaluator ignores ``previous_rows``.
+:meth:`Evaluator.chunk_size` and the :class:`~mmxai_fast.attr._evaluator_policy.ChunkPlanner`:
+the model-speed policies (a chunk grown by measured throughput with a batch-dependence check,
+``channels_last_3d`` where faster, ``inference_mode``, opt-in autocast/compile/CUDA graphs) live in
+:mod:`mmxai_fast.attr._evaluator_policy` and apply to ``perturbations_per_eval="auto"`` and while
+a patch policy is active (:func:`~mmxai_fast.attr._model_policy.active_session`).
+:meth:`Evaluator.run_rows` ``(rows, previous_rows)`` is the seam for incremental inference: it
+sees the rows of the chunk and those of the previous chunk (None for the first); this dense
+evaluator ignores ``previous_rows``.
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ from torch import Tensor
 
 from .._validation import is_int
 from ._errors import AttributionInputError
+from ._evaluator_policy import ChunkPlanner, ModelCaller, close, training_modules, warn
+from ._model_policy import ModelPolicy, active_session
 
 __all__ = ["Evaluator", "check_perturbations_per_eval"]
 
@@ -38,6 +45,8 @@ __all__ = ["Evaluator", "check_perturbations_per_eval"]
 AUTO_MAX_ROWS = 512
 AUTO_CPU_BUDGET = 256 * 2**20
 AUTO_CUDA_FRACTION = 0.125
+#: The throughput ramp stops at this many rows on CPU (activations, not inputs, fill the memory there).
+AUTO_CPU_RAMP_ROWS = 32
 
 #: ``perturber(rows, buffer) -> model inputs``; ``buffer(i, rows)`` is :meth:`Evaluator.buffer`
 #: on the model-call path and None elsewhere (then the perturber allocates).
@@ -102,6 +111,16 @@ class Evaluator:
         self._expanded: Dict[int, Tuple[Any, Any]] = {}
         self._buffers: Dict[int, Tensor] = {}
         self._nan_flags: List[Tuple[str, Tensor]] = []
+        session = active_session()
+        self.policy = session[0] if session is not None else ModelPolicy()
+        self.stats = session[1] if session is not None else None
+        #: Notes on the speed policies (chunk chosen, layout, fallbacks), also in the patch's report.
+        self.notes: List[str] = []
+        self.caller: Optional[ModelCaller] = None
+        if session is not None or self.perturbations_per_eval == "auto":
+            self.caller = ModelCaller(forward_func, self.policy, self.stats, self._note)
+        self.planner: Optional[ChunkPlanner] = None
+        self._reference: Optional[Tuple[Tuple[Tensor, ...], Tensor]] = None  # the first call's (inputs, output)
 
     # ------------------------------------------------------------------ the two policy seams
 
@@ -123,17 +142,21 @@ class Evaluator:
             else:
                 budget = AUTO_CPU_BUDGET
             self.rows_per_eval = int(max(1, min(AUTO_MAX_ROWS, budget // row_bytes)))
+        if self.planner is not None:
+            self.planner.set_cap(self._planner_cap(), shrink_only=failed_rows is not None)
         return self.rows_per_eval
 
-    def _call_model(self, model_inputs: Tuple[Tensor, ...], rows: int) -> Tensor:
-        """The only model call: ``rows`` perturbations of the ``N`` examples stacked on dim 0."""
+    def _call_model(self, model_inputs: Tuple[Tensor, ...], rows: int, counted: Optional[int] = None) -> Tensor:
+        """The only model call: ``rows`` perturbations of the ``N`` examples stacked on dim 0
+        (``counted`` of them new evaluations, default all; the others are checks)."""
         if rows not in self._expanded:
             args = self.additional_forward_args
             if rows > 1 and args is not None:
                 args = _expand_additional_forward_args(args, rows)
             self._expanded[rows] = (self.target if rows == 1 else _expand_target(self.target, rows), args)
         target, args = self._expanded[rows]
-        out = _as_output_tensor(_run_forward(self.forward_func, model_inputs, None, args))
+        model = self.forward_func if self.caller is None else self.caller
+        out = _as_output_tensor(_run_forward(model, model_inputs, None, args))
         if target is not None:  # selected here, so a bad target fails with the output's shape in hand
             try:
                 out = _select_targets(out, target)
@@ -142,6 +165,8 @@ class Evaluator:
                     f"target {self.target!r} does not index forward_func's output: with {self.num_examples} "
                     f"examples it has shape {tuple(out.shape)} ({err})") from err
         self.num_model_calls += 1
+        if self.stats is not None:
+            self.stats.evaluations += rows if counted is None else counted
         if self.progress is not None:
             self.progress.update()
         return out
@@ -159,9 +184,15 @@ class Evaluator:
         Sets :attr:`row_shape`, :attr:`agg_mode` (one fixed-size output per batch) and the
         chunk size; returns the output (int/float outputs become 0-d tensors).
         """
+        dense = "run_rows" not in vars(self)  # not swapped for incremental inference
+        model_inputs: Optional[Tuple[Tensor, ...]] = self.inputs
         if rows is None:
             out = self._call_model(self.inputs, 1)
+        elif dense and self.caller is not None:
+            model_inputs = self.perturber(rows[:1], None)  # freshly allocated: kept for the batch checks
+            out = self._call_model(model_inputs, 1)
         else:
+            model_inputs = None
             out = self._own(self.run_rows(rows[:1]))
             self.release_buffers()
         self.row_shape = tuple(out.shape)
@@ -174,37 +205,90 @@ class Evaluator:
             if self.check_batch_output is not None:
                 self.check_batch_output()
         self.chunk_size()
+        if self.caller is not None and dense and model_inputs is not None and not self.agg_mode:
+            self._plan(model_inputs, out)
         self._record_nan(out, "the first evaluation")
         self._raise_on_nan()
         return out
 
+    def _plan(self, model_inputs: Tuple[Tensor, ...], out: Tensor) -> None:
+        assert self.caller is not None and self.rows_per_eval is not None
+        auto = self.perturbations_per_eval == "auto"
+        layout_trial = auto and self.policy.channels_last == "auto" and any(x.dim() == 5 for x in self.inputs)
+        self.planner = ChunkPlanner(self._planner_cap(), auto, layout_trial, self.caller)
+        self.planner.record(1, self.caller.seconds, first=True)
+        self._reference = (model_inputs, out)
+        training = training_modules(self.forward_func) if auto else []
+        if training:
+            self._note(self.planner.row_by_row(
+                f"the model is in train mode and its {training[0]} outputs depend on the batch"), warn_user=True)
+
+    def _planner_cap(self) -> int:
+        assert self.rows_per_eval is not None
+        if self.perturbations_per_eval == "auto" and self.inputs[0].device.type == "cpu":
+            return min(self.rows_per_eval, AUTO_CPU_RAMP_ROWS)
+        return self.rows_per_eval
+
     def run(self, num_rows: int, make_rows: Callable[[int, int], Tensor]) -> Tensor:
         """Outputs ``[R, *row_shape]`` of rows ``0 .. R - 1``, built chunk by chunk by
         ``make_rows(start, stop)``; in row order, on the model's output device."""
-        if self.row_shape is None:
+        if self.row_shape is None or self.rows_per_eval is None:
             raise RuntimeError("Evaluator.initialize() must be called before run")
+        planner = self.planner if "run_rows" not in vars(self) else None
         results: List[Tensor] = []
         start, previous = 0, None
         while start < num_rows:
-            count = min(self.rows_per_eval, num_rows - start)
+            count, check = planner.next_chunk(num_rows - start) if planner else (
+                min(self.rows_per_eval, num_rows - start), False)
             rows = make_rows(start, start + count)
             try:
-                out = self.run_rows(rows, previous)
+                out = self._run_checked(rows) if check else self.run_rows(rows, previous)
             except torch.OutOfMemoryError:
                 self.release_buffers()
-                if self.perturbations_per_eval != "auto" or count == 1:
+                if self.perturbations_per_eval != "auto" or count + check <= 1:
                     raise
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                self.chunk_size(failed_rows=count)
+                self.chunk_size(failed_rows=count + check)
                 continue
+            if planner is not None and not check and self.caller is not None:
+                planner.record(count, self.caller.seconds)
             results.append(self._check_chunk(self._own(out), count))
             previous, start = rows, start + count
         self.release_buffers()
         self._raise_on_nan()
+        if planner is not None and planner.auto and planner.final_summary() not in self.notes[-1:]:
+            self._note(planner.final_summary())
         if not results:
             return torch.zeros((0,) + self.row_shape)
         return torch.cat(results) if len(results) > 1 else results[0]
+
+    def _run_checked(self, rows: Tensor) -> Tensor:
+        """A chunk that carries the first evaluation's row last; its batched output must match
+        the one alone, else the model depends on the batch and the chunk is re-run row by row."""
+        assert self._reference is not None and self.planner is not None and self.row_shape is not None
+        ref_inputs, ref_out = self._reference
+        count, n = rows.shape[0], self.num_examples
+        inputs = self.perturber(rows, self.buffer)
+        out = self._call_model(tuple(torch.cat([x, r]) for x, r in zip(inputs, ref_inputs)), count + 1, count)
+        self.planner.record(count + 1, self.caller.seconds if self.caller else 1.0)
+        lead = self.row_shape[0] if self.row_shape else 1
+        if out.dim() < 1 or out.shape[0] != (count + 1) * lead:
+            self._check_chunk(out, count + 1)  # raises: the output does not grow with the batch
+        if close(out[count * lead:].reshape(ref_out.shape), ref_out):
+            return out[:count * lead]
+        reason = (f"a batch of two different rows gave other outputs than the rows alone (row-by-row check of "
+                  f"the first batched chunk of {count + 1} perturbations): the model's outputs depend on the batch")
+        self._note(self.planner.row_by_row(reason), warn_user=True)
+        return torch.cat([self._own(self._call_model(tuple(x[i * n:(i + 1) * n] for x in inputs), 1, 0))
+                          for i in range(count)])
+
+    def _note(self, text: str, warn_user: bool = False) -> None:
+        self.notes.append(text)
+        if self.stats is not None:
+            self.stats.notes.append(text)
+        if warn_user:
+            warn(text)
 
     def _check_chunk(self, out: Tensor, rows: int) -> Tensor:
         expected = rows * math.prod(self.row_shape)

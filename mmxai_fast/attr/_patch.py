@@ -13,11 +13,10 @@ our classes subclass Captum's and add no state of their own). Subclasses written
 Captum's behaviour. :func:`unpatch_captum` restores every replaced attribute.
 
 ``patch_captum(batch="auto")`` (and the other :class:`~mmxai_fast.attr._model_policy.ModelPolicy`
-settings) also runs every ``attribute`` call's model through a
-:class:`~mmxai_fast.attr._model_policy.ModelRunner`: ``perturbations_per_eval=1`` becomes a chunk
-chosen by measured throughput where batching is safe, 3D inputs go channels-last where faster,
-model calls run under inference mode; calls and model time are counted in
-:data:`~mmxai_fast.attr._model_policy.REPORT`.
+settings) also runs every ``attribute`` call in a policy session: ``perturbations_per_eval=1``
+becomes the Evaluator's ``"auto"`` (a chunk grown by measured throughput, checked for batch
+dependence, channels-last where faster), the Evaluator applies the other settings to every model
+call, and calls and model time are counted in :data:`~mmxai_fast.attr._model_policy.REPORT`.
 
 One exception keeps Captum itself working: a defining module whose own code looks a class up by
 its global name (Captum 0.9's ``ShapleyValues.__init__`` calls
@@ -36,7 +35,7 @@ import captum.attr
 import torch
 
 from . import feature_ablation, feature_permutation, kernel_shap, lime, occlusion, shapley_value
-from ._model_policy import CALLS, REPORT, ModelPolicy, ModelRunner
+from ._model_policy import CALLS, REPORT, ModelPolicy, policy_session
 
 __all__ = ["patch_captum", "unpatch_captum"]
 
@@ -91,7 +90,8 @@ _local = threading.local()  # the policy call in progress on this thread (nested
 
 
 def _policy_attribute(original: Callable, policy: ModelPolicy) -> Callable:
-    """``original`` (an unwrapped ``attribute``) with its model run by a :class:`ModelRunner`."""
+    """``original`` (an unwrapped ``attribute``) run in a :func:`policy_session`: its Evaluator
+    applies ``policy``; ``batch="auto"`` turns ``perturbations_per_eval=1`` into ``"auto"``."""
     signature = inspect.signature(original)
 
     def attribute(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -101,23 +101,16 @@ def _policy_attribute(original: Callable, policy: ModelPolicy) -> Callable:
         bound.apply_defaults()
         inputs = bound.arguments["inputs"]
         inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-        extra = bound.arguments.get("additional_forward_args")
-        extra = () if extra is None else (extra if isinstance(extra, tuple) else (extra,))
+        if (policy.batch == "auto" and bound.arguments.get("perturbations_per_eval", None) == 1
+                and all(isinstance(x, torch.Tensor) for x in inputs)):
+            bound.arguments["perturbations_per_eval"] = "auto"
         stats = REPORT[type(self).__name__]
-        forward = self.forward_func
-        num_examples = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() else 1
-        runner = ModelRunner(forward, policy, stats, num_examples)
         start, model_before, evaluations_before = time.perf_counter(), stats.model_s, stats.evaluations
         _local.active = True
-        self.forward_func = runner
         try:
-            if (policy.batch == "auto" and bound.arguments.get("perturbations_per_eval", None) == 1
-                    and all(isinstance(x, torch.Tensor) for x in inputs)):
-                bound.arguments["perturbations_per_eval"] = runner.choose_perturbations_per_eval(
-                    inputs, extra, _perturbation_count(bound.arguments))
-            return original(*bound.args, **bound.kwargs)
+            with policy_session(policy, stats):
+                return original(*bound.args, **bound.kwargs)
         finally:
-            self.forward_func = forward
             _local.active = False
             wall = time.perf_counter() - start
             stats.calls += 1
@@ -125,16 +118,6 @@ def _policy_attribute(original: Callable, policy: ModelPolicy) -> Callable:
             CALLS.append((type(self).__name__, wall, stats.model_s - model_before, stats.evaluations - evaluations_before))
 
     return attribute
-
-
-def _perturbation_count(arguments: Dict[str, Any]) -> Optional[int]:
-    """An upper bound on the useful chunk: the number of features when a feature mask is given
-    (FeatureAblation makes exactly that many perturbations), else None."""
-    masks = arguments.get("feature_mask")
-    masks = masks if isinstance(masks, tuple) else (masks,)
-    if not masks or not all(isinstance(m, torch.Tensor) and m.numel() for m in masks):
-        return None
-    return sum(int(m.max()) + 1 for m in masks)
 
 
 def _dispatcher(captum_cls: type, ours: type, original: Callable) -> Callable:

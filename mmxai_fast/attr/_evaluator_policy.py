@@ -1,0 +1,248 @@
+"""The :class:`~mmxai_fast.attr._evaluator.Evaluator`'s model-speed policies.
+
+They apply to ``perturbations_per_eval="auto"`` and to every call made while a patch policy is
+active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an int
+``perturbations_per_eval`` without a patch calls the model exactly as Captum does.
+
+- :class:`ModelCaller` (every model call): 5-D inputs in ``torch.channels_last_3d`` when chosen
+  (the chunk buffer is converted once per call), ``torch.inference_mode`` (perturbation methods
+  never differentiate the model; a model that fails under it is called without it, once said),
+  opt-in autocast (its error against float32 on the first call reported), ``torch.compile`` and
+  CUDA graphs; every call timed into the patch's :class:`~mmxai_fast.attr._model_policy.MethodStats`.
+- :class:`ChunkPlanner` (rows per model call for ``"auto"``): the chunk grows 2, 4, 8, ... on the
+  attribution's own rows (no extra probe evaluations), within the memory cap, until two doublings
+  in a row fail to raise the model's measured throughput by :data:`MIN_GAIN`; the chunk with the
+  best throughput is kept (a larger one only when :data:`MIN_GAIN` faster; a model whose first
+  call takes under :data:`FAST_CALL_S` goes straight to the cap), then one chunk in
+  ``channels_last_3d`` decides the layout (kept when :data:`MIN_LAYOUT_GAIN` faster). The first
+  chunk of every size is checked for batch dependence: it carries the first evaluation's row (run
+  alone at :meth:`Evaluator.initialize`) as its last row, whose batched output must equal the
+  one alone to the dtype's tolerance; a model that fails (or is in train mode) goes row by row
+  with one warning saying why, and the failing chunk is re-run row by row.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._model_policy import MethodStats, ModelPolicy
+
+__all__ = ["ChunkPlanner", "ModelCaller", "close", "training_modules"]
+
+#: A doubling of the chunk must raise measured throughput by this factor to be taken.
+MIN_GAIN = 1.10
+#: A first model call faster than this (seconds) skips the ramp: the chunk is the memory cap.
+FAST_CALL_S = 0.01
+#: channels_last_3d must be this much faster than the plain layout to be kept.
+MIN_LAYOUT_GAIN = 1.05
+_TOLERANCE = {torch.float64: (1e-7, 1e-9), torch.float32: (1e-4, 1e-5),
+              torch.bfloat16: (3e-2, 1e-2), torch.float16: (1e-2, 1e-3)}
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def close(a: Tensor, b: Tensor) -> bool:
+    """Equal to the float tolerance of ``a``'s dtype (atol scaled by ``max |b|``)."""
+    rtol, atol = _TOLERANCE.get(a.dtype, (1e-4, 1e-5))
+    scale = float(b.detach().abs().max()) if b.numel() else 1.0
+    return a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol * max(1.0, scale))
+
+
+def training_modules(forward_func: Callable) -> List[str]:
+    """Names of the BatchNorm/Dropout layers behind ``forward_func`` that are in train mode (their
+    outputs depend on the batch or on the random stream, so batching would change the results)."""
+    owner = forward_func if isinstance(forward_func, torch.nn.Module) else getattr(forward_func, "__self__", None)
+    if not isinstance(owner, torch.nn.Module):
+        return []
+    batch_dependent = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+    return [type(m).__name__ for m in owner.modules() if m.training and isinstance(m, batch_dependent)]
+
+
+class ModelCaller:
+    """``forward_func`` under a :class:`ModelPolicy` (module docstring); called like the model."""
+
+    def __init__(self, forward_func: Callable, policy: ModelPolicy, stats: Optional[MethodStats],
+                 note: Callable[..., None]) -> None:
+        self.forward_func = forward_func
+        self.policy = policy
+        self.stats = stats
+        self.note = note
+        self.channels_last = policy.channels_last is True
+        self.inference_mode = policy.inference_mode
+        self.seconds = 0.0  # model time of the last call
+        self._autocast_checked = False
+        self._graphs: Dict[Tuple, Any] = {}
+        self._model: Callable = self._compile() if policy.compile else forward_func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.raw(args, kwargs, self.policy.autocast)
+        if self.policy.autocast and not self._autocast_checked:
+            self._autocast_checked = True
+            exact = self.raw(args, kwargs, None)
+            if isinstance(out, Tensor) and isinstance(exact, Tensor) and exact.numel():
+                err = float((out.double() - exact.double()).abs().max())
+                scale = float(exact.double().abs().max()) or 1.0
+                self.note(f"autocast={self.policy.autocast}: max abs error {err:.3g} ({err / scale:.3g} relative) "
+                          f"against float32 on the first chunk")
+        return out
+
+    def raw(self, args: Tuple, kwargs: Dict, autocast: Optional[str]) -> Any:
+        """One timed model call with the layout, inference-mode and autocast settings."""
+        if self.channels_last:
+            args = tuple(a.contiguous(memory_format=torch.channels_last_3d)
+                         if isinstance(a, Tensor) and a.dim() == 5 else a for a in args)
+        dtype = _AUTOCAST.get(autocast) if autocast else None
+        device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode(self.inference_mode), \
+                    torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+                out = self._graph_call(args, kwargs) if self.policy.cuda_graphs else self._model(*args, **kwargs)
+        except RuntimeError as err:  # retried once without the failing setting; a second failure raises
+            if self.inference_mode:
+                self.inference_mode = False
+                self.note(f"inference_mode not used: the model failed under it ({err})")
+            elif self.channels_last and self.policy.channels_last == "auto":
+                self.channels_last = False
+                self.note(f"channels_last_3d not used: the model failed on it ({err})")
+            else:
+                raise
+            return self.raw(args, kwargs, autocast)
+        self.seconds = time.perf_counter() - start
+        if self.stats is not None:
+            self.stats.model_s += self.seconds
+            self.stats.model_calls += 1
+        if isinstance(out, Tensor) and out.is_inference():
+            out = out.clone()  # inference tensors cannot be modified in place outside inference mode
+        return out.float() if autocast and isinstance(out, Tensor) and out.is_floating_point() else out
+
+    def _compile(self) -> Callable:
+        try:
+            return torch.compile(self.forward_func, dynamic=False)
+        except Exception as exc:  # noqa: BLE001 - any failure means: run eagerly, say why
+            self.note(f"compile=True not used: {type(exc).__name__}: {exc}")
+            return self.forward_func
+
+    def _graph_call(self, args: Tuple, kwargs: Dict) -> Any:
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        if kwargs or not tensors or len(tensors) != len(args) or tensors[0].device.type != "cuda":
+            self.note("cuda_graphs=True not used: needs CUDA tensor inputs and no keyword arguments")
+            return self._model(*args, **kwargs)
+        key = tuple((a.shape, a.dtype, a.device) for a in tensors)
+        if key not in self._graphs:
+            static_in = [a.clone() for a in tensors]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._model(*static_in)  # warm-up outside the capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._model(*static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        for dst, src in zip(static_in, tensors):
+            dst.copy_(src)
+        graph.replay()
+        return static_out.clone()
+
+
+class ChunkPlanner:
+    """Rows per model call (module docstring): a ramp for ``"auto"``, else a fixed size.
+
+    Args:
+        cap: the most rows per call (the memory budget, or the caller's int).
+        ramp: grow the chunk by measured throughput (``"auto"``); False: always ``cap``.
+        layout_trial: measure channels_last_3d once the ramp settles (5-D inputs, ``"auto"``).
+        caller: the :class:`ModelCaller` whose layout the trial sets.
+    """
+
+    def __init__(self, cap: int, ramp: bool, layout_trial: bool, caller: ModelCaller) -> None:
+        self.cap = max(1, cap)
+        self.auto = ramp
+        self.ramp = ramp and self.cap > 1
+        self.layout_trial = layout_trial
+        self.caller = caller
+        self.size = 2 if self.ramp else self.cap
+        self.rates: Dict[int, float] = {}
+        self.checked: set = set()
+        self.trial: Optional[int] = None  # chunk size of the layout trial in progress
+        self.batch_dependent = False
+        self.summary: Optional[str] = None
+        self.used = 0  # the most new rows of one call so far
+
+    def next_chunk(self, remaining: int) -> Tuple[int, bool]:
+        """(new rows of the next chunk, whether it carries the check row)."""
+        check = self.size > 1 and self.size not in self.checked
+        count = min(self.size - 1 if check else self.size, remaining)
+        self.used = max(self.used, count)
+        if check:
+            self.checked.add(self.size)
+        if self.layout_trial and not self.ramp and count == self.size and not check:
+            self.trial, self.caller.channels_last = self.size, True
+        return count, check
+
+    def record(self, model_rows: int, seconds: float, first: bool = False) -> None:
+        """Throughput of a call of ``model_rows`` rows (``first``: the initial, one-row call)."""
+        rate = model_rows / max(seconds, 1e-9)
+        if first:
+            self.rates[1] = rate
+            if self.ramp and seconds < FAST_CALL_S:  # per-call overhead dominates: no ramp, no trial
+                self.ramp, self.layout_trial, self.size = False, False, self.cap
+            return
+        if self.trial is not None:
+            self.trial, self.layout_trial = None, False
+            self.caller.channels_last = rate >= self.rates.get(model_rows, 0.0) * MIN_LAYOUT_GAIN
+            self._summarize()
+            return
+        if not self.ramp or model_rows != self.size:
+            return
+        self.rates[model_rows] = rate
+        best = self._best()
+        if best * 2 >= self.size and self.size * 2 <= self.cap:  # stop after two doublings without a gain
+            self.size *= 2
+            return
+        self.size, self.ramp = best, False
+        if not self.layout_trial:
+            self._summarize()
+
+    def set_cap(self, cap: int, shrink_only: bool = False) -> None:
+        """A new most rows per call (``shrink_only``: after running out of memory; the ramp ends)."""
+        self.cap = max(1, cap)
+        if shrink_only:
+            self.ramp = False
+        if not self.ramp and not self.batch_dependent:
+            self.size = self.cap if not (shrink_only or self.auto) else min(self.size, self.cap)
+        self.size = min(self.size, self.cap)
+
+    def row_by_row(self, reason: str) -> str:
+        self.batch_dependent, self.ramp, self.layout_trial, self.size = True, False, False, 1
+        self.summary = f"{'batch=auto ' if self.auto else ''}kept perturbations_per_eval=1: {reason}"
+        return self.summary
+
+    def _best(self) -> int:
+        """The measured size of best throughput (a larger one only when :data:`MIN_GAIN` faster)."""
+        best = 1
+        for size in sorted(self.rates):
+            if self.rates[size] >= self.rates.get(best, 0.0) * MIN_GAIN:
+                best = size
+        return best
+
+    def _summarize(self) -> None:
+        best = min(self._best() if self.ramp else self.size, max(1, self.used))
+        self.summary = (f"batch=auto: perturbations_per_eval={best} (measured {self.rates.get(best, 0.0):.1f} "
+                        f"evaluations/s against {self.rates.get(1, 0.0):.1f} at 1; channels_last_3d "
+                        f"{'on' if self.caller.channels_last else 'off'})")
+
+    def final_summary(self) -> str:
+        """The note on the chosen chunk (also when the rows ran out before the ramp settled)."""
+        if self.summary is None:
+            self._summarize()
+        return str(self.summary)
+
+
+def warn(text: str) -> None:
+    warnings.warn(f"mmxai_fast: {text}", RuntimeWarning, stacklevel=4)

@@ -1,0 +1,142 @@
+"""The Evaluator's speed policies for ``perturbations_per_eval="auto"`` without any patch: the
+throughput ramp on the attribution's own rows, the batch-dependence check, layout and inference mode."""
+import captum.attr
+import pytest
+import torch
+
+from mmxai_fast.attr import FeatureAblation, Lime, Occlusion, _evaluator_policy
+from mmxai_fast.attr._evaluator_policy import ChunkPlanner, ModelCaller
+from mmxai_fast.attr._model_policy import ModelPolicy
+
+
+class Counting(torch.nn.Module):
+    """A small 3D conv net that records the batch size of every call."""
+
+    def __init__(self, train_bn=False, cross_sample=False):
+        super().__init__()
+        torch.manual_seed(0)
+        layers = [torch.nn.Conv3d(2, 4, 3, padding=1)] + ([torch.nn.BatchNorm3d(4)] if train_bn else [])
+        self.net = torch.nn.Sequential(*layers, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(2), torch.nn.Flatten(),
+                                       torch.nn.Linear(32, 3))
+        self.cross_sample = cross_sample
+        self.batches = []
+        self.inference = []
+        self.channels_last = []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        self.inference.append(torch.is_inference_mode_enabled())
+        self.channels_last.append(x.is_contiguous(memory_format=torch.channels_last_3d) and x.shape[1] > 1)
+        out = self.net(x)
+        return out - out.mean(0, keepdim=True) + out if self.cross_sample else out
+
+
+def _case():
+    torch.manual_seed(1)
+    x = torch.randn(1, 2, 8, 8, 8)
+    mask = (torch.arange(512).reshape(1, 1, 8, 8, 8) // 32).expand(1, 2, 8, 8, 8).contiguous()  # 16 features
+    return x, mask
+
+
+def test_fast_models_go_straight_to_the_cap_with_the_check_row(monkeypatch):
+    monkeypatch.setattr(_evaluator_policy, "FAST_CALL_S", 60.0)  # "fast" whatever the machine's load
+    model, (x, mask) = Counting().eval(), _case()
+    FeatureAblation(model).attribute(x, target=1, feature_mask=mask, perturbations_per_eval="auto")
+    assert model.batches == [1, 17]  # the reference alone, then all 16 rows and the check row
+
+
+def test_auto_grows_the_chunk_on_real_rows_and_keeps_results(monkeypatch):
+    monkeypatch.setattr(_evaluator_policy, "FAST_CALL_S", 0.0)  # ramp even for this tiny model
+    model, (x, mask) = Counting().eval(), _case()
+    expected = captum.attr.FeatureAblation(model).attribute(x, target=1, feature_mask=mask)
+    model.batches.clear()
+    got = FeatureAblation(model).attribute(x, target=1, feature_mask=mask, perturbations_per_eval="auto")
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert model.batches[:2] == [1, 2]  # the reference alone, then one new row with the check row
+    assert sum(model.batches) <= 1 + 16 + len(model.batches) - 1  # at most one check row per call, no probes
+    assert all(model.inference[-len(model.batches):])
+
+
+@pytest.mark.parametrize("model, why", [(Counting(train_bn=True).train(), "train mode"),
+                                        (Counting(cross_sample=True).eval(), "two different rows")])
+def test_auto_keeps_batch_one_for_batch_dependent_models(model, why):
+    x, mask = _case()
+    expected = captum.attr.FeatureAblation(model).attribute(x, target=1, feature_mask=mask)
+    model.batches.clear()
+    with pytest.warns(RuntimeWarning, match=why):
+        got = FeatureAblation(model).attribute(x, target=1, feature_mask=mask, perturbations_per_eval="auto")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert max(model.batches[2:], default=1) == 1  # after the (failed) check: row by row
+
+
+def test_int_perturbations_per_eval_without_a_patch_calls_the_model_as_captum():
+    model, (x, mask) = Counting().eval(), _case()
+    FeatureAblation(model).attribute(x, target=1, feature_mask=mask, perturbations_per_eval=4)
+    assert model.batches == [1, 4, 4, 4, 4] and not any(model.inference)
+
+
+def test_lime_auto_gives_the_coefficients_of_batch_one():
+    model, (x, mask) = Counting().eval(), _case()
+    torch.manual_seed(3)
+    expected = Lime(model).attribute(x, target=0, feature_mask=mask, n_samples=40)
+    torch.manual_seed(3)
+    got = Lime(model).attribute(x, target=0, feature_mask=mask, n_samples=40, perturbations_per_eval="auto")
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_occlusion_auto_matches_captum():
+    model, (x, _) = Counting().eval(), _case()
+    expected = captum.attr.Occlusion(model).attribute(x, (2, 4, 4, 4), strides=(2, 2, 2, 2), target=2)
+    got = Occlusion(model).attribute(x, (2, 4, 4, 4), strides=(2, 2, 2, 2), target=2, perturbations_per_eval="auto")
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def _planner(cap=32, layout=True):
+    caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
+    return ChunkPlanner(cap, True, layout, caller), caller
+
+
+def test_ramp_keeps_the_size_of_best_throughput_then_tries_the_layout():
+    planner, caller = _planner()
+    planner.record(1, 1.0, first=True)  # 1 row/s alone
+    rates = {2: 3.0, 4: 5.0, 8: 5.2, 16: 5.1}  # plateau from 4 rows on
+    sizes = []
+    while planner.ramp:
+        count, check = planner.next_chunk(1000)
+        size = count + check
+        sizes.append(size)
+        planner.record(size, size / rates[size])
+    assert sizes == [2, 4, 8, 16] and planner.size == 4
+    count, check = planner.next_chunk(1000)
+    assert (count, check, caller.channels_last) == (4, False, True)  # the layout trial
+    planner.record(4, 4 / 6.0)  # 20% faster in channels_last_3d: kept
+    assert caller.channels_last and "perturbations_per_eval=4" in planner.final_summary()
+    assert "channels_last_3d on" in planner.final_summary()
+
+
+def test_layout_trial_that_is_not_faster_goes_back_to_the_plain_layout():
+    planner, caller = _planner(cap=2)
+    planner.record(1, 1.0, first=True)
+    assert planner.next_chunk(100) == (1, True)  # one new row and the check row
+    planner.record(2, 2 / 3.0)  # the ramp ends at the cap
+    assert planner.next_chunk(100) == (2, False)
+    assert caller.channels_last
+    planner.record(2, 2 / 3.0)
+    assert not caller.channels_last
+
+
+def test_inference_mode_falls_back_for_a_model_that_needs_autograd():
+    weight = torch.ones(3, requires_grad=True)
+
+    def needs_grad(x):
+        with torch.enable_grad():
+            y = (x.flatten(1)[:, :3] * weight).sum()
+            (g,) = torch.autograd.grad(y, weight)
+        return x.flatten(1).sum(1, keepdim=True) + g.sum()
+
+    x = torch.randn(1, 6)
+    notes = []
+    caller = ModelCaller(needs_grad, ModelPolicy(), None, notes.append)
+    out = caller(x)
+    torch.testing.assert_close(out, x.sum(1, keepdim=True) + x[:, :3].sum())
+    assert not caller.inference_mode and "inference_mode not used" in notes[0]
