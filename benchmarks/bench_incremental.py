@@ -104,7 +104,7 @@ def bench_occlusion(name, model, x, n_windows, chunk, drill, repeats):
     dense_evaluator(model)(x.repeat(2, 1, 1, 1, 1), None)  # warm-up
     dense, dense_s, inc, inc_s = timed_pair(
         lambda: occlusion_diffs(dense_evaluator(model), ref, x, windows, ids, 0.0, 1, chunk),
-        lambda: occlusion_diffs(runner.run, runner.reference_output, x, windows, ids, 0.0, 1, chunk), repeats)
+        lambda: occlusion_diffs(runner, runner.reference_output, x, windows, ids, 0.0, 1, chunk), repeats)
     row = {"case": f"occlusion 16^3/8 {name} {tuple(x.shape[1:])}", "windows_total": windows.num_windows,
            "windows_timed": len(ids), "repeats": repeats, "dense_s": dense_s, "incremental_s": inc_s, "speedup": dense_s / inc_s,
            "cpu_time_speedup": LAST_CPU_RATIO[0], "predicted_speedup": predicted(runner, window_boxes(windows, ids), chunk),
@@ -115,7 +115,7 @@ def bench_occlusion(name, model, x, n_windows, chunk, drill, repeats):
         exact, exact_s = timed(lambda: occlusion(model, x, (16, 16, 16), 8, target=1, chunk=chunk, runner=runner))
         dense_exact_s = dense_s / len(ids) * windows.num_windows
         for factor, fraction in drill:
-            (attr, stats), drill_s = timed(lambda: drilldown_occlusion(runner.run, runner.reference_output, x, (16, 16, 16),
+            (attr, stats), drill_s = timed(lambda: drilldown_occlusion(runner, runner.reference_output, x, (16, 16, 16),
                                                                        8, target=1, coarse_factor=factor,
                                                                        fraction=fraction, chunk=chunk))
             rows.append({"case": f"drill-down occlusion {name} {tuple(x.shape[1:])} factor {factor} top {fraction}",
@@ -138,7 +138,8 @@ def bench_shapley(name, model, x, steps, chains, repeats):
     boxes = feature_boxes(mask, num_features, x.shape[2:])[perms[:, :steps].T.reshape(-1)]
     return [{"case": f"shapley {num_features} superpixels {name} {tuple(x.shape[1:])}", "chains": chains,
              "steps_timed": steps, "repeats": repeats, "dense_s": dense_s, "incremental_s": inc_s, "speedup": dense_s / inc_s,
-             "cpu_time_speedup": LAST_CPU_RATIO[0], "predicted_speedup": predicted(runner, boxes, chains), "cache_MB_per_chain": runner.cache_bytes / 2 ** 20,
+             "cpu_time_speedup": LAST_CPU_RATIO[0], "predicted_speedup": predicted(runner, boxes, chains),
+             "cache_MB_per_chain": runner.cache_bytes / 2 ** 20,
              "max_abs_diff_vs_dense": float((inc - dense).abs().max())}]
 
 

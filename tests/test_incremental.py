@@ -197,3 +197,36 @@ def test_bad_arguments_name_the_argument():
         IncrementalRunner(plan, x, threshold=0.0)
     with pytest.raises(ValueError, match="example_input must be"):
         IncrementalPlan.from_module(model, torch.zeros(8, 8))
+
+
+def test_patch_inputs_equal_dense_for_runs_and_chains():
+    torch.manual_seed(0)
+    model = randomise_norms(layers(3)["residual"]).double().eval()
+    x = torch.randn(1, 3, 9, 10, 11, dtype=torch.float64)
+    runner = IncrementalRunner(IncrementalPlan.from_module(model, x), x, min_parallel_flops=0)
+    starts = torch.tensor([[0, 0, 0], [6, 7, 8], [3, 4, 2]])
+    patch = torch.randn(3, 3, 3, 3, 3, dtype=torch.float64)
+    full = x.repeat(3, 1, 1, 1, 1)
+    for r, (a, b, c) in enumerate(starts.tolist()):
+        full[r, :, a:a + 3, b:b + 3, c:c + 3] = patch[r]
+    threads = torch.get_num_threads()
+    with torch.no_grad():
+        assert (runner.run_patch(patch, starts) - model(full)).abs().max() <= 1e-10
+        assert torch.get_num_threads() == threads
+        states = runner.start_chains(3)
+        runner.step_patch(states, patch, starts)
+        # second step: each chain changes another box of its own previous input
+        starts2 = torch.tensor([[1, 1, 1], [0, 6, 0], [3, 5, 3]])
+        patch2 = torch.randn(3, 3, 2, 4, 2, dtype=torch.float64)
+        for r, (a, b, c) in enumerate(starts2.tolist()):
+            full[r, :, a:a + 2, b:b + 4, c:c + 2] = patch2[r]
+        assert (runner.step_patch(states, patch2, starts2) - model(full)).abs().max() <= 1e-10
+        # a full-input step after patch steps sees the same chain inputs
+        full[0, :, 8, 9, 10] = 5.0
+        assert (runner.step(states, full, [[[8, 9], [9, 10], [10, 11]]] * 3) - model(full)).abs().max() <= 1e-10
+    with pytest.raises(ValueError, match="starts must place the patch inside the map"):
+        runner.run_patch(patch, torch.tensor([[7, 0, 0]] * 3))
+    with pytest.raises(ValueError, match="patch must have shape"):
+        runner.run_patch(patch[:, :2], starts)
+    with pytest.raises(ValueError, match="starts must have shape"):
+        runner.run_patch(patch, starts[:2])

@@ -11,7 +11,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from ..ops import occlusion_attribution
-from .drivers import Evaluate, occlusion_diffs, occlusion_windows
+from .drivers import occlusion_diffs, occlusion_windows
 
 
 def _average_ranks(v: torch.Tensor) -> torch.Tensor:
@@ -64,7 +64,7 @@ def _interpolate_dim(values: torch.Tensor, dim: int, pos: torch.Tensor, count: i
     return torch.maximum(a, b) if peak else a + (b - a) * w.view(shape)
 
 
-def drilldown_occlusion(evaluate: Evaluate, reference_output: torch.Tensor, x: torch.Tensor,
+def drilldown_occlusion(evaluate, reference_output: torch.Tensor, x: torch.Tensor,
                         window: Sequence[int], strides, baseline=0.0, target: Optional[int] = None,
                         coarse_factor: int = 2, fraction: float = 0.1, chunk: int = 16
                         ) -> Tuple[torch.Tensor, Dict[str, float]]:

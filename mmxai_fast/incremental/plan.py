@@ -134,7 +134,9 @@ class IncrementalPlan:
         return cached
 
     def cache_bytes(self, dense_from: Optional[int] = None, itemsize: int = 4) -> int:
-        return sum(_numel(self.infos[n].shape) * itemsize for n in self.cached_nodes(dense_from))
+        """Bytes of the cached activations plus the reference input (the base of patch inputs)."""
+        shapes = [self.infos[n].shape for n in self.cached_nodes(dense_from)] + [self.input_shape]
+        return sum(_numel(shape) * itemsize for shape in shapes)
 
     @property
     def unsupported(self) -> List[Tuple[str, str]]:
