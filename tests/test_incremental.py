@@ -230,3 +230,30 @@ def test_patch_inputs_equal_dense_for_runs_and_chains():
         runner.run_patch(patch[:, :2], starts)
     with pytest.raises(ValueError, match="starts must have shape"):
         runner.run_patch(patch, starts[:2])
+
+
+def test_several_boxes_per_row_split_or_merged_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2), nn.Conv3d(4, 4, 3, padding=1),
+                          nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2)).double().eval()
+    x = torch.randn(1, 2, 32, 32, 32, dtype=torch.float64)
+    runner = IncrementalRunner(IncrementalPlan.from_module(model, x), x)
+    far = [[[0, 2]] * 3, [[29, 31]] * 3]  # opposite corners: two small boxes beat their bounding box
+    near = [[[5, 7]] * 3, [[8, 10]] * 3]  # halos meet: recomputed as one box
+    empty = [[[3, 5], [3, 5], [3, 5]], [[9, 9], [0, 0], [0, 0]]]  # an empty part is ignored
+    boxes = torch.tensor([far, near, empty])
+    inputs = perturbed(x, [[[0, 32]] * 3] * 3)
+    for r, row in enumerate(boxes.tolist()):  # rows equal x outside their boxes
+        keep = torch.ones(32, 32, 32, dtype=torch.bool)
+        for box in row:
+            keep[tuple(slice(a, b) for a, b in box)] = False
+        inputs[r][:, keep] = x[0][:, keep]
+    with torch.no_grad():
+        dense = model(inputs)
+    assert (runner.run(inputs, boxes) - dense).abs().max() <= 1e-10
+    assert runner.last_virtual_rows == 4  # far split in two, near merged by the check, empty part dropped
+    assert (runner.run(inputs[:1], boxes[:1]) - dense[:1]).abs().max() <= 1e-10
+    assert runner.last_virtual_rows == 2
+    states = runner.start_chains(3)  # chains: separate boxes read the updated states, always exact
+    assert (runner.step(states, inputs, boxes) - dense).abs().max() <= 1e-10
+    assert runner.last_virtual_rows in (4, 5)  # near: merged or split by cost

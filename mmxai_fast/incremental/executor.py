@@ -16,8 +16,9 @@ from typing import Any, Callable, Dict, List, Optional, cast
 import torch
 from torch import fx
 
-from .boxes import boxes_tensor, threshold_cap
+from .boxes import box_parts, merge_parts, threshold_cap
 from .plan import IncrementalPlan
+from .split import choose_split
 
 
 class _Patched:
@@ -48,7 +49,7 @@ def _copy_box(dst: torch.Tensor, dst_starts, src: torch.Tensor, src_starts, lohi
         src[(slice(None),) + tuple(slice(lo - s, hi - s) for (lo, hi), s in zip(lohi, src_starts))]
 
 
-def _gather(v: _Patched, starts: List[List[int]], size, pad: float) -> torch.Tensor:
+def _gather(v: _Patched, starts: List[List[int]], size, pad: float, row_of: List[int]) -> torch.Tensor:
     """``[B, C, *size]``: each row's values on its region (``pad`` outside the map): per row one
     strided copy from the base and one of the overlapping part of the row's recomputed box."""
     if v.overlay and v.data is not None and tuple(size) == v.size and starts == v.starts:
@@ -62,23 +63,23 @@ def _gather(v: _Patched, starts: List[List[int]], size, pad: float) -> torch.Ten
     origin = (0,) * len(bounds)
     patched = v.overlay and v.data is not None
     for r, (st, c) in enumerate(zip(starts, clipped)):
-        _copy_box(out[r], st, base[r if base.shape[0] != 1 else 0], origin, c)
+        _copy_box(out[r], st, base[row_of[r] if base.shape[0] != 1 else 0], origin, c)
         if patched:
             ps = v.starts[r]
             _copy_box(out[r], st, v.data[r], ps, [(max(lo, p), min(hi, p + n)) for (lo, hi), p, n in zip(c, ps, v.size)])
     return out
 
 
-def _densify(v: _Patched, rows: int) -> torch.Tensor:
+def _densify(v: _Patched, rows: int, row_of: List[int]) -> torch.Tensor:
     if v.data is None:
         return v.base
-    if v.size == tuple(v.base.shape[2:]):
+    if v.size == tuple(v.base.shape[2:]) and len(row_of) == rows:
         return v.data
     if not v.overlay:
         return v.base.clone()
     out = v.base.expand(rows, *v.base.shape[1:]).clone()
     for r, ps in enumerate(v.starts):
-        out[r][_slices(ps, [p + n for p, n in zip(ps, v.size)])] = v.data[r]
+        out[row_of[r]][_slices(ps, [p + n for p, n in zip(ps, v.size)])] = v.data[r]
     return out
 
 
@@ -124,6 +125,7 @@ class IncrementalRunner:
             raise ValueError(f"memory_budget must be >= 0 bytes or None, got {memory_budget}")
         self.plan, self.threshold, self.memory_budget = plan, threshold, memory_budget
         self.min_parallel_flops = min_parallel_flops
+        self.last_virtual_rows = 0
         self.dense_from = self._cut(ref.element_size())
         self._eff = plan.effective_dense(self.dense_from)
         self._cached = set(plan.cached_nodes(self.dense_from))
@@ -196,32 +198,40 @@ class IncrementalRunner:
                 env.pop(a, None)
 
     def _execute(self, inputs: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, states=None, patch: bool = False):
+        """``lo, hi``: ``[B, nd]``, or ``[B, K, nd]`` (several boxes per row: split or merged)."""
+        row_of = list(range(inputs.shape[0]))
+        if lo.dim() == 3:
+            split = None
+            if lo.shape[1] > 1:
+                split = choose_split(self.plan, lo, hi, states is not None, self._cap_fn(), self.dense_from)
+            lo, hi, row_of = split if split is not None else (*merge_parts(lo, hi), row_of)
+        self.last_virtual_rows = len(row_of)
         threads = torch.get_num_threads()
         try:
-            return self._execute_nodes(inputs, lo, hi, states, threads, patch)
+            return self._execute_nodes(inputs, lo, hi, states, threads, patch, row_of)
         finally:
             torch.set_num_threads(threads)
 
-    def _work(self, node, info, boxes, rows: int) -> float:
+    def _work(self, node, info, boxes, rows: int, virtual: int) -> float:
         """FLOPs (at least one per element) of ``node`` for the batch."""
         if self._eff[node]:
             return rows * info.dense_flops
         per = max(info.flops_per_position, float(info.shape[0]) if info.shape else 1.0)
-        return rows * per * math.prod(boxes[node][1])
+        return virtual * per * math.prod(boxes[node][1])
 
-    def _input_value(self, inputs, starts: List[List[int]], size, states, patch: bool) -> _Patched:
+    def _input_value(self, inputs, starts: List[List[int]], size, states, patch: bool, row_of) -> _Patched:
         """The input node: full rows, or ``patch`` rows over the reference (or chain) input;
         chain input states take the rows' new box values."""
         base = self._ref_input if states is None else states[self._input]
         if states is not None:
             for r, st in enumerate(starts):
                 box = _slices(st, [s + n for s, n in zip(st, size)])
-                base[r][box] = inputs[r] if patch else inputs[r][box]
+                base[row_of[r]][box] = inputs[r] if patch else inputs[row_of[r]][box]
             return _Patched(None, starts, size, base if patch else inputs, overlay=False)
         return _Patched(inputs, starts, size, base, overlay=True) if patch else \
             _Patched(None, starts, size, inputs, overlay=False)
 
-    def _execute_nodes(self, inputs, lo, hi, states, threads: int, patch: bool):
+    def _execute_nodes(self, inputs, lo, hi, states, threads: int, patch: bool, row_of: List[int]):
         plan, rows = self.plan, inputs.shape[0]
         current = threads
         boxes = plan.propagate(lo, hi, self._cap_fn(), self.dense_from)
@@ -233,44 +243,45 @@ class IncrementalRunner:
             if not isinstance(v, _Patched):
                 return v
             if n not in dense:
-                dense[n] = _densify(v, rows)
+                dense[n] = _densify(v, rows, row_of)
             return dense[n]
 
         for i, node in enumerate(plan.nodes):
             info = plan.infos[node]
             if info.kind == "input":
                 starts, size = boxes[node]
-                env[node] = self._input_value(inputs, starts.tolist(), size, states, patch)
+                env[node] = self._input_value(inputs, starts.tolist(), size, states, patch, row_of)
             elif info.kind == "const":
                 env[node] = self._consts[node]
             elif node.op == "output":
                 return fx.node.map_arg(node.args[0], as_dense)
             else:
-                want = threads if self._work(node, info, boxes, rows) >= self.min_parallel_flops else 1
+                work = self._work(node, info, boxes, rows, len(row_of))
+                want = threads if work >= self.min_parallel_flops else 1
                 if want != current:
                     torch.set_num_threads(want)
                     current = want
                 env[node] = (self._call_with(node, as_dense) if self._eff[node]
-                             else self._patched(node, info, env, boxes, states))
+                             else self._patched(node, info, env, boxes, states, row_of))
             self._free(env, node, i)
             for a in node.all_input_nodes:
                 if a not in env:
                     dense.pop(a, None)
         raise AssertionError("graph without output")
 
-    def _patched(self, node, info, env, boxes, states) -> _Patched:
+    def _patched(self, node, info, env, boxes, states, row_of) -> _Patched:
         starts_t, size = boxes[node]
         starts = starts_t.tolist()
         if info.kind == "spatial":
             reg_starts, reg_size = info.window.input_region(starts_t, size)
-            region = _gather(env[info.tensor_args[0]], reg_starts.tolist(), reg_size, info.pad_value)
+            region = _gather(env[info.tensor_args[0]], reg_starts.tolist(), reg_size, info.pad_value, row_of)
             data = info.run_region(region)
         else:
             def value_of(n):
                 v = env[n]
                 if not isinstance(v, _Patched):
                     return v
-                return v.data if info.kind == "unary" and v.data is not None else _gather(v, starts, size, 0.0)
+                return v.data if info.kind == "unary" and v.data is not None else _gather(v, starts, size, 0.0, row_of)
             data = self._call_with(node, value_of)
         if node not in self._cached:
             return _Patched(data, starts, size, None, overlay=True)
@@ -278,7 +289,7 @@ class IncrementalRunner:
             return _Patched(data, starts, size, self._ref[node], overlay=True)
         state = states[node]
         for r, st in enumerate(starts):
-            state[r][_slices(st, [s + n for s, n in zip(st, size)])] = data[r]
+            state[row_of[r]][_slices(st, [s + n for s, n in zip(st, size)])] = data[r]
         return _Patched(data, starts, size, state, overlay=False)
 
     # -- public entry points -------------------------------------------------------------------
@@ -286,12 +297,14 @@ class IncrementalRunner:
         if not isinstance(inputs, torch.Tensor) or tuple(inputs.shape[1:]) != self.plan.input_shape:
             got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
             raise ValueError(f"inputs must have shape (B, {', '.join(map(str, self.plan.input_shape))}), got {got}")
-        return boxes_tensor(boxes, inputs.shape[0], self.plan.nd)
+        return box_parts(boxes, inputs.shape[0], self.plan.nd)
 
     def run(self, inputs: torch.Tensor, boxes) -> torch.Tensor:
         """Model outputs for ``inputs`` ``(B, C, *S)``, where row ``b`` differs from the reference
         only inside ``boxes[b]`` (``[B, nd, 2]`` of ``[start, stop)`` per spatial dim, or
-        ``[B, K, nd, 2]``: several boxes, recomputed as their bounding box).
+        ``[B, K, nd, 2]``: several boxes per row, recomputed separately or as their bounding box,
+        whichever the plan predicts cheaper and keeps exact: ``last_virtual_rows`` says how many
+        boxes the last call recomputed).
 
         Exact (to float rounding) unless ``threshold`` is set; a wrong box gives wrong outputs.
         """
