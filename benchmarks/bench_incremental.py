@@ -117,12 +117,12 @@ def bench_occlusion(name, model, x, n_windows, chunk, drill, repeats, drill_seed
         run = runner if seed == 0 else IncrementalRunner(runner.plan, xs)
         exact, exact_s = timed(lambda: occlusion(model, xs, (16, 16, 16), 8, target=1, chunk=chunk, runner=run))
         dense_exact_s = dense_per_window * windows.num_windows
-        for factor, fraction in drill:
+        for factor, fraction, focus in drill:
             (attr, stats), drill_s = timed(lambda: drilldown_occlusion(run, run.reference_output, xs, (16, 16, 16),
                                                                        8, target=1, coarse_factor=factor,
-                                                                       fraction=fraction, chunk=chunk))
+                                                                       fraction=fraction, chunk=chunk, focus=focus))
             rows.append({"case": f"drill-down occlusion {name} {tuple(x.shape[1:])} seed {seed} factor {factor} "
-                                 f"top {fraction}",
+                                 f"top {fraction} focus {focus}", "focus_rounds": stats["rounds"],
                          "windows_total": stats["windows"], "windows_evaluated": stats["evaluated"],
                          "dense_exact_s_extrapolated": dense_exact_s, "incremental_exact_s": exact_s,
                          "drilldown_s": drill_s, "speedup": dense_exact_s / drill_s,
@@ -177,7 +177,8 @@ def main(argv=None):
             n_windows = (8 if vgg else 4) if args.quick else (24 if vgg else 8)
             if not small:  # 4x128^3: a dense row costs 8x more; fewer windows (the cost per window is the same)
                 n_windows = 8 if vgg else 2
-            drill = [(2, 0.1), (2, 0.2), (2, 0.3)] if vgg and small else None
+            # defaults (focus refinement) and the plain coarse-then-top-fraction mode
+            drill = [(2, 0.05, 0.02), (2, 0.2, 0.0)] if vgg and small else None
             repeats = 2 if vgg and small else 1
             rows += bench_occlusion(name, model, x, n_windows, 8 if small else 4, drill, repeats)
             if vgg or (small and not args.quick):
