@@ -174,7 +174,7 @@ def main(argv=None):
         x = volume(side)
         for name, model in nets.items():
             vgg, small = name == "vgg3d", side == 64
-            n_windows = (8 if vgg else 4) if args.quick else (24 if vgg else 8)
+            n_windows = (8 if vgg else 4) if args.quick else (16 if vgg else 4)
             if not small:  # 4x128^3: a dense row costs 8x more; fewer windows (the cost per window is the same)
                 n_windows = 8 if vgg else 2
             # defaults (focus refinement) and the plain coarse-then-top-fraction mode
@@ -182,8 +182,8 @@ def main(argv=None):
             repeats = 2 if vgg and small else 1
             rows += bench_occlusion(name, model, x, n_windows, 8 if small else 4, drill, repeats)
             if vgg or (small and not args.quick):
-                rows += bench_shapley(name, model, x, steps=8 if args.quick or not small else 24, chains=4,
-                                      repeats=repeats)
+                rows += bench_shapley(name, model, x, steps=24 if vgg and small and not args.quick else 8,
+                                      chains=4, repeats=repeats)
             print(*(f"{r['case']}: {r['speedup']:.2f}x" for r in rows[-2:]), sep="\n", flush=True)
     env = environment(torch.device("cpu"))
     env.update(load_before=load_before, load_after=os.getloadavg(), cpu_model=_cpu_model(), argv=sys.argv[1:],
