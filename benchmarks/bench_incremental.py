@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD python benchmarks/bench_incremental.py --quick     # ~3 min: 4x64^3, window subsets
     PYTHONPATH=$PWD python benchmarks/bench_incremental.py             # 4x64^3, more windows / steps
-    PYTHONPATH=$PWD python benchmarks/bench_incremental.py --full      # adds 4x128^3 (~10 min)
+    PYTHONPATH=$PWD python benchmarks/bench_incremental.py --full      # adds 4x128^3 (~20 min at load 11)
 
 Side by side in one process (same load): Occlusion (16^3 windows, stride 8) and Shapley value
 sampling (about 200 SLIC superpixels) on a VGG-like (mmxai_fast VGG3D) and a ResNet-like (MONAI
