@@ -1,8 +1,8 @@
 """Incremental inference vs dense batched inference for perturbation explanations of 3D CNNs.
 
-    PYTHONPATH=$PWD python benchmarks/bench_incremental.py --quick     # ~2-3 min: 4x64^3, window subsets
+    PYTHONPATH=$PWD python benchmarks/bench_incremental.py --quick     # ~3 min: 4x64^3, window subsets
     PYTHONPATH=$PWD python benchmarks/bench_incremental.py             # 4x64^3, more windows / steps
-    PYTHONPATH=$PWD python benchmarks/bench_incremental.py --full      # adds 4x128^3
+    PYTHONPATH=$PWD python benchmarks/bench_incremental.py --full      # adds 4x128^3 (~20 min at load 11)
 
 Side by side in one process (same load): Occlusion (16^3 windows, stride 8) and Shapley value
 sampling (about 200 SLIC superpixels) on a VGG-like (mmxai_fast VGG3D) and a ResNet-like (MONAI
@@ -55,8 +55,8 @@ def models():
     return out
 
 
-def volume(side: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
+def volume(side: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 4, side, side, side, generator=g)
     return torch.nn.functional.avg_pool3d(x, 5, 1, 2) * 3  # smooth: SLIC gives compact superpixels
 
@@ -94,7 +94,7 @@ def predicted(runner, boxes, chunk):
     return runner.plan.dense_flops / (sum(flops) / len(flops))
 
 
-def bench_occlusion(name, model, x, n_windows, chunk, drill, repeats):
+def bench_occlusion(name, model, x, n_windows, chunk, drill, repeats, drill_seeds=(0, 1, 2)):
     windows = occlusion_windows(x, (16, 16, 16), 8)
     step = max(1, windows.num_windows // n_windows)
     ids = list(range(0, windows.num_windows, step))[:n_windows]
@@ -104,21 +104,25 @@ def bench_occlusion(name, model, x, n_windows, chunk, drill, repeats):
     dense_evaluator(model)(x.repeat(2, 1, 1, 1, 1), None)  # warm-up
     dense, dense_s, inc, inc_s = timed_pair(
         lambda: occlusion_diffs(dense_evaluator(model), ref, x, windows, ids, 0.0, 1, chunk),
-        lambda: occlusion_diffs(runner.run, runner.reference_output, x, windows, ids, 0.0, 1, chunk), repeats)
+        lambda: occlusion_diffs(runner, runner.reference_output, x, windows, ids, 0.0, 1, chunk), repeats)
     row = {"case": f"occlusion 16^3/8 {name} {tuple(x.shape[1:])}", "windows_total": windows.num_windows,
            "windows_timed": len(ids), "repeats": repeats, "dense_s": dense_s, "incremental_s": inc_s, "speedup": dense_s / inc_s,
            "cpu_time_speedup": LAST_CPU_RATIO[0], "predicted_speedup": predicted(runner, window_boxes(windows, ids), chunk),
            "cache_MB": runner.cache_bytes / 2 ** 20, "runner_build_s": build_s,
            "max_abs_diff_vs_dense": float((inc - dense).abs().max()), "unsupported": runner.plan.unsupported}
     rows = [row]
-    if drill:
-        exact, exact_s = timed(lambda: occlusion(model, x, (16, 16, 16), 8, target=1, chunk=chunk, runner=runner))
-        dense_exact_s = dense_s / len(ids) * windows.num_windows
-        for factor, fraction in drill:
-            (attr, stats), drill_s = timed(lambda: drilldown_occlusion(runner.run, runner.reference_output, x, (16, 16, 16),
+    dense_per_window = dense_s / len(ids)
+    for seed in (drill_seeds if drill else ()):
+        xs = x if seed == 0 else volume(x.shape[-1], seed)
+        run = runner if seed == 0 else IncrementalRunner(runner.plan, xs)
+        exact, exact_s = timed(lambda: occlusion(model, xs, (16, 16, 16), 8, target=1, chunk=chunk, runner=run))
+        dense_exact_s = dense_per_window * windows.num_windows
+        for factor, fraction, focus in drill:
+            (attr, stats), drill_s = timed(lambda: drilldown_occlusion(run, run.reference_output, xs, (16, 16, 16),
                                                                        8, target=1, coarse_factor=factor,
-                                                                       fraction=fraction, chunk=chunk))
-            rows.append({"case": f"drill-down occlusion {name} {tuple(x.shape[1:])} factor {factor} top {fraction}",
+                                                                       fraction=fraction, chunk=chunk, focus=focus))
+            rows.append({"case": f"drill-down occlusion {name} {tuple(x.shape[1:])} seed {seed} factor {factor} "
+                                 f"top {fraction} focus {focus}", "focus_rounds": stats["rounds"],
                          "windows_total": stats["windows"], "windows_evaluated": stats["evaluated"],
                          "dense_exact_s_extrapolated": dense_exact_s, "incremental_exact_s": exact_s,
                          "drilldown_s": drill_s, "speedup": dense_exact_s / drill_s,
@@ -138,7 +142,8 @@ def bench_shapley(name, model, x, steps, chains, repeats):
     boxes = feature_boxes(mask, num_features, x.shape[2:])[perms[:, :steps].T.reshape(-1)]
     return [{"case": f"shapley {num_features} superpixels {name} {tuple(x.shape[1:])}", "chains": chains,
              "steps_timed": steps, "repeats": repeats, "dense_s": dense_s, "incremental_s": inc_s, "speedup": dense_s / inc_s,
-             "cpu_time_speedup": LAST_CPU_RATIO[0], "predicted_speedup": predicted(runner, boxes, chains), "cache_MB_per_chain": runner.cache_bytes / 2 ** 20,
+             "cpu_time_speedup": LAST_CPU_RATIO[0], "predicted_speedup": predicted(runner, boxes, chains),
+             "cache_MB_per_chain": runner.cache_bytes / 2 ** 20,
              "max_abs_diff_vs_dense": float((inc - dense).abs().max())}]
 
 
@@ -161,29 +166,34 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="also 4x128^3")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "incremental_cpu.json"))
     args = parser.parse_args(argv)
-    load_before = os.getloadavg()
+    load_before, started = os.getloadavg(), time.perf_counter()
     nets = models()
     rows = bench_captum(nets["vgg3d"])
     sides = [64, 128] if args.full else [64]
     for side in sides:
         x = volume(side)
         for name, model in nets.items():
-            quick_n = 8 if name == "vgg3d" else 4
-            drill = [(2, 0.1), (2, 0.2)] if name == "vgg3d" and side == 64 else None
-            repeats = 2 if name == "vgg3d" and side == 64 else 1
-            rows += bench_occlusion(name, model, x, quick_n if args.quick else 3 * quick_n, 8 if side == 64 else 4,
-                                    drill, repeats)
-            if name == "vgg3d" or not args.quick:
-                rows += bench_shapley(name, model, x, steps=4 if args.quick else 24, chains=2, repeats=repeats)
+            vgg, small = name == "vgg3d", side == 64
+            n_windows = (8 if vgg else 4) if args.quick else (16 if vgg else 4)
+            if not small:  # 4x128^3: a dense row costs 8x more; fewer windows (the cost per window is the same)
+                n_windows = 8 if vgg else 2
+            # defaults (focus refinement) and the plain coarse-then-top-fraction mode
+            drill = [(2, 0.05, 0.02), (2, 0.2, 0.0)] if vgg and small else None
+            repeats = 2 if vgg and small else 1
+            rows += bench_occlusion(name, model, x, n_windows, 8 if small else 4, drill, repeats)
+            if vgg or (small and not args.quick):
+                rows += bench_shapley(name, model, x, steps=24 if vgg and small and not args.quick else 8,
+                                      chains=4, repeats=repeats)
             print(*(f"{r['case']}: {r['speedup']:.2f}x" for r in rows[-2:]), sep="\n", flush=True)
-    env = dict(environment(torch.device("cpu")), argv=sys.argv[1:])
+    env = dict(environment(torch.device("cpu")), argv=sys.argv[1:], runtime_s=time.perf_counter() - started)
     facts = cpu_facts(load_before)
     write_results(Path(args.out), [schema_row(r) for r in rows], {"environment": env, "cpu": facts})
     for r in rows:
         extra = (f" (cpu time {r['cpu_time_speedup']:.2f}x, predicted {r['predicted_speedup']:.2f}x)"
                  if "predicted_speedup" in r else "")
         print(f"{r['case']:70s} {r['speedup']:6.2f}x{extra}")
-    print(f"load average before {load_before}, after {facts['loadavg_after']}; wrote {args.out}")
+    print(f"load average before {load_before}, after {facts['loadavg_after']}; runtime {env['runtime_s']:.0f} s; "
+          f"wrote {args.out}")
 
 
 def schema_row(r: dict) -> dict:

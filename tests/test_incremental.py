@@ -197,3 +197,63 @@ def test_bad_arguments_name_the_argument():
         IncrementalRunner(plan, x, threshold=0.0)
     with pytest.raises(ValueError, match="example_input must be"):
         IncrementalPlan.from_module(model, torch.zeros(8, 8))
+
+
+def test_patch_inputs_equal_dense_for_runs_and_chains():
+    torch.manual_seed(0)
+    model = randomise_norms(layers(3)["residual"]).double().eval()
+    x = torch.randn(1, 3, 9, 10, 11, dtype=torch.float64)
+    runner = IncrementalRunner(IncrementalPlan.from_module(model, x), x, min_parallel_flops=0)
+    starts = torch.tensor([[0, 0, 0], [6, 7, 8], [3, 4, 2]])
+    patch = torch.randn(3, 3, 3, 3, 3, dtype=torch.float64)
+    full = x.repeat(3, 1, 1, 1, 1)
+    for r, (a, b, c) in enumerate(starts.tolist()):
+        full[r, :, a:a + 3, b:b + 3, c:c + 3] = patch[r]
+    threads = torch.get_num_threads()
+    with torch.no_grad():
+        assert (runner.run_patch(patch, starts) - model(full)).abs().max() <= 1e-10
+        assert torch.get_num_threads() == threads
+        states = runner.start_chains(3)
+        runner.step_patch(states, patch, starts)
+        # second step: each chain changes another box of its own previous input
+        starts2 = torch.tensor([[1, 1, 1], [0, 6, 0], [3, 5, 3]])
+        patch2 = torch.randn(3, 3, 2, 4, 2, dtype=torch.float64)
+        for r, (a, b, c) in enumerate(starts2.tolist()):
+            full[r, :, a:a + 2, b:b + 4, c:c + 2] = patch2[r]
+        assert (runner.step_patch(states, patch2, starts2) - model(full)).abs().max() <= 1e-10
+        # a full-input step after patch steps sees the same chain inputs
+        full[0, :, 8, 9, 10] = 5.0
+        assert (runner.step(states, full, [[[8, 9], [9, 10], [10, 11]]] * 3) - model(full)).abs().max() <= 1e-10
+    with pytest.raises(ValueError, match="starts must place the patch inside the map"):
+        runner.run_patch(patch, torch.tensor([[7, 0, 0]] * 3))
+    with pytest.raises(ValueError, match="patch must have shape"):
+        runner.run_patch(patch[:, :2], starts)
+    with pytest.raises(ValueError, match="starts must have shape"):
+        runner.run_patch(patch, starts[:2])
+
+
+def test_several_boxes_per_row_split_or_merged_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2), nn.Conv3d(4, 4, 3, padding=1),
+                          nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2)).double().eval()
+    x = torch.randn(1, 2, 32, 32, 32, dtype=torch.float64)
+    runner = IncrementalRunner(IncrementalPlan.from_module(model, x), x)
+    far = [[[0, 2]] * 3, [[29, 31]] * 3]  # opposite corners: two small boxes beat their bounding box
+    near = [[[5, 7]] * 3, [[8, 10]] * 3]  # halos meet: recomputed as one box
+    empty = [[[3, 5], [3, 5], [3, 5]], [[9, 9], [0, 0], [0, 0]]]  # an empty part is ignored
+    boxes = torch.tensor([far, near, empty])
+    inputs = perturbed(x, [[[0, 32]] * 3] * 3)
+    for r, row in enumerate(boxes.tolist()):  # rows equal x outside their boxes
+        keep = torch.ones(32, 32, 32, dtype=torch.bool)
+        for box in row:
+            keep[tuple(slice(a, b) for a, b in box)] = False
+        inputs[r][:, keep] = x[0][:, keep]
+    with torch.no_grad():
+        dense = model(inputs)
+    assert (runner.run(inputs, boxes) - dense).abs().max() <= 1e-10
+    assert runner.last_virtual_rows == 4  # far split in two, near merged by the check, empty part dropped
+    assert (runner.run(inputs[:1], boxes[:1]) - dense[:1]).abs().max() <= 1e-10
+    assert runner.last_virtual_rows == 2
+    states = runner.start_chains(3)  # chains: separate boxes read the updated states, always exact
+    assert (runner.step(states, inputs, boxes) - dense).abs().max() <= 1e-10
+    assert runner.last_virtual_rows in (4, 5)  # near: merged or split by cost

@@ -116,9 +116,15 @@ def test_drilldown_full_fraction_is_exact_and_partial_is_cheaper():
     full, stats = drilldown_occlusion(runner.run, runner.reference_output, x, (4, 4, 4), 2, fraction=1.0)
     assert stats["evaluated"] == stats["windows"] and (full - exact).abs().max() <= 1e-6  # float32 diffs
     part, stats = drilldown_occlusion(dense_evaluator(model), runner.reference_output, x, (4, 4, 4), 2,
-                                      coarse_factor=2, fraction=0.1)
-    assert stats["evaluated"] < stats["windows"] / 2
+                                      coarse_factor=2, fraction=0.1, focus=0.0)
+    assert stats["evaluated"] < stats["windows"] / 2 and stats["rounds"] == 0
     assert error_report(part, exact)["rank_correlation"] > 0.5
+    # the focus refinement makes the windows under the (optimistic) top region exact: more windows
+    focused, fstats = drilldown_occlusion(runner, runner.reference_output, x, (4, 4, 4), 2, fraction=0.1)
+    assert stats["evaluated"] < fstats["evaluated"] < fstats["windows"] and fstats["rounds"] >= 1
+    assert error_report(focused, exact)["top_overlap"] >= error_report(part, exact)["top_overlap"]
+    with pytest.raises(ValueError, match="focus must be in"):
+        drilldown_occlusion(runner, runner.reference_output, x, (4, 4, 4), 2, focus=2.0)
 
 
 def test_chain_memory_budget_is_enforced():

@@ -31,6 +31,8 @@ __all__ = ["use_incremental", "check_incremental", "step_major", "IncrementalRow
 
 #: ``incremental="auto"`` uses the runner when the plan predicts more than this FLOP ratio.
 AUTO_MIN_SPEEDUP = 1.5
+#: rows changing up to this many features hand the runner each feature's box (split or merged).
+MAX_PARTS = 8
 
 
 def check_incremental(value: Any) -> Any:
@@ -157,6 +159,19 @@ class IncrementalRows:
         hi = torch.where(none[:, None], 1, hi)
         return torch.stack((lo, hi), -1).cpu()
 
+    def _column_boxes(self, changed: Tensor) -> Tensor:
+        """``[R, K, nd, 2]``: each row's changed columns' own boxes (empty boxes pad), for the
+        runner to recompute separately or as their bounding box; the bounding box ``[R, nd, 2]``
+        when a row changes more than ``MAX_PARTS`` columns."""
+        counts = changed.sum(1)
+        if int(counts.max()) <= 1 or int(counts.max()) > MAX_PARTS:
+            return self._changed_boxes(changed)
+        boxes = self.columns[:changed.shape[1]].cpu()
+        order = torch.argsort(changed.cpu().to(torch.int8), dim=1, descending=True, stable=True)[:, :int(counts.max())]
+        parts = boxes[order]  # [R, K, nd, 2]
+        valid = torch.arange(order.shape[1])[None] < counts.cpu()[:, None]
+        return torch.where(valid[:, :, None, None], parts, 0)
+
     @staticmethod
     def _volume(boxes: Tensor) -> int:
         return int((boxes[..., 1] - boxes[..., 0]).clamp_min(0).prod(-1).sum())
@@ -165,14 +180,14 @@ class IncrementalRows:
         if self.windowed:
             self.pending = ("run", window_boxes(self.perturber.windows[0], rows.tolist()))
         else:
-            ref_boxes = self._changed_boxes(rows != self.reference_keep)
-            chain_boxes = None
+            from_ref = rows != self.reference_keep
+            changed = None
             if self.state_keep is not None and self.state_keep.shape == rows.shape:
-                chain_boxes = self._changed_boxes(rows != self.state_keep)
-            if chain_boxes is None or self._volume(chain_boxes) >= self._volume(ref_boxes):
-                self.states, chain_boxes = self.runner.start_chains(rows.shape[0]), ref_boxes
+                changed = rows != self.state_keep
+            if changed is None or self._volume(self._changed_boxes(changed)) >= self._volume(self._changed_boxes(from_ref)):
+                self.states, changed = self.runner.start_chains(rows.shape[0]), from_ref
             self.state_keep = rows.clone()
-            self.pending = ("step", chain_boxes)
+            self.pending = ("step", self._column_boxes(changed))
         ev = self.evaluator
         return ev._call_model(self.perturber(rows, ev.buffer), rows.shape[0])
 

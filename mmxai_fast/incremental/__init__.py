@@ -9,9 +9,10 @@ See docs/incremental.md.
 """
 from .approximate import drilldown_occlusion, error_report
 from .drivers import (dense_evaluator, feature_boxes, occlusion, occlusion_diffs, occlusion_windows, shapley,
-                      window_boxes)
+                      window_boxes, window_patches)
 from .executor import IncrementalRunner
 from .plan import IncrementalPlan
 
 __all__ = ["IncrementalPlan", "IncrementalRunner", "occlusion", "shapley", "drilldown_occlusion", "error_report",
-           "occlusion_diffs", "occlusion_windows", "window_boxes", "feature_boxes", "dense_evaluator"]
+           "occlusion_diffs", "occlusion_windows", "window_boxes", "window_patches", "feature_boxes",
+           "dense_evaluator"]

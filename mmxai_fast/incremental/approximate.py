@@ -11,7 +11,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from ..ops import occlusion_attribution
-from .drivers import Evaluate, occlusion_diffs, occlusion_windows
+from .drivers import occlusion_diffs, occlusion_windows
 
 
 def _average_ranks(v: torch.Tensor) -> torch.Tensor:
@@ -64,23 +64,41 @@ def _interpolate_dim(values: torch.Tensor, dim: int, pos: torch.Tensor, count: i
     return torch.maximum(a, b) if peak else a + (b - a) * w.view(shape)
 
 
-def drilldown_occlusion(evaluate: Evaluate, reference_output: torch.Tensor, x: torch.Tensor,
+def _covering(windows, top: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Which windows ``ids`` cover any element of the spatial mask ``top``."""
+    return torch.tensor([bool(top[windows.window_slices(int(i))[1:]].any()) for i in ids], dtype=torch.bool)
+
+
+def _top_mask(attr: torch.Tensor, focus: float) -> torch.Tensor:
+    """Spatial mask of the map's top ``focus`` fraction of elements (ties included)."""
+    flat = attr.reshape(-1)
+    k = max(1, math.ceil(focus * flat.numel()))
+    return attr >= torch.topk(flat, k).values[-1]
+
+
+def drilldown_occlusion(evaluate, reference_output: torch.Tensor, x: torch.Tensor,
                         window: Sequence[int], strides, baseline=0.0, target: Optional[int] = None,
-                        coarse_factor: int = 2, fraction: float = 0.1, chunk: int = 16
+                        coarse_factor: int = 2, fraction: float = 0.05, chunk: int = 16, focus: float = 0.02
                         ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Adaptive drill-down Occlusion: evaluate every ``coarse_factor``-th window position per dim
     (plus the last), interpolate the window differences linearly over the window grid, then
     evaluate exactly the ``fraction`` of all windows (among those not yet evaluated) next to the
-    largest coarse ``|difference|``; the attribution uses exact differences where evaluated, interpolated ones
-    elsewhere.
+    largest coarse ``|difference|``; finally, until none is left, every window not yet evaluated
+    that covers the top ``focus`` fraction of elements of the current optimistic map (unevaluated
+    windows half-way between interpolation and the largest neighbouring coarse sample), so that the most important region rests on
+    exact differences only (``focus=0`` skips this). The attribution uses exact
+    differences where evaluated, interpolated ones elsewhere.
 
     Returns:
-        the attribution ``(1, C, *S)`` and stats: ``windows`` (total), ``evaluated``.
+        the attribution ``(1, C, *S)`` and stats: ``windows`` (total), ``evaluated``, ``rounds``
+        (of the focus refinement).
     """
     if coarse_factor < 1:
         raise ValueError(f"coarse_factor must be >= 1, got {coarse_factor}")
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    if not 0 <= focus <= 1:
+        raise ValueError(f"focus must be in [0, 1], got {focus}")
     windows = occlusion_windows(x, window, strides)
     counts = windows.counts[1:]  # the channel dim has one position
     grids = [_coarse_positions(c, coarse_factor) for c in counts]
@@ -92,10 +110,11 @@ def drilldown_occlusion(evaluate: Evaluate, reference_output: torch.Tensor, x: t
     coarse_ids = flat.reshape(-1)
     coarse = occlusion_diffs(evaluate, reference_output, x, windows, coarse_ids, baseline, target, chunk)
     est = coarse.reshape(mesh[0].shape).double()
-    peak = est.abs()
+    peak, upper = est.abs(), est.clone()
     for d, (pos, c) in enumerate(zip(grids, counts)):
         est = _interpolate_dim(est, d, pos, c)
         peak = _interpolate_dim(peak, d, pos, c, peak=True)
+        upper = _interpolate_dim(upper, d, pos, c, peak=True)
     # est is indexed [j_0, j_1, ...]; window ids run with j_0 fastest
     order = tuple(reversed(range(len(counts))))
     est_flat = est.permute(*order).reshape(-1)
@@ -106,11 +125,25 @@ def drilldown_occlusion(evaluate: Evaluate, reference_output: torch.Tensor, x: t
     evaluated[coarse_ids] = True
     diffs = est_flat.clone()
     diffs[coarse_ids] = coarse.double()
+    # the focus search ranks unevaluated windows half-way between the interpolation and the
+    # largest neighbouring sample (the interpolation alone misses peaks between samples)
+    optimistic = upper.permute(*order).reshape(-1)
     rest = (~evaluated).nonzero().squeeze(1)
     n_fine = min(len(rest), math.ceil(fraction * windows.num_windows))
-    if n_fine:
-        pick = rest[torch.topk(priority[rest], n_fine).indices]
-        diffs[pick] = occlusion_diffs(evaluate, reference_output, x, windows, pick, baseline, target, chunk).double()
-        evaluated[pick] = True
+    rounds = 0
+    pick = rest[torch.topk(priority[rest], n_fine).indices] if n_fine else rest[:0]
+    while True:
+        if len(pick):
+            diffs[pick] = occlusion_diffs(evaluate, reference_output, x, windows, pick, baseline, target, chunk).double()
+            evaluated[pick] = True
+        if focus == 0:
+            break
+        rest = (~evaluated).nonzero().squeeze(1)
+        guess = torch.where(evaluated, diffs, (optimistic + diffs) / 2)
+        top = _top_mask(occlusion_attribution(guess.float(), windows), focus).any(0)
+        pick = rest[_covering(windows, top, rest)]
+        if not len(pick):
+            break
+        rounds += 1
     attr = occlusion_attribution(diffs.float(), windows).unsqueeze(0)
-    return attr, {"windows": windows.num_windows, "evaluated": int(evaluated.sum())}
+    return attr, {"windows": windows.num_windows, "evaluated": int(evaluated.sum()), "rounds": rounds}

@@ -83,17 +83,30 @@ def threshold_cap(shape: Sequence[int], tau: Optional[float]) -> Optional[Tuple[
     return tuple(max(1, math.ceil(tau * n)) for n in shape)
 
 
-def boxes_tensor(boxes, batch: int, nd: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``boxes`` (``[B, nd, 2]`` of ``[start, stop)``; or ``[B, K, nd, 2]`` with several
-    boxes per row, merged to their bounding box) and return ``(lo, hi)``, each ``[B, nd]``."""
+def box_parts(boxes, batch: int, nd: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Validate ``boxes`` (``[B, nd, 2]`` of ``[start, stop)``, or ``[B, K, nd, 2]``: several boxes
+    per row) and return ``(lo, hi)``, each ``[B, K, nd]``."""
     t = torch.as_tensor(boxes, dtype=torch.int64).cpu()
-    if t.dim() == 4:
-        if t.shape[1] == 0:
-            raise ValueError(f"boxes must have at least one box per row, got shape {tuple(t.shape)}")
-        t = torch.stack([t[..., 0].amin(dim=1), t[..., 1].amax(dim=1)], dim=-1)
-    if t.dim() != 3 or t.shape[0] != batch or t.shape[1] != nd or t.shape[2] != 2:
+    if t.dim() == 3:
+        t = t.unsqueeze(1)
+    if t.dim() == 4 and t.shape[1] == 0:
+        raise ValueError(f"boxes must have at least one box per row, got shape {tuple(t.shape)}")
+    if t.dim() != 4 or t.shape[0] != batch or t.shape[2] != nd or t.shape[3] != 2:
         raise ValueError(f"boxes must have shape [{batch}, {nd}, 2] ([start, stop) per spatial dim), got {tuple(t.shape)}")
     lo, hi = t[..., 0], t[..., 1]
     if bool((hi < lo).any()):
         raise ValueError("boxes must have stop >= start in every dim, got a reversed box")
     return lo, hi
+
+
+def boxes_tensor(boxes, batch: int, nd: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`box_parts`, each row's boxes merged to their bounding box: ``(lo, hi)`` ``[B, nd]``."""
+    return merge_parts(*box_parts(boxes, batch, nd))
+
+
+def merge_parts(lo: torch.Tensor, hi: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Bounding box ``[B, nd]`` of each row's non-empty boxes (``[B, K, nd]``; the first if none)."""
+    keep = (hi > lo).all(-1)
+    keep[:, 0] |= ~keep.any(1)
+    big = torch.iinfo(torch.int64).max
+    return (torch.where(keep[..., None], lo, big).amin(1), torch.where(keep[..., None], hi, -1).amax(1))

@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..ops import OcclusionWindows, occlusion_attribution, occlusion_batch, perturb
+from .boxes import common_box
 from .executor import IncrementalRunner
 from .plan import IncrementalPlan
 
@@ -45,16 +46,42 @@ def window_boxes(windows: OcclusionWindows, ids) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64).reshape(len(rows), windows.ndim - 1, 2)
 
 
-def occlusion_diffs(evaluate: Evaluate, reference_output: torch.Tensor, x: torch.Tensor, windows: OcclusionWindows,
+def _crops(t: torch.Tensor, starts: torch.Tensor, size) -> torch.Tensor:
+    """``[P, C, *size]``: the boxes of ``t`` (``[C, *S]``) at each row of ``starts``."""
+    return torch.stack([t[(slice(None),) + tuple(slice(a, a + n) for a, n in zip(st, size))]
+                        for st in starts.tolist()])
+
+
+def window_patches(x: torch.Tensor, windows: OcclusionWindows, ids, baseline=0.0):
+    """Patch inputs of the windows ``ids`` for :meth:`IncrementalRunner.run_patch`: ``(patch
+    [P, C, *size], starts [P, nd])``, ``x``'s box around each window with the window set to
+    ``baseline`` (windows cropped at the border share one size: the box is shifted to fit)."""
+    boxes = window_boxes(windows, ids)
+    starts, size = common_box(boxes[..., 0], boxes[..., 1], x.shape[2:])
+    fill = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x[0])
+    patch = _crops(x[0], starts, size)
+    fills = _crops(fill, starts, size)
+    for r, (st, box) in enumerate(zip(starts.tolist(), boxes.tolist())):
+        rel = (slice(None),) + tuple(slice(a - s, b - s) for (a, b), s in zip(box, st))
+        patch[r][rel] = fills[r][rel]
+    return patch, starts
+
+
+def occlusion_diffs(evaluate, reference_output: torch.Tensor, x: torch.Tensor, windows: OcclusionWindows,
                     ids, baseline=0.0, target: Optional[int] = None, chunk: int = 16) -> torch.Tensor:
-    """``[len(ids)]`` output differences ``f(x) - f(x occluded by window i)`` for ``target``."""
+    """``[len(ids)]`` output differences ``f(x) - f(x occluded by window i)`` for ``target``;
+    ``evaluate`` is an :data:`Evaluate` (given the occluded inputs) or an
+    :class:`IncrementalRunner` around ``x`` (given only the windows' patches)."""
     ids = torch.as_tensor(list(ids), dtype=torch.int64)
     ref = _select(reference_output, target)[0]
     out = []
     for k in range(0, len(ids), chunk):
         part = ids[k:k + chunk]
-        batch = occlusion_batch(x[0], windows, part, baseline)
-        out.append(ref - _select(evaluate(batch, window_boxes(windows, part)), target))
+        if isinstance(evaluate, IncrementalRunner):
+            res = evaluate.run_patch(*window_patches(x, windows, part, baseline))
+        else:
+            res = evaluate(occlusion_batch(x[0], windows, part, baseline), window_boxes(windows, part))
+        out.append(ref - _select(res, target))
     return torch.cat(out) if out else torch.zeros(0, dtype=x.dtype)
 
 
@@ -76,7 +103,7 @@ def occlusion(model: torch.nn.Module, x: torch.Tensor, window: Sequence[int], st
     ids = range(windows.num_windows)
     if incremental:
         runner = runner or IncrementalRunner(IncrementalPlan.from_module(model, x), x, threshold=threshold)
-        diffs = occlusion_diffs(runner.run, runner.reference_output, x, windows, ids, baseline, target, chunk)
+        diffs = occlusion_diffs(runner, runner.reference_output, x, windows, ids, baseline, target, chunk)
     else:
         with torch.no_grad():
             ref = model(x)
@@ -104,6 +131,15 @@ def feature_boxes(feature_mask: torch.Tensor, num_features: int, spatial_shape: 
     return out
 
 
+def _prefix_patches(x: torch.Tensor, fill: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor, boxes: torch.Tensor):
+    """Patch inputs of coalition rows: ``x`` where the row's ``keep[r, feature id]`` holds, else
+    ``fill``, on the common box of each row's ``boxes`` (``[R, nd, 2]``)."""
+    starts, size = common_box(boxes[..., 0], boxes[..., 1], x.shape[1:])
+    xs, fs, ms = _crops(x, starts, size), _crops(fill, starts, size), _crops(ids, starts, size)
+    kept = torch.gather(keep, 1, ms.reshape(len(ms), -1)).reshape(ms.shape)
+    return torch.where(kept, xs, fs), starts
+
+
 def _ranks(perms: torch.Tensor) -> torch.Tensor:
     ranks = torch.empty_like(perms)
     ranks.scatter_(1, perms, torch.arange(perms.shape[1]).expand_as(perms).contiguous())
@@ -126,6 +162,11 @@ def shapley(model: torch.nn.Module, x: torch.Tensor, feature_mask: torch.Tensor,
     num_features = perms.shape[1]
     fill = torch.as_tensor(baseline, dtype=x.dtype).expand_as(x[0])
     boxes = feature_boxes(feature_mask, num_features, x.shape[2:])
+    nd = x.dim() - 2
+    ids = (feature_mask.reshape(-1, *feature_mask.shape[-nd:]) if feature_mask.dim() > nd else feature_mask[None])
+    ids = ids.long().expand_as(x[0])
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_features):
+        raise ValueError(f"feature_mask ids must be in [0, {num_features}), got [{int(ids.min())}, {int(ids.max())}]")
     base_input = fill.unsqueeze(0).contiguous()
     if incremental:
         runner = runner or IncrementalRunner(IncrementalPlan.from_module(model, x), base_input, threshold=threshold)
@@ -140,11 +181,12 @@ def shapley(model: torch.nn.Module, x: torch.Tensor, feature_mask: torch.Tensor,
         prev = start.expand(group.shape[0]).clone()
         states = runner.start_chains(group.shape[0]) if incremental else None
         for k in range(num_features if steps is None else min(steps, num_features)):
-            inputs = perturb(x[0], feature_mask, ranks <= k, fill, validate_ids=k == 0)
             added = group[:, k]
             if incremental:
-                out = _select(runner.step(states, inputs, boxes[added]), target)
+                patch, starts = _prefix_patches(x[0], fill, ids, ranks <= k, boxes[added])
+                out = _select(runner.step_patch(states, patch, starts), target)
             else:
+                inputs = perturb(x[0], feature_mask, ranks <= k, fill, validate_ids=k == 0)
                 with torch.no_grad():
                     out = _select(model(inputs), target)
             totals.index_add_(0, added, (out - prev).double())

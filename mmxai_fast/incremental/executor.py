@@ -10,13 +10,15 @@ state, updated in place: Shapley permutation chains, where each step adds one fe
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Dict, List, Optional, cast
 
 import torch
 from torch import fx
 
-from .boxes import boxes_tensor, threshold_cap
+from .boxes import box_parts, merge_parts, threshold_cap
 from .plan import IncrementalPlan
+from .split import choose_split
 
 
 class _Patched:
@@ -33,52 +35,51 @@ def _slices(a, b):
     return (slice(None),) + tuple(slice(x, y) for x, y in zip(a, b))
 
 
-def _row_indices(starts: torch.Tensor, size, bounds):
-    """Per spatial dim: clamped indices ``[B, 1.., R_d, ..1]`` of ``starts + arange(R_d)`` and
-    the mask of the positions inside ``[0, bounds_d)`` (broadcast to ``[B, *R]``)."""
-    rows, nd = starts.shape
-    idx, inside = [], None
-    for d in range(nd):
-        pos = starts[:, d:d + 1] + torch.arange(size[d])
-        shape = [rows] + [1] * nd
-        shape[d + 1] = size[d]
-        ok = ((pos >= 0) & (pos < bounds[d])).view(shape)
-        inside = ok if inside is None else inside & ok
-        idx.append(pos.clamp(0, bounds[d] - 1).view(shape))
-    return idx, inside
+def _clip(starts, size, bounds):
+    """Per dim ``(lo, hi)`` of the box ``starts + [0, size)`` clipped to ``[0, bounds)``."""
+    return [(max(s, 0), min(s + n, b)) for s, n, b in zip(starts, size, bounds)]
 
 
-def _gather(v: _Patched, starts: List[List[int]], size, pad: float) -> torch.Tensor:
-    """``[B, C, *size]``: each row's values on its region (``pad`` outside the map), gathered for
-    all rows at once (a few large ops instead of several small copies per row)."""
+def _copy_box(dst: torch.Tensor, dst_starts, src: torch.Tensor, src_starts, lohi) -> None:
+    """Copy the positions ``lohi`` (absolute ``(lo, hi)`` per dim) from ``src`` (``[C, *S]`` whose
+    origin is at ``src_starts``) into ``dst`` (origin ``dst_starts``); nothing if empty."""
+    if any(hi <= lo for lo, hi in lohi):
+        return
+    dst[(slice(None),) + tuple(slice(lo - d, hi - d) for (lo, hi), d in zip(lohi, dst_starts))] = \
+        src[(slice(None),) + tuple(slice(lo - s, hi - s) for (lo, hi), s in zip(lohi, src_starts))]
+
+
+def _gather(v: _Patched, starts: List[List[int]], size, pad: float, row_of: List[int]) -> torch.Tensor:
+    """``[B, C, *size]``: each row's values on its region (``pad`` outside the map): per row one
+    strided copy from the base and one of the overlapping part of the row's recomputed box."""
     if v.overlay and v.data is not None and tuple(size) == v.size and starts == v.starts:
         return v.data
-    base, nd = v.base, len(size)
-    rows = len(starts)
-    st = torch.tensor(starts, dtype=torch.int64).view(rows, nd)
-    idx, inside = _row_indices(st, size, base.shape[2:])
-    which = torch.arange(rows) if base.shape[0] != 1 else torch.zeros(rows, dtype=torch.int64)
-    out = base.movedim(1, -1)[(which.view([rows] + [1] * nd), *idx)]  # [B, *size, C]
-    if not bool(inside.all()):
-        out = out.masked_fill(~inside.unsqueeze(-1), pad)
-    if v.overlay and v.data is not None:
-        rel, in_patch = _row_indices(st - torch.tensor(v.starts, dtype=torch.int64).view(rows, nd), size, v.size)
-        # rel is clamped: outside the patch it reads a wrong patch value, masked out below
-        patch = v.data.movedim(1, -1)[(torch.arange(rows).view([rows] + [1] * nd), *rel)]
-        out = torch.where(in_patch.unsqueeze(-1), patch, out)
-    return out.movedim(-1, 1).contiguous()
+    base, rows = v.base, len(starts)
+    bounds = tuple(base.shape[2:])
+    out = base.new_empty((rows, base.shape[1], *size))
+    clipped = [_clip(st, size, bounds) for st in starts]
+    if any(lo > s or hi < s + n for st, c in zip(starts, clipped) for (lo, hi), s, n in zip(c, st, size)):
+        out.fill_(pad)
+    origin = (0,) * len(bounds)
+    patched = v.overlay and v.data is not None
+    for r, (st, c) in enumerate(zip(starts, clipped)):
+        _copy_box(out[r], st, base[row_of[r] if base.shape[0] != 1 else 0], origin, c)
+        if patched:
+            ps = v.starts[r]
+            _copy_box(out[r], st, v.data[r], ps, [(max(lo, p), min(hi, p + n)) for (lo, hi), p, n in zip(c, ps, v.size)])
+    return out
 
 
-def _densify(v: _Patched, rows: int) -> torch.Tensor:
+def _densify(v: _Patched, rows: int, row_of: List[int]) -> torch.Tensor:
     if v.data is None:
         return v.base
-    if v.size == tuple(v.base.shape[2:]):
+    if v.size == tuple(v.base.shape[2:]) and len(row_of) == rows:
         return v.data
     if not v.overlay:
         return v.base.clone()
     out = v.base.expand(rows, *v.base.shape[1:]).clone()
     for r, ps in enumerate(v.starts):
-        out[r][_slices(ps, [p + n for p, n in zip(ps, v.size)])] = v.data[r]
+        out[row_of[r]][_slices(ps, [p + n for p, n in zip(ps, v.size)])] = v.data[r]
     return out
 
 
@@ -101,6 +102,9 @@ class IncrementalRunner:
             exceed it, the plan runs densely from the earliest node that keeps it within budget.
         threshold: Krypton's projective-field threshold ``tau`` in (0, 1]: cap each recomputed
             box side at ``ceil(tau * map side)`` (approximate; ``None`` = exact).
+        min_parallel_flops: layers whose work for the batch is below this run on one thread
+            (``torch.set_num_threads(1)``, restored after each call): a parallel region costs more
+            than a small box's work, and on a busy machine each one waits for a core.
 
     Attributes:
         cache_bytes: memory held by the reference cache; ``dense_from``: index of the node where
@@ -108,7 +112,7 @@ class IncrementalRunner:
     """
 
     def __init__(self, plan: IncrementalPlan, reference_input: torch.Tensor, memory_budget: Optional[int] = None,
-                 threshold: Optional[float] = None):
+                 threshold: Optional[float] = None, min_parallel_flops: float = 1e9):
         if not isinstance(plan, IncrementalPlan):
             raise TypeError(f"plan must be an IncrementalPlan, got {type(plan).__name__}")
         ref = reference_input.unsqueeze(0) if reference_input.dim() == len(plan.input_shape) else reference_input
@@ -120,6 +124,8 @@ class IncrementalRunner:
         if memory_budget is not None and memory_budget < 0:
             raise ValueError(f"memory_budget must be >= 0 bytes or None, got {memory_budget}")
         self.plan, self.threshold, self.memory_budget = plan, threshold, memory_budget
+        self.min_parallel_flops = min_parallel_flops
+        self.last_virtual_rows = 0
         self.dense_from = self._cut(ref.element_size())
         self._eff = plan.effective_dense(self.dense_from)
         self._cached = set(plan.cached_nodes(self.dense_from))
@@ -129,9 +135,11 @@ class IncrementalRunner:
                 self._last_use[a] = i
         self._ref: Dict[fx.Node, torch.Tensor] = {}
         self._consts: Dict[fx.Node, object] = {}
+        self._input = next(n for n in plan.nodes if plan.infos[n].kind == "input")
+        self._ref_input = ref.detach().clone()  # the base of patch inputs (run_patch, step_patch)
         with torch.no_grad():
             self.reference_output = self._reference_pass(ref)
-        self.cache_bytes = sum(t.numel() * t.element_size() for t in self._ref.values())
+        self.cache_bytes = sum(t.numel() * t.element_size() for t in (*self._ref.values(), self._ref_input))
 
     def _cut(self, itemsize: int) -> Optional[int]:
         if self.memory_budget is None or self.plan.cache_bytes(None, itemsize) <= self.memory_budget:
@@ -189,8 +197,43 @@ class IncrementalRunner:
             if self._last_use.get(a) == i:
                 env.pop(a, None)
 
-    def _execute(self, inputs: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, states=None):
+    def _execute(self, inputs: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, states=None, patch: bool = False):
+        """``lo, hi``: ``[B, nd]``, or ``[B, K, nd]`` (several boxes per row: split or merged)."""
+        row_of = list(range(inputs.shape[0]))
+        if lo.dim() == 3:
+            split = None
+            if lo.shape[1] > 1:
+                split = choose_split(self.plan, lo, hi, states is not None, self._cap_fn(), self.dense_from)
+            lo, hi, row_of = split if split is not None else (*merge_parts(lo, hi), row_of)
+        self.last_virtual_rows = len(row_of)
+        threads = torch.get_num_threads()
+        try:
+            return self._execute_nodes(inputs, lo, hi, states, threads, patch, row_of)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _work(self, node, info, boxes, rows: int, virtual: int) -> float:
+        """FLOPs (at least one per element) of ``node`` for the batch."""
+        if self._eff[node]:
+            return rows * info.dense_flops
+        per = max(info.flops_per_position, float(info.shape[0]) if info.shape else 1.0)
+        return virtual * per * math.prod(boxes[node][1])
+
+    def _input_value(self, inputs, starts: List[List[int]], size, states, patch: bool, row_of) -> _Patched:
+        """The input node: full rows, or ``patch`` rows over the reference (or chain) input;
+        chain input states take the rows' new box values."""
+        base = self._ref_input if states is None else states[self._input]
+        if states is not None:
+            for r, st in enumerate(starts):
+                box = _slices(st, [s + n for s, n in zip(st, size)])
+                base[row_of[r]][box] = inputs[r] if patch else inputs[row_of[r]][box]
+            return _Patched(None, starts, size, base if patch else inputs, overlay=False)
+        return _Patched(inputs, starts, size, base, overlay=True) if patch else \
+            _Patched(None, starts, size, inputs, overlay=False)
+
+    def _execute_nodes(self, inputs, lo, hi, states, threads: int, patch: bool, row_of: List[int]):
         plan, rows = self.plan, inputs.shape[0]
+        current = threads
         boxes = plan.propagate(lo, hi, self._cap_fn(), self.dense_from)
         env: Dict[fx.Node, object] = {}
         dense: Dict[fx.Node, torch.Tensor] = {}
@@ -200,41 +243,45 @@ class IncrementalRunner:
             if not isinstance(v, _Patched):
                 return v
             if n not in dense:
-                dense[n] = _densify(v, rows)
+                dense[n] = _densify(v, rows, row_of)
             return dense[n]
 
         for i, node in enumerate(plan.nodes):
             info = plan.infos[node]
             if info.kind == "input":
                 starts, size = boxes[node]
-                env[node] = _Patched(None, starts.tolist(), size, inputs, overlay=False)
+                env[node] = self._input_value(inputs, starts.tolist(), size, states, patch, row_of)
             elif info.kind == "const":
                 env[node] = self._consts[node]
             elif node.op == "output":
                 return fx.node.map_arg(node.args[0], as_dense)
-            elif self._eff[node]:
-                env[node] = self._call_with(node, as_dense)
             else:
-                env[node] = self._patched(node, info, env, boxes, states)
+                work = self._work(node, info, boxes, rows, len(row_of))
+                want = threads if work >= self.min_parallel_flops else 1
+                if want != current:
+                    torch.set_num_threads(want)
+                    current = want
+                env[node] = (self._call_with(node, as_dense) if self._eff[node]
+                             else self._patched(node, info, env, boxes, states, row_of))
             self._free(env, node, i)
             for a in node.all_input_nodes:
                 if a not in env:
                     dense.pop(a, None)
         raise AssertionError("graph without output")
 
-    def _patched(self, node, info, env, boxes, states) -> _Patched:
+    def _patched(self, node, info, env, boxes, states, row_of) -> _Patched:
         starts_t, size = boxes[node]
         starts = starts_t.tolist()
         if info.kind == "spatial":
             reg_starts, reg_size = info.window.input_region(starts_t, size)
-            region = _gather(env[info.tensor_args[0]], reg_starts.tolist(), reg_size, info.pad_value)
+            region = _gather(env[info.tensor_args[0]], reg_starts.tolist(), reg_size, info.pad_value, row_of)
             data = info.run_region(region)
         else:
             def value_of(n):
                 v = env[n]
                 if not isinstance(v, _Patched):
                     return v
-                return v.data if info.kind == "unary" and v.data is not None else _gather(v, starts, size, 0.0)
+                return v.data if info.kind == "unary" and v.data is not None else _gather(v, starts, size, 0.0, row_of)
             data = self._call_with(node, value_of)
         if node not in self._cached:
             return _Patched(data, starts, size, None, overlay=True)
@@ -242,7 +289,7 @@ class IncrementalRunner:
             return _Patched(data, starts, size, self._ref[node], overlay=True)
         state = states[node]
         for r, st in enumerate(starts):
-            state[r][_slices(st, [s + n for s, n in zip(st, size)])] = data[r]
+            state[row_of[r]][_slices(st, [s + n for s, n in zip(st, size)])] = data[r]
         return _Patched(data, starts, size, state, overlay=False)
 
     # -- public entry points -------------------------------------------------------------------
@@ -250,18 +297,41 @@ class IncrementalRunner:
         if not isinstance(inputs, torch.Tensor) or tuple(inputs.shape[1:]) != self.plan.input_shape:
             got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
             raise ValueError(f"inputs must have shape (B, {', '.join(map(str, self.plan.input_shape))}), got {got}")
-        return boxes_tensor(boxes, inputs.shape[0], self.plan.nd)
+        return box_parts(boxes, inputs.shape[0], self.plan.nd)
 
     def run(self, inputs: torch.Tensor, boxes) -> torch.Tensor:
         """Model outputs for ``inputs`` ``(B, C, *S)``, where row ``b`` differs from the reference
         only inside ``boxes[b]`` (``[B, nd, 2]`` of ``[start, stop)`` per spatial dim, or
-        ``[B, K, nd, 2]``: several boxes, recomputed as their bounding box).
+        ``[B, K, nd, 2]``: several boxes per row, recomputed separately or as their bounding box,
+        whichever the plan predicts cheaper and keeps exact: ``last_virtual_rows`` says how many
+        boxes the last call recomputed).
 
         Exact (to float rounding) unless ``threshold`` is set; a wrong box gives wrong outputs.
         """
         lo, hi = self._check(inputs, boxes)
         with torch.no_grad():
             return self._execute(inputs, lo, hi)
+
+    def _check_patch(self, patch: torch.Tensor, starts):
+        shape = self.plan.input_shape
+        if not isinstance(patch, torch.Tensor) or patch.dim() != len(shape) + 1 or patch.shape[1] != shape[0]:
+            got = tuple(patch.shape) if isinstance(patch, torch.Tensor) else type(patch).__name__
+            raise ValueError(f"patch must have shape (B, {shape[0]}, *size), got {got}")
+        st = torch.as_tensor(starts, dtype=torch.int64).cpu()
+        size = torch.tensor(patch.shape[2:], dtype=torch.int64)
+        if tuple(st.shape) != (patch.shape[0], self.plan.nd):
+            raise ValueError(f"starts must have shape [{patch.shape[0]}, {self.plan.nd}], got {tuple(st.shape)}")
+        if bool((st < 0).any()) or bool((st + size > torch.tensor(shape[1:])).any()):
+            raise ValueError(f"starts must place the patch inside the map {tuple(shape[1:])}, got {st.tolist()}")
+        return st, st + size
+
+    def run_patch(self, patch: torch.Tensor, starts) -> torch.Tensor:
+        """As :meth:`run` for rows that equal the reference except inside the box at ``starts``
+        (``[B, nd]``) of ``patch``'s size, where row ``b`` is ``patch[b]`` (``[B, C, *size]``):
+        the full perturbed inputs are never built."""
+        lo, hi = self._check_patch(patch, starts)
+        with torch.no_grad():
+            return self._execute(patch, lo, hi, patch=True)
 
     def start_chains(self, chains: int) -> Dict[fx.Node, torch.Tensor]:
         """Per-row activation states for ``chains`` chains, all starting at the reference.
@@ -274,7 +344,8 @@ class IncrementalRunner:
         if self.memory_budget is not None and chains * self.cache_bytes > self.memory_budget:
             raise ValueError(f"chains * cache_bytes must be <= memory_budget {self.memory_budget}, "
                              f"got {chains} * {self.cache_bytes}")
-        return {n: t.expand(chains, *t.shape[1:]).clone() for n, t in self._ref.items()}
+        refs = {**self._ref, self._input: self._ref_input}
+        return {n: t.expand(chains, *t.shape[1:]).clone() for n, t in refs.items()}
 
     def step(self, states: Dict[fx.Node, torch.Tensor], inputs: torch.Tensor, boxes) -> torch.Tensor:
         """Advance each chain: row ``b`` of ``inputs`` differs from that chain's previous input only
@@ -285,3 +356,12 @@ class IncrementalRunner:
             raise ValueError(f"inputs must have one row per chain ({rows}), got {inputs.shape[0]}")
         with torch.no_grad():
             return self._execute(inputs, lo, hi, states)
+
+    def step_patch(self, states: Dict[fx.Node, torch.Tensor], patch: torch.Tensor, starts) -> torch.Tensor:
+        """As :meth:`step`, with each chain's new input given only inside the box at ``starts``
+        (``[B, nd]``) as ``patch[b]`` (``[B, C, *size]``); outside it the chain's input is kept."""
+        lo, hi = self._check_patch(patch, starts)
+        if patch.shape[0] != states[self._input].shape[0]:
+            raise ValueError(f"patch must have one row per chain ({states[self._input].shape[0]}), got {patch.shape[0]}")
+        with torch.no_grad():
+            return self._execute(patch, lo, hi, states, patch=True)

@@ -134,7 +134,9 @@ class IncrementalPlan:
         return cached
 
     def cache_bytes(self, dense_from: Optional[int] = None, itemsize: int = 4) -> int:
-        return sum(_numel(self.infos[n].shape) * itemsize for n in self.cached_nodes(dense_from))
+        """Bytes of the cached activations plus the reference input (the base of patch inputs)."""
+        shapes = [self.infos[n].shape for n in self.cached_nodes(dense_from)] + [self.input_shape]
+        return sum(_numel(shape) * itemsize for shape in shapes)
 
     @property
     def unsupported(self) -> List[Tuple[str, str]]:
@@ -179,18 +181,18 @@ class IncrementalPlan:
         """FLOPs of one dense forward pass of one example (conv, pooling, linear; 1 per element else)."""
         return float(sum(i.dense_flops for i in self.infos.values()))
 
+    def box_flops(self, lo: torch.Tensor, hi: torch.Tensor, cap_fn=None, dense_from=None) -> float:
+        """FLOPs per row of the incremental (box) part of the pass for input boxes ``[lo, hi)``."""
+        prop = self.propagate(lo, hi, cap_fn, dense_from)
+        return sum(self.infos[n].flops_per_position * math.prod(size) for n, (_, size) in prop.items()
+                   if self.infos[n].kind != "input")
+
     def incremental_flops(self, boxes, cap_fn=None, dense_from=None) -> float:
         """Mean FLOPs per row of the incremental pass for ``boxes`` ([B, nd, 2])."""
         lo, hi = boxes_tensor(boxes, len(boxes), self.nd)
         eff = self.effective_dense(dense_from)
-        prop = self.propagate(lo, hi, cap_fn, dense_from)
-        total = 0.0
-        for node, info in self.infos.items():
-            if eff[node]:
-                total += info.dense_flops
-            elif node in prop and info.kind != "input":
-                total += info.flops_per_position * math.prod(prop[node][1])
-        return total
+        dense = sum(info.dense_flops for node, info in self.infos.items() if eff[node])
+        return dense + self.box_flops(lo, hi, cap_fn, dense_from)
 
     def predicted_speedup(self, boxes, cap_fn=None, dense_from=None) -> float:
         """Dense FLOPs over incremental FLOPs for rows changed in ``boxes`` (``[B, nd, 2]``)."""
