@@ -19,8 +19,14 @@ most 1/5 of its evaluations; (2) at equal evaluations leverage / regression_adju
 than shapiq's best regression estimator; (3) wall time per model evaluation of our estimators on
 the real CNN within 5% of FeatureAblation's (same chunk size, interleaved repeats, one run).
 
-    python benchmarks/bench_estimators.py --quick      # 12 superpixels, 20 seeds, a few minutes
-    python benchmarks/bench_estimators.py              # 16 superpixels, 30 seeds
+The large game (``--large-features``, default 200): the same CNN over ~200 superpixels, where
+enumeration is impossible; the reference is one long antithetic run whose own standard errors
+are reported (``large_game.reference.rms_stderr``: the error floor, drawn in the plot), and every
+estimator runs at 2F, 5F, 10F (25F) evaluations on the CNN itself.
+
+    python benchmarks/bench_estimators.py --quick      # 12 superpixels, 20 seeds; large game 20^3, 3 seeds
+    python benchmarks/bench_estimators.py              # 16 superpixels, 30 seeds; large game 24^3, 20 seeds
+    python benchmarks/bench_estimators.py --skip-small --out ...   # only the large game
 """
 from __future__ import annotations
 
