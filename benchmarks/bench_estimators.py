@@ -19,18 +19,25 @@ most 1/5 of its evaluations; (2) at equal evaluations leverage / regression_adju
 than shapiq's best regression estimator; (3) wall time per model evaluation of our estimators on
 the real CNN within 5% of FeatureAblation's (same chunk size, interleaved repeats, one run).
 
-    python benchmarks/bench_estimators.py --quick      # 12 superpixels, 20 seeds, a few minutes
-    python benchmarks/bench_estimators.py              # 16 superpixels, 30 seeds
+The large game (``--large-features``, default 200): the same CNN over ~200 superpixels, where
+enumeration is impossible; the reference is one long antithetic run whose own standard errors
+are reported (``large_game.reference.rms_stderr``: the error floor, drawn in the plot), and every
+estimator runs at 2F, 5F, 10F (25F) evaluations on the CNN itself.
+
+    python benchmarks/bench_estimators.py --quick      # 12 superpixels, 20 seeds; large game 20^3, 3 seeds
+    python benchmarks/bench_estimators.py              # 16 superpixels, 30 seeds; large game 24^3, 20 seeds
+    python benchmarks/bench_estimators.py --skip-small --out ...   # only the large game
 """
 from __future__ import annotations
 
 import argparse
-
+import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -76,6 +83,18 @@ class TableGame:
     def model(self, x: torch.Tensor) -> torch.Tensor:
         """Captum-style model: ``[B, F]`` inputs in {0, 1} -> ``[B]``."""
         return self(x > 0.5)
+
+
+class ModelRowsGame(TableGame):
+    """The CNN itself as a game (no table: F is too large to enumerate), with TableGame's interface."""
+
+    def __init__(self, model_game: ModelGame):
+        self.model_game, self.num = model_game, model_game.num_features
+        self.calls = 0
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        self.calls += rows.shape[0]
+        return self.model_game(rows.bool()).cpu()
 
 
 def captum_runs(game: TableGame, method: str, budgets, seeds):
@@ -173,23 +192,39 @@ def time_per_evaluation(game: ModelGame, model, x, mask, repeats: int):
                    statistics.median(t) / base} for name, t in timings.items()}
 
 
-def plot(results, exact_evals: int, path: Path, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+def _plot_curves(ax, results, title: str) -> None:
     for name, curve in results.items():
         style = "-" if name in OURS else ("--" if name.startswith("captum") else ":")
         ax.plot([c["evaluations"] for c in curve], [c["rmse"] for c in curve], style, marker="o", ms=3, label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("model evaluations")
-    ax.set_ylabel("RMSE against exact Shapley values")
     ax.set_title(title, fontsize=9)
-    ax.axvline(exact_evals, color="k", lw=0.5)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=6, ncol=2)
+
+
+def plot(results, game: dict, large: Optional[dict], path: Path) -> None:
+    """Error against evaluations: the small game (exact values) and, when run, the large one
+    (reference from a long antithetic run; its RMS standard error drawn as the floor)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if large else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 4.8), layout="constrained", squeeze=False)
+    ax = axes[0, 0]
+    _plot_curves(ax, results, f"VGG3D, {game['features']} superpixels (exact by enumeration)")
+    ax.set_ylabel("RMSE against exact Shapley values")
+    ax.axvline(game["exact_evaluations"], color="k", lw=0.5)
+    if large:
+        ax = axes[0, 1]
+        ref = large["reference"]
+        _plot_curves(ax, large["results"], f"VGG3D, {large['features']} superpixels, {large['seeds']} seeds; reference: "
+                     f"antithetic, {ref['evaluations']} evaluations")
+        ax.axhline(ref["rms_stderr"], color="k", lw=0.8, ls="-.")
+        ax.text(ax.get_xlim()[0], ref["rms_stderr"], " reference's own RMS stderr", fontsize=7, va="bottom")
+        ax.set_ylabel("RMSE against the reference")
     fig.savefig(path, dpi=110)
 
 
@@ -201,14 +236,50 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "estimators.json"))
     parser.add_argument("--extra-path", action="append", default=[],
                         help="folder appended to sys.path (e.g. a `pip install --target` with shapiq)")
+    parser.add_argument("--large-features", type=int, default=200,
+                        help="superpixels of the large game (default 200; 0 skips it)")
+    parser.add_argument("--large-size", type=int, help="phantom edge of the large game (default 24, --quick 20)")
+    parser.add_argument("--large-seeds", type=int, help="seeds per point on the large game (default 20, --quick 3)")
+    parser.add_argument("--reference-evaluations", type=int,
+                        help="evaluations of the large game's antithetic reference (default 800000, --quick 40000)")
+    parser.add_argument("--skip-small", action="store_true", help="only the large game (keeps the small game's "
+                                                                   "results of an existing --out file)")
     args = parser.parse_args(argv)
+    args.large_size = args.large_size or (20 if args.quick else 24)
+    args.reference_evaluations = args.reference_evaluations or (40_000 if args.quick else 800_000)
     sys.path.extend(args.extra_path)
+    load_before = os.getloadavg()
+    out = Path(args.out)
+    if args.skip_small:
+        small = json.loads(out.read_text())["meta"]["small_game"]
+    else:
+        small = small_game(args)
+    large = large_game(args, list(range(args.large_seeds or (3 if args.quick else 20)))) if args.large_features else None
+    command = "python benchmarks/bench_estimators.py" + (" --quick" if args.quick else "")
+    game = small["game"]
+    rows = schema_rows(small["results"], small["time_per_evaluation"], f"VGG3D {game['size']}^3 F={game['features']}",
+                       small["seeds"])
+    if large:
+        rows += schema_rows(large["results"], {}, f"VGG3D {large['size']}^3 F={large['features']}", large["seeds"])
+    meta = {"environment": environment(torch.device("cpu")), "cpu": cpu_facts(load_before), "command": command,
+            "small_game": small, "large_game": large}
+    write_results(out, rows, meta)
+    plot(small["results"], small["game"], large, out.with_suffix(".png"))
+    _report(small["results"], small["target_captum_svs25"]["captum"], small["target_captum_svs25"]["ours"],
+            small["target_vs_shapiq"], small["time_per_evaluation"], small["notes"])
+    if large:
+        _report_large(large)
+    print(f"wrote {out} and {out.with_suffix('.png')} (loadavg {os.getloadavg()[0]:.1f})")
+    return 0
+
+
+
+def small_game(args) -> dict:
+    """The 12-16 superpixel game: exact values by enumeration, all estimators over many seeds."""
     features = args.features or (12 if args.quick else 16)
     seeds = list(range(args.seeds or (20 if args.quick else 30)))
     size = 24 if args.quick else 32
     torch.manual_seed(0)
-    load_before = os.getloadavg()
-
     model_game, model, x, mask = build_game(features, size)
     num = model_game.num_features
     start = time.perf_counter()
@@ -226,20 +297,13 @@ def main(argv=None) -> int:
     for method in OURS:
         runs[method] = our_runs(game, method, budgets, seeds)
     notes = []
-    try:
-        import shapiq  # noqa: F401
-
+    if _have_shapiq():
         for method in ("shapiq_kernelshap", "shapiq_leverage", "shapiq_permutation", "shapiq_svarm",
                        "shapiq_stratified", "shapiq_unbiased_kernelshap"):
             runs[method] = shapiq_runs(game, method, budgets, seeds)
-    except ImportError as exc:
-        notes.append(f"shapiq not importable ({exc}); its columns are skipped (pip install shapiq)")
-    results = {}
-    for name, by_budget in runs.items():
-        results[name] = []
-        for budget, (estimates, evaluations) in by_budget.items():
-            rmse, max_abs = errors(estimates, exact)
-            results[name].append({"budget": budget, "evaluations": evaluations, "rmse": rmse, "max_abs": max_abs})
+    else:
+        notes.append("shapiq not importable; its columns are skipped (pip install shapiq, or --extra-path)")
+    results = _curves(runs, exact)
     # Target 1: Captum SVS at n_samples = 25.
     svs25 = next(r for r in results["captum_svs"] if r["budget"] == 25)
     target1 = {}
@@ -260,18 +324,57 @@ def main(argv=None) -> int:
                                "ratio": ours["rmse"] / best if best > 0 else (1.0 if ours["rmse"] == 0 else float("inf"))})
             target2[name] = {"per_budget": ratios, "met": all(r["ratio"] <= 1.05 for r in ratios)}
     timing = time_per_evaluation(model_game, model, x, mask, repeats=3 if args.quick else 5)
-    meta = {"environment": environment(torch.device("cpu")), "cpu": cpu_facts(load_before),
-               "game": {"features": num, "size": size, "exact_evaluations": 2 ** num, "exact_s": exact_s,
-                        "exact_shapley": exact.tolist()},
-               "seeds": len(seeds), "target_captum_svs25": {"captum": svs25, "ours": target1},
-               "target_vs_shapiq": target2, "time_per_evaluation": timing, "notes": notes,
-               "command": "python benchmarks/bench_estimators.py" + (" --quick" if args.quick else "")}
-    out = Path(args.out)
-    write_results(out, schema_rows(results, timing, f"VGG3D {size}^3 F={num}", len(seeds)), meta)
-    plot(results, 2 ** num, out.with_suffix(".png"), f"VGG3D, {num} superpixels, {len(seeds)} seeds")
-    _report(results, svs25, target1, target2, timing, notes)
-    print(f"wrote {out} and {out.with_suffix('.png')} (loadavg {os.getloadavg()[0]:.1f})")
-    return 0
+    return {"game": {"features": num, "size": size, "exact_evaluations": 2 ** num, "exact_s": exact_s,
+                     "exact_shapley": exact.tolist()},
+            "seeds": len(seeds), "results": results, "target_captum_svs25": {"captum": svs25, "ours": target1},
+            "target_vs_shapiq": target2, "time_per_evaluation": timing, "notes": notes}
+
+
+def large_game(args, seeds) -> dict:
+    """The ~200-superpixel game: reference from a long antithetic run (its own standard errors are
+    the error floor), then every estimator at a few budgets on the real CNN."""
+    model_game, _, _, _ = build_game(args.large_features, args.large_size)
+    game = ModelRowsGame(model_game)
+    num = game.num
+    start = time.perf_counter()
+    reference = estimate_shapley(game, num, "antithetic", n_evaluations=args.reference_evaluations, seed=10 ** 6)
+    reference_s = time.perf_counter() - start
+    floor = float(reference.stderr.square().mean().sqrt())
+    print(f"large game: VGG3D on {args.large_size}^3, F = {num}; reference: antithetic, "
+          f"{reference.n_evaluations} evaluations in {reference_s:.0f} s, RMS stderr {floor:.2e}", flush=True)
+    factors = (2, 5, 10) if args.quick else (2, 5, 10, 25)
+    budgets = [k * num for k in factors]
+    runs = {"captum_svs": captum_runs(game, "captum_svs", list(factors), seeds),
+            "captum_kernelshap": captum_runs(game, "captum_kernelshap", budgets, seeds)}
+    for method in OURS:
+        runs[method] = our_runs(game, method, budgets, seeds)
+    if _have_shapiq():
+        for method in ("shapiq_kernelshap", "shapiq_leverage", "shapiq_permutation", "shapiq_svarm"):
+            runs[method] = shapiq_runs(game, method, budgets, seeds)
+    results = _curves(runs, reference.values)
+    return {"features": num, "size": args.large_size, "seeds": len(seeds),
+            "reference": {"method": "antithetic", "evaluations": reference.n_evaluations, "seconds": reference_s,
+                          "rms_stderr": floor, "max_stderr": float(reference.stderr.max()),
+                          "values": reference.values.tolist(), "stderr": reference.stderr.tolist()},
+            "results": results}
+
+
+def _have_shapiq() -> bool:
+    try:
+        import shapiq  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _curves(runs, exact) -> dict:
+    results = {}
+    for name, by_budget in runs.items():
+        results[name] = []
+        for budget, (estimates, evaluations) in by_budget.items():
+            rmse, max_abs = errors(estimates, exact)
+            results[name].append({"budget": budget, "evaluations": evaluations, "rmse": rmse, "max_abs": max_abs})
+    return results
 
 
 def schema_rows(results: dict, timing: dict, game: str, seeds: int) -> list:
@@ -301,6 +404,17 @@ def _report(results, svs25, target1, target2, timing, notes) -> None:
               f"(x{t['ratio_to_feature_ablation']:.3f} of FeatureAblation)")
     for note in notes:
         print("note:", note)
+
+
+
+
+def _report_large(large: dict) -> None:
+    ref = large["reference"]
+    print(f"large game, F = {large['features']}: reference {ref['evaluations']} evaluations, RMS stderr "
+          f"{ref['rms_stderr']:.2e}")
+    for name, curve in large["results"].items():
+        print(f"  {name:26s} " + " ".join(f"{r['rmse']:8.2e}" for r in curve) + "   (evals: "
+              + ",".join(str(r["evaluations"]) for r in curve) + ")")
 
 
 if __name__ == "__main__":

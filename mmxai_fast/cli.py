@@ -23,15 +23,14 @@ def _cmd_tour(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import DemoConfig, run_demo
-    from .pipeline import resolve_method
+    from .demo import DemoConfig, resolve_demo_method, run_demo
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("n_cases", args.cases), ("seed", args.seed))
                  if v is not None}
     try:
         config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
         for method in args.methods:
-            resolve_method(method)
+            resolve_demo_method(method)
     except ValueError as exc:
         args.parser.error(str(exc))
     try:

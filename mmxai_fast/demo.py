@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .demo_report import summary_markdown
+from .demo_shapley import ESTIMATOR_METHOD
 from .models import VGG3D
 from .phantom import GRADES, BrainPhantom, make_phantom_dataset
 from ._validation import int_at_least
@@ -36,9 +38,10 @@ if TYPE_CHECKING:
     from .pipeline import Case, Explanation
 
 __all__ = ["DemoConfig", "TrainResult", "MethodResult", "DemoResult", "DEFAULT_METHODS", "ANATOMIES", "run_demo",
-           "train_grade_classifier", "phantom_case", "localisation_score", "evidence_share", "modality_ranking"]
+           "train_grade_classifier", "phantom_case", "localisation_score", "evidence_share", "modality_ranking",
+           "resolve_demo_method"]
 
-DEFAULT_METHODS = ("ShapleyValueSampling", "Occlusion", "IntegratedGradients")
+DEFAULT_METHODS = (ESTIMATOR_METHOD, "Occlusion", "IntegratedGradients")
 ANATOMIES = ("phantom", "mni152")
 
 
@@ -52,8 +55,12 @@ class DemoConfig:
         epochs, batch_size, learning_rate: Adam training of the classifier (cosine-decayed rate).
         widths: channels of the VGG3D blocks.
         n_cases: held-out high-grade cases to explain.
-        n_segments: SLIC superpixels per modality for Shapley value sampling.
-        shapley_samples: permutations for Shapley value sampling.
+        n_segments: SLIC superpixels per modality for the Shapley methods (and the metrics' curves).
+        compactness: their SLIC compactness (low: segments follow tissue edges, such as the rim's).
+        shapley_method: estimator of ``ShapleyEstimator`` (:data:`mmxai_fast.estimators.METHODS`).
+        shapley_evaluations: its budget in model inputs.
+        coarse_segments: SLIC segments per modality of the Owen hierarchy's coarse level.
+        shapley_samples: permutations for Captum's ShapleyValueSampling (``--methods``).
         occlusion_window / occlusion_stride: cubic occlusion window (one modality at a time).
         ig_steps: integrated-gradients steps.
         seed: seeds the data, the initialisation and the training order.
@@ -68,6 +75,10 @@ class DemoConfig:
     widths: Tuple[int, ...] = (8, 16, 32)
     n_cases: int = 2
     n_segments: int = 150
+    compactness: float = 0.1
+    shapley_method: str = "permutation"
+    shapley_evaluations: int = 1200
+    coarse_segments: int = 15
     shapley_samples: int = 2
     occlusion_window: int = 8
     occlusion_stride: int = 8
@@ -76,7 +87,7 @@ class DemoConfig:
 
     def __post_init__(self):
         for name in ("n_train", "n_val", "epochs", "batch_size", "n_cases", "n_segments", "shapley_samples",
-                     "occlusion_window", "occlusion_stride", "ig_steps"):
+                     "occlusion_window", "occlusion_stride", "ig_steps", "shapley_evaluations", "coarse_segments"):
             value = getattr(self, name)
             int_at_least(value, f"DemoConfig.{name}", 1)
         if (not isinstance(self.shape, tuple) or len(self.shape) != 3
@@ -84,6 +95,10 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.shape must be three ints >= 16, got {self.shape!r}")
         if not self.widths or not all(isinstance(w, int) and w >= 1 for w in self.widths):
             raise ValueError(f"DemoConfig.widths must be ints >= 1, got {self.widths!r}")
+        from .estimators import METHODS
+
+        if self.shapley_method not in METHODS:
+            raise ValueError(f"DemoConfig.shapley_method must be one of {METHODS}, got {self.shapley_method!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"DemoConfig.learning_rate must be > 0, got {self.learning_rate!r}")
 
@@ -128,6 +143,7 @@ class MethodResult:
     evidence_share: Dict[str, float]  # share of the positive attribution (evidence for the target) per modality
     evidence_ranking: List[str]
     p_high: float  # the model's probability of "high grade" for the case
+    metrics: Dict[str, float] = field(default_factory=dict)  # mmxai_fast.metrics (demo_metrics.METRIC_COLUMNS)
     files: Dict[str, str] = field(default_factory=dict)
 
 
@@ -293,80 +309,30 @@ def _method_kwargs(method: str, config: DemoConfig) -> Dict[str, object]:
     return per_method.get(method, {})
 
 
-def _overview_figure(case, explanations: Dict[str, "Explanation"]):
-    """Rows = methods, columns = modalities on the axial slice with the largest tumour area: each
-    method's map scaled to [-1, 1] by its largest magnitude (red = evidence for high grade), the
-    tumour outlined; last column each modality's share of |attribution| and of the evidence."""
-    from matplotlib.figure import Figure
+def resolve_demo_method(name: str) -> str:
+    """``ShapleyEstimator`` (the demo's Shapley method) or a method of :func:`~mmxai_fast.pipeline.explain`."""
+    from .pipeline import resolve_method
 
-    from .pipeline import choose_axial_slice, scale_signed
-
-    z = choose_axial_slice(case.roi)
-    names = case.modalities
-    fig = Figure(figsize=(2.3 * len(names) + 2.4, 2.4 * len(explanations)), layout="constrained")
-    axes = fig.subplots(len(explanations), len(names) + 1, squeeze=False)
-    for row, (method, explanation) in enumerate(explanations.items()):
-        heat = scale_signed(explanation.attributions)
-        for col, name in enumerate(names):
-            ax = axes[row, col]
-            ax.imshow(case.image[col, :, :, z].numpy().T, cmap="gray", origin="lower")
-            values = heat[col, :, :, z].numpy().T
-            ax.imshow(values, cmap="bwr", vmin=-1, vmax=1, origin="lower", alpha=np.clip(np.abs(values) * 1.5, 0, 0.85))
-            ax.contour(case.roi[:, :, z].float().numpy().T, levels=[0.5], colors="lime", linewidths=0.7)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name)
-            if col == 0:
-                ax.set_ylabel(method, fontsize=8)
-        ax = axes[row, -1]
-        rows_y = np.arange(len(names))[::-1]
-        evidence = evidence_share(explanation.attributions, names)
-        ax.barh(rows_y + 0.2, [100 * explanation.modality_importance[n] for n in names], height=0.4,
-                color="tab:gray", label="|attribution|")
-        ax.barh(rows_y - 0.2, [100 * evidence[n] for n in names], height=0.4, color="tab:red", label="evidence (> 0)")
-        ax.set_yticks(rows_y, names)
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("% per modality", fontsize=7)
-        if row == 0:
-            ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle(f"high-grade case, axial slice {z}: evidence for 'high grade' (red), tumour outlined", fontsize=9)
-    return fig
+    return ESTIMATOR_METHOD if name.lower() == ESTIMATOR_METHOD.lower() else resolve_method(name)
 
 
-def _summary_markdown(result: "DemoResult") -> str:
-    cfg = result.config
-    lines = [
-        "# mmxai-fast demo",
-        "",
-        f"Task: high- vs low-grade glioma, {result.anatomy} anatomy, {'x'.join(map(str, cfg.shape))} voxels, "
-        f"T1/T1ce/T2/FLAIR; only the enhancing rim in T1ce tells the grades apart.",
-        f"VGG3D {list(cfg.widths)} trained on {cfg.n_train} cases, {cfg.epochs} epochs, in {result.train_s:.1f} s "
-        f"({torch.get_num_threads()} threads); held-out accuracy {result.accuracy:.3f} on {cfg.n_val} cases.",
-        "",
-        "localisation = share of the positive attribution inside the tumour (core, rim and oedema); "
-        "a map blind to the tumour scores about the tumour's volume fraction (in brackets: its share of the brain).",
-        "",
-        "modality ranking = by share of |attribution| (mmxai_fast.pipeline); evidence = by share of the positive "
-        "attribution, i.e. of the evidence for 'high grade'.",
-        "",
-        "| case | method | wall s | model inputs (calls) | time in model | localisation | tumour fraction "
-        "| modality ranking | evidence for high grade |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
-    ]
-    for row in result.rows:
-        share = row.model_s / row.wall_s if row.wall_s > 0 else 0.0
-        lines.append(f"| {row.case} | {row.method} | {row.wall_s:.2f} | {row.model_inputs} ({row.model_calls}) | "
-                     f"{share:.0%} | {row.localisation:.3f} | {row.tumour_fraction:.3f} "
-                     f"({row.tumour_fraction_of_brain:.3f}) | {' > '.join(row.modality_ranking)} | "
-                     f"{' > '.join(f'{m} {row.evidence_share[m]:.0%}' for m in row.evidence_ranking)} |")
-    return "\n".join(lines) + "\n"
+def _explain(model: nn.Module, case: "Case", method: str, target: int, superpixels, config: DemoConfig,
+             show_progress: bool) -> "Explanation":
+    from .demo_shapley import shapley_explanation
+    from .pipeline import Baseline, explain
+
+    if method == ESTIMATOR_METHOD:
+        return shapley_explanation(model, case, target, superpixels, config.shapley_method,
+                                   config.shapley_evaluations, seed=config.seed,
+                                   coarse_segments=config.coarse_segments, batch_size=config.batch_size)
+    return explain(model, case, method, target=target, superpixels=superpixels, baseline=Baseline.zeros(),
+                   method_kwargs=_method_kwargs(method, config), show_progress=show_progress, seed=config.seed)
 
 
 def run_demo(out_dir, config: Optional[DemoConfig] = None, anatomy: str = "phantom",
              methods: Sequence[str] = DEFAULT_METHODS, show_progress: bool = True,
              trained: Optional[TrainResult] = None, echo: bool = True) -> DemoResult:
-    """Train the grade classifier on phantoms, explain held-out high-grade cases, write the results.
+    """Train the grade classifier on phantoms, explain held-out high-grade cases, score and write the results.
 
     Args:
         out_dir: output folder (created). Per explained case ``<case>/overview.png`` (every method
@@ -387,13 +353,15 @@ def run_demo(out_dir, config: Optional[DemoConfig] = None, anatomy: str = "phant
         ValueError: unknown ``anatomy`` or method, or no held-out high-grade case classified right.
         ImportError: ``anatomy="mni152"`` without nilearn.
     """
-    from .pipeline import Baseline, Superpixels, explain, resolve_method, write_explanation
+    from .demo_metrics import explanation_metrics
+    from .demo_report import overview_figure
+    from .pipeline import Superpixels, superpixel_mask, write_explanation
     from .pipeline.outputs import _png_bytes, write_files_atomically
 
     config = config or DemoConfig()
     if isinstance(methods, str) or not methods:
         raise ValueError(f"methods must be a non-empty list of method names, got {methods!r}")
-    methods = tuple(resolve_method(m) for m in methods)
+    methods = tuple(resolve_demo_method(m) for m in methods)
     if anatomy not in ANATOMIES:
         raise ValueError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
     out_dir = Path(out_dir)
@@ -409,16 +377,16 @@ def run_demo(out_dir, config: Optional[DemoConfig] = None, anatomy: str = "phant
         raise ValueError("the classifier got no held-out high-grade case right; train longer (epochs, n_train)")
 
     rows, files = [], {}
-    superpixels = Superpixels(n_segments=config.n_segments)
+    superpixels = Superpixels(n_segments=config.n_segments, compactness=config.compactness)
     for i in picks:
         phantom = trained.val_phantoms[i]
         case, name = phantom_case(phantom), f"case{i:03d}"
-        explanations = {}
-        for method in methods:
-            explanation = explain(model, case, method, target=high, superpixels=superpixels,
-                                  baseline=Baseline.zeros(), method_kwargs=_method_kwargs(method, config),
-                                  show_progress=show_progress, seed=config.seed)
-            explanations[method] = explanation
+        explanations = {method: _explain(model, case, method, high, superpixels, config, show_progress)
+                        for method in methods}
+        # every method's curves remove the same superpixels (the Shapley ones), in its own order
+        mask = next((e.feature_mask for e in explanations.values() if e.feature_mask is not None), None)
+        mask = superpixel_mask(case, superpixels) if mask is None else mask
+        for method, explanation in explanations.items():
             written = write_explanation(case, explanation, out_dir / name / method)
             stats = explanation.stats
             rows.append(MethodResult(
@@ -430,15 +398,16 @@ def run_demo(out_dir, config: Optional[DemoConfig] = None, anatomy: str = "phant
                 modality_importance=explanation.modality_importance,
                 modality_ranking=modality_ranking(explanation.modality_importance),
                 evidence_share=(evidence := evidence_share(explanation.attributions, case.modalities)),
-                evidence_ranking=modality_ranking(evidence),
-                p_high=float(probs[i]), files={k: str(v) for k, v in written.items()}))
-        figure = _png_bytes(_overview_figure(case, explanations))
+                evidence_ranking=modality_ranking(evidence), p_high=float(probs[i]),
+                metrics=explanation_metrics(model, case, explanation, mask, high, seed=config.seed),
+                files={k: str(v) for k, v in written.items()}))
+        figure = _png_bytes(overview_figure(case, explanations))
         overview = write_files_atomically(out_dir / name, {"overview.png": figure})
         files[f"{name}/overview.png"] = str(overview["overview.png"])
 
     result = DemoResult(config=config, anatomy=anatomy, accuracy=trained.accuracy, train_s=trained.train_s,
                         rows=rows, files=files)
-    markdown = _summary_markdown(result)
+    markdown = summary_markdown(result)
     summary = {"config": asdict(config), "anatomy": anatomy, "accuracy": result.accuracy, "n_val": trained.n_val,
                "train_s": result.train_s, "threads": torch.get_num_threads(), "rows": [asdict(r) for r in rows]}
     written = write_files_atomically(out_dir, {"summary.md": markdown.encode(),

@@ -8,7 +8,8 @@ import torch
 
 from mmxai_fast.cli import main
 from mmxai_fast.demo import (DEFAULT_METHODS, DemoConfig, evidence_share, localisation_score, modality_ranking,
-                             run_demo)
+                             resolve_demo_method, run_demo)
+from mmxai_fast.demo_metrics import METRIC_COLUMNS
 
 HAVE_NILEARN = importlib.util.find_spec("nilearn") is not None
 
@@ -45,6 +46,22 @@ def test_every_method_localises_the_tumour_and_ranks_t1ce_high(demo_run):
         assert r["evidence_ranking"][0] == "t1ce" and r["evidence_share"]["t1ce"] >= 0.35, r
         assert r["p_high"] > 0.5
         assert r["model_inputs"] > 0 and 0 < r["model_s"] <= r["wall_s"]
+
+
+def test_every_method_is_scored_by_the_metrics(demo_run):
+    out, summary = demo_run
+    table = (out / "summary.md").read_text()
+    for title in METRIC_COLUMNS.values():
+        assert title in table
+    for r in summary["rows"]:
+        m = r["metrics"]
+        assert set(METRIC_COLUMNS) <= set(m), r
+        assert 0.0 <= m["msfi"] <= 1.0 + 1e-9
+        # areas of the high-grade logit; delta-AUPC is their difference with the random orders'
+        assert all(isinstance(m[k], float) and m[k] == m[k] for k in METRIC_COLUMNS)
+        assert m["metric_evaluations"] > 0
+    shapley = next(r for r in summary["rows"] if r["method"] == "ShapleyEstimator")
+    assert shapley["model_inputs"] <= summary["config"]["shapley_evaluations"] + 1
 
 
 def test_output_files(demo_run):
@@ -86,8 +103,17 @@ def test_bad_arguments_fail_before_training(tmp_path, kwargs, match):
     assert not list(tmp_path.iterdir())
 
 
+def test_resolve_demo_method():
+    assert resolve_demo_method("shapleyestimator") == "ShapleyEstimator"
+    assert resolve_demo_method("ig") == "IntegratedGradients"
+    with pytest.raises(ValueError, match="method must be one of"):
+        resolve_demo_method("nope")
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(epochs=0), "epochs must be an int >= 1"),
+    (dict(shapley_method="exact"), "shapley_method must be one of"),
+    (dict(shapley_evaluations=0), "shapley_evaluations must be an int >= 1"),
     (dict(shape=(8, 32, 32)), "shape must be three ints >= 16"),
     (dict(learning_rate=-1.0), "learning_rate"),
 ])

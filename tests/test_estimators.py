@@ -228,3 +228,33 @@ def test_kernel_shap_leverage_sampler():
 def test_every_method_is_listed():
     assert set(METHODS) == {"permutation", "antithetic", "leverage", "kernel", "regression_adjusted", "stratified",
                             "owen"}
+
+
+def test_leverage_spends_the_whole_budget_on_distinct_coalitions():
+    from mmxai_fast.estimators.kernel import LeverageState
+
+    seen = []
+
+    def game(rows):
+        seen.append(rows.clone())
+        return rows.double().sum(-1)
+    for budget, paired in ((60, True), (24, False), (200, True)):  # F = 12: 11 unknowns
+        seen.clear()
+        state = LeverageState(game, 12, torch.Generator().manual_seed(0), "cpu")
+        state.step(budget - 2)
+        rows = torch.cat(seen)
+        assert state.paired is paired
+        assert state.n_evaluations == budget == rows.shape[0]
+        assert torch.unique(rows, dim=0).shape[0] == rows.shape[0]  # no coalition twice
+        phi, _ = state.estimate()
+        assert torch.allclose(phi, torch.ones(12, dtype=torch.float64), atol=1e-9)  # additive game: exact
+
+
+def test_paired_sampling_thresholds():
+    from mmxai_fast.estimators.kernel import paired_sampling
+
+    # F = 12: 11 unknowns; pairs = (evaluations - 2) // 2
+    assert paired_sampling(12, 18)       # 8 pairs < 11: minimum-norm, pairs
+    assert not paired_sampling(12, 24)   # 11 pairs: nearly singular with pairs
+    assert not paired_sampling(12, 34)   # 16 pairs < 16.5
+    assert paired_sampling(12, 36)       # 17 pairs

@@ -25,7 +25,7 @@
 from __future__ import annotations
 
 import math
-from typing import Union, cast
+from typing import Optional, Union, cast
 
 import torch
 from torch import Tensor
@@ -36,6 +36,8 @@ __all__ = ["LeverageState", "RegressionAdjustedState", "BOOTSTRAP_REPLICATES", "
            "draw_leverage_pairs"]
 
 BOOTSTRAP_REPLICATES = 32
+#: Paired sampling again from this many pairs per unknown (see :func:`paired_sampling`).
+PAIRED_FROM = 1.5
 #: Coalition sizes whose subsets number at most this many may be enumerated.
 _MAX_ENUMERATED = 2 ** 16
 
@@ -110,27 +112,64 @@ def _allocate(num: int, pairs: int, enumerated=(), sampled=()):
     return enumerate_now, open_sizes, max(pairs, 0)
 
 
-def draw_leverage_pairs(num: int, pairs: int, generator, device, enumerated=(), sampled=(), first_id: int = 0):
+def _draw_open(num: int, count: int, open_sizes, generator, device, paired: bool) -> Tensor:
+    """``count`` distinct first sides (paired) or rows (unpaired) on the sampled sizes: sizes by
+    their leverage share, members uniform; repeats are drawn again (a few rounds), so the budget
+    is spent on distinct coalitions as long as the sizes have room."""
+    probs = torch.tensor([0.5 if 2 * s == num else 1.0 for s in open_sizes], device=device)
+    sizes_t = torch.tensor(open_sizes, device=device)
+    first = torch.zeros((0, num), dtype=torch.bool, device=device)
+    for _ in range(8):
+        missing = count - first.shape[0]
+        if missing <= 0:
+            break
+        choice = torch.multinomial(probs, missing, replacement=True, generator=generator)
+        drawn = _uniform_subsets(sizes_t[choice], num, generator, device)
+        if not paired:  # either side of the pair, with probability 1/2 each
+            flip = torch.rand(missing, generator=generator, device=device) < 0.5
+            drawn = torch.where(flip.unsqueeze(1), ~drawn, drawn)
+        # without repeats (a pair is known by its first side, which has the smaller size)
+        first = torch.unique(torch.cat((first, drawn)), dim=0)
+    first = first[torch.randperm(first.shape[0], generator=generator, device=device)][:count]
+    return first
+
+
+def draw_leverage_pairs(num: int, pairs: int, generator, device, enumerated=(), sampled=(), first_id: int = 0,
+                        paired: bool = True):
     """Leverage SHAP coalitions for ``pairs`` complementary pairs: ``(rows [R, F], pair id per row
-    [R] (-1 for enumerated sizes), sizes enumerated, sizes sampled)``."""
+    [R] (-1 for enumerated sizes), sizes enumerated, sizes sampled)``. ``paired=False`` spends the
+    same budget on ``2 pairs`` distinct coalitions, each the first or the second side of a pair
+    (the Shapley kernel is symmetric, so the sizes' shares are unchanged)."""
     enumerate_now, open_sizes, pairs = _allocate(num, pairs, enumerated, sampled)
     rows, ids = [], []
     for s in enumerate_now:
         rows.append(_enumerate_pairs(num, s, device))
         ids.append(torch.full((rows[-1].shape[0],), -1, dtype=torch.int64, device=device))
     if open_sizes and pairs > 0:
-        probs = torch.tensor([0.5 if 2 * s == num else 1.0 for s in open_sizes], device=device)
-        choice = torch.multinomial(probs, pairs, replacement=True, generator=generator)
-        sizes = torch.tensor(open_sizes, device=device)[choice]
-        first = torch.unique(_uniform_subsets(sizes, num, generator, device), dim=0)  # without repeats
-        first = first[torch.randperm(first.shape[0], generator=generator, device=device)]
-        rows.append(torch.stack((first, ~first), 1).reshape(-1, num))
-        ids.append((first_id + torch.arange(first.shape[0], device=device)).repeat_interleave(2))
+        first = _draw_open(num, pairs if paired else 2 * pairs, open_sizes, generator, device, paired)
+        if paired:
+            rows.append(torch.stack((first, ~first), 1).reshape(-1, num))
+            ids.append((first_id + torch.arange(first.shape[0], device=device)).repeat_interleave(2))
+        else:
+            rows.append(first)
+            ids.append(first_id + torch.arange(first.shape[0], device=device))
     else:
         open_sizes = []
     empty = torch.zeros((0, num), dtype=torch.bool, device=device)
     return (torch.cat(rows) if rows else empty, torch.cat(ids) if ids else empty.new_zeros(0, dtype=torch.int64),
             enumerate_now, open_sizes)
+
+
+def paired_sampling(num: int, evaluations: int) -> bool:
+    """Pairs of complements, or single coalitions? A pair's two centred rows are opposite, so ``P``
+    pairs give the regression only ``P`` directions for its ``F - 1`` unknowns: with ``P`` just
+    above ``F - 1`` the solve is nearly singular (the error of an ``n``-row regression with ``p``
+    unknowns grows like ``p / (n - p)``), and the ``2 P`` single coalitions of the same budget are
+    better conditioned. Below ``F - 1`` pairs the minimum-norm solution shrinks well and pairs win
+    again; from :data:`PAIRED_FROM` ``(F - 1)`` pairs on their antithetic correlation wins
+    (thresholds measured on the benchmark's games, ``benchmarks/bench_estimators.py``)."""
+    pairs, unknowns = (evaluations - 2) // 2, num - 1
+    return not unknowns <= pairs < PAIRED_FROM * unknowns
 
 
 def leverage_rows(groups: int, n_samples: int, num_features: int, device) -> Tensor:
@@ -139,7 +178,8 @@ def leverage_rows(groups: int, n_samples: int, num_features: int, device) -> Ten
     global RNG; the same coalitions for every group; ``R <= n_samples`` after deduplication)."""
     if num_features < 2:
         raise ValueError(f"leverage sampling needs at least 2 features, got {num_features}")
-    rows = draw_leverage_pairs(num_features, max(n_samples - 2, 0) // 2, None, device)[0]
+    rows = draw_leverage_pairs(num_features, max(n_samples - 2, 0) // 2, None, device,
+                               paired=paired_sampling(num_features, n_samples))[0]
     return torch.cat((_ends(num_features, device), rows)).expand(groups, -1, -1)
 
 
@@ -158,10 +198,11 @@ def leverage_weights(rows: Tensor) -> Tensor:
 class LeverageState:
     """Running Leverage SHAP estimate on a game (see the module docstring)."""
 
-    def __init__(self, game, num_features: int, generator, device):
+    def __init__(self, game, num_features: int, generator, device, paired: Optional[bool] = None):
         if num_features < 2:
             raise ValueError(f"leverage sampling needs at least 2 features, got {num_features}")
         self.game, self.num, self.gen, self.device = game, num_features, generator, device
+        self.paired = paired
         self.rows = [_ends(num_features, device)]
         self.values = [game(self.rows[0])]
         self.pair_ids = [torch.full((2,), -1, dtype=torch.int64, device=device)]  # -1: not resampled
@@ -171,8 +212,11 @@ class LeverageState:
         self.sampled: set = set()
 
     def step(self, budget: int) -> None:
+        if self.paired is None:
+            self.paired = paired_sampling(self.num, self.n_evaluations + budget)
         rows, ids, enumerated, sampled = draw_leverage_pairs(self.num, max(1, budget // 2), self.gen, self.device,
-                                                             self.enumerated, self.sampled, self.n_pairs)
+                                                             self.enumerated, self.sampled, self.n_pairs,
+                                                             self.paired)
         self.enumerated.update(enumerated)
         self.sampled.update(sampled)
         self.n_pairs = max(self.n_pairs, int(ids.max()) + 1 if ids.numel() else 0)
