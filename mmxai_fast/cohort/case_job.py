@@ -26,12 +26,17 @@ from ..pipeline import (Baseline, Case, Explanation, RunStats, Superpixels, expl
 from ..pipeline.outputs import heatmap_filename
 from .discovery import CaseSpec
 from .distributed import Dist
+from .rows import sharded_rows
 from .shapley import sharded_shapley_sampling
 
-__all__ = ["CohortSettings", "CaseOutcome", "load_spec", "explain_case", "publish_case", "WORK_DIR", "SAMPLE_ARG"]
+__all__ = ["CohortSettings", "CaseOutcome", "load_spec", "explain_case", "publish_case", "WORK_DIR", "SAMPLE_ARG",
+           "WITHIN_CASE_METHODS"]
 
 WORK_DIR = ".work"
 SHAPLEY = "ShapleyValueSampling"
+#: Methods whose work within one case is sharded over ranks (Shapley: permutations; the others:
+#: their engine rows, see :mod:`mmxai_fast.cohort.rows`).
+WITHIN_CASE_METHODS = (SHAPLEY, "Occlusion", "FeatureAblation", "Lime", "KernelShap")
 #: The sample-count argument each method takes (set by ``n_samples``), as in ``mmxai-fast explain``.
 SAMPLE_ARG = {SHAPLEY: "n_samples", "Lime": "n_samples", "KernelShap": "n_samples", "GradientShap": "n_samples",
               "SmoothGrad": "nt_samples", "IntegratedGradients": "n_steps"}
@@ -120,18 +125,20 @@ def _explain_shapley(model, case: Case, settings: CohortSettings, seed: int, dev
 def explain_case(model, case: Case, settings: CohortSettings, seed: int, device: torch.device,
                  dist: Optional[Dist] = None, checkpoint: Optional[Path] = None, checkpoint_every: int = 8,
                  chunk: int = 32, show_progress: bool = False, desc: str = "case") -> CaseOutcome:
-    """Explain one case with the cohort's method; ``dist`` shards Shapley permutations over its ranks."""
+    """Explain one case with the cohort's method; ``dist`` shards the case's work over its ranks
+    (Shapley permutations, or the rows of the other :data:`WITHIN_CASE_METHODS`)."""
     if settings.method == SHAPLEY:
         return _explain_shapley(model, case, settings, seed, device, dist, checkpoint, checkpoint_every, chunk,
                                 show_progress, desc)
     kwargs = dict(settings.method_kwargs)
     if settings.n_samples is not None:
         kwargs[SAMPLE_ARG[settings.method]] = settings.n_samples
-    exp = explain(model, case, method=settings.method, target=settings.target,
-                  superpixels=Superpixels(n_segments=settings.n_segments, compactness=settings.compactness,
-                                          joint=settings.joint),
-                  baseline=Baseline.parse(settings.baseline, seed=seed), method_kwargs=kwargs, device=device,
-                  show_progress=show_progress, seed=seed)
+    with sharded_rows(dist):
+        exp = explain(model, case, method=settings.method, target=settings.target,
+                      superpixels=Superpixels(n_segments=settings.n_segments, compactness=settings.compactness,
+                                              joint=settings.joint),
+                      baseline=Baseline.parse(settings.baseline, seed=seed), method_kwargs=kwargs, device=device,
+                      show_progress=show_progress, seed=seed)
     return CaseOutcome(exp)
 
 

@@ -8,30 +8,39 @@ Output folder::
     <out>/<case_id>/           one folder per finished case (appears complete, in one rename)
     <out>/.work/               hidden: staging folders and partial Shapley sums (checkpoints)
 
-Two ways to share the work (``shard``): ``"cases"`` gives each rank its own cases (round-robin
-over the unfinished ones); ``"permutations"`` has all ranks work on one case at a time, each on
-its share of the Shapley permutations, reduced with ``all_reduce``. ``"auto"`` shards
-permutations when fewer cases are left than ranks. Both give the same results (float tolerance)
-for any world size, as every seed is derived from the run's seed, the case id and the
-permutation index only.
+Two ways to share the work (``shard``): ``"cases"`` gives each rank its own cases (claimed
+one at a time, largest first, so a slow rank or a large case does not hold the others up);
+``"permutations"`` has all ranks work on one case at a time, each on its share of the Shapley
+permutations (or of the windows, features or coalitions of the other
+:data:`~mmxai_fast.cohort.case_job.WITHIN_CASE_METHODS`), reduced with ``all_reduce``.
+``"auto"`` shards within cases when fewer cases are left than ranks. Both give the same results
+(float tolerance) for any world size, as every seed is derived from the run's seed, the case id
+and the permutation index only.
+
+When the work of one rank raises, the ranks agree on it before the next data collective
+(:meth:`~mmxai_fast.cohort.distributed.Dist.agree`): every rank raises
+:class:`~mmxai_fast.cohort.distributed.RankFailed` naming the failed rank and its error,
+instead of waiting for it forever.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
-from .case_job import SHAPLEY, WORK_DIR, CohortSettings, explain_case, load_spec, publish_case
+from .case_job import WITHIN_CASE_METHODS, WORK_DIR, CohortSettings, explain_case, load_spec, publish_case
 from .discovery import CaseSpec
-from .index import write_index
-from .distributed import Dist
+from .distributed import Dist, RankFailed
+from .index import index_rows, write_index
 from .manifest import ManifestError, atomic_write_bytes, model_weights_hash, open_manifest, settings_hash, \
     write_manifest
-from .sharding import case_seed, shard
+from .sharding import case_seed, shard as shard_items
 
 __all__ = ["CohortReport", "run_cohort", "SHARD_MODES", "FAILURES_NAME"]
 
@@ -69,30 +78,57 @@ def _finished(out: Path, specs: Sequence[CaseSpec]) -> List[str]:
 
 
 def _prepare(out: Path, specs, settings_dict, model_hash, dist: Dist):
-    """Rank 0 checks the manifest and clears stale staging folders; every rank gets the verdict."""
-    verdict: Optional[Tuple[str, Any]] = None  # ("ok", finished case ids) or ("error", message)
+    """Rank 0 checks the manifest and clears stale staging folders and claims; every rank gets
+    the verdict."""
+    verdict: Optional[Tuple[str, Any]] = None  # ("ok", finished case ids), ("manifest" | "error", message)
     if dist.rank == 0:
         try:
             open_manifest(out, settings_dict, model_hash)
-            shutil.rmtree(out / WORK_DIR / "staging", ignore_errors=True)
+            for stale in ("staging", "claims"):
+                shutil.rmtree(out / WORK_DIR / stale, ignore_errors=True)
             done = _finished(out, specs)
             write_manifest(out, settings_dict, model_hash, done)
             verdict = ("ok", done)
         except ManifestError as exc:
-            verdict = ("error", str(exc))
+            verdict = ("manifest", str(exc))
+        except Exception as exc:
+            if not dist.active:
+                raise
+            verdict = ("error", f"rank 0 failed: {type(exc).__name__}: {exc}")
     verdict = dist.broadcast(verdict)
-    if verdict[0] == "error":
-        raise ManifestError(verdict[1])
+    if verdict[0] != "ok":
+        raise (ManifestError if verdict[0] == "manifest" else RankFailed)(verdict[1])
     return set(verdict[1])
+
+
+def _claim(out: Path, case_id: str) -> bool:
+    """Claim ``case_id`` for this rank (an exclusive create on the shared output folder)."""
+    folder = out / WORK_DIR / "claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(folder / case_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _case_cost(spec: CaseSpec) -> int:
+    """Voxels times modalities, from the NIfTI headers (0 when unreadable: it will fail fast)."""
+    try:
+        import nibabel as nib
+
+        return sum(int(np.prod(nib.load(path).shape)) for _, path in spec.modalities)
+    except Exception:
+        return 0
 
 
 def _choose_mode(shard_mode: str, method: str, todo: int, world: int) -> str:
     if shard_mode not in SHARD_MODES:
         raise ValueError(f"shard must be one of {SHARD_MODES}, got {shard_mode!r}")
-    if shard_mode == "permutations" and method != SHAPLEY:
-        raise ValueError(f"shard='permutations' needs method {SHAPLEY}, got {method}")
+    if shard_mode == "permutations" and method not in WITHIN_CASE_METHODS:
+        raise ValueError(f"shard='permutations' needs one of the methods {WITHIN_CASE_METHODS}, got {method}")
     if shard_mode == "auto":
-        return "permutations" if method == SHAPLEY and 0 < todo < world else "cases"
+        return "permutations" if method in WITHIN_CASE_METHODS and 0 < todo < world else "cases"
     return shard_mode
 
 
@@ -136,15 +172,27 @@ class _Run:
                             show_progress=self.show_progress, desc=f"rank {self.dist.rank} {spec.case_id}")
 
     def by_cases(self, todo: Sequence[CaseSpec]) -> None:
-        for spec in shard(todo, self.dist.rank, self.dist.world_size):
-            try:
-                case = load_spec(spec, self.settings)
-            except Exception as exc:  # an unreadable case must not stop the cohort
-                self.record_failure(spec, exc)
-                continue
-            outcome = self.explain(spec, case, None, "r0of1")
-            self.finish_case(spec, case, outcome, f"{spec.case_id}.r{self.dist.rank}")
-            self.update_progress()
+        """Each rank claims the next unclaimed case, largest first, until none is left; the
+        ranks then agree (a rank whose case raised fails them all, after their own cases)."""
+        error: Optional[BaseException] = None
+        try:
+            order = sorted(todo, key=_case_cost, reverse=True) if self.dist.active else todo
+            for spec in order:
+                if self.dist.active and not _claim(self.out, spec.case_id):
+                    continue
+                try:
+                    case = load_spec(spec, self.settings)
+                except Exception as exc:  # an unreadable case must not stop the cohort
+                    self.record_failure(spec, exc)
+                    continue
+                outcome = self.explain(spec, case, None, "r0of1")
+                self.finish_case(spec, case, outcome, f"{spec.case_id}.r{self.dist.rank}")
+                self.update_progress()
+        except Exception as exc:
+            if not self.dist.active:
+                raise
+            error = exc
+        self.dist.agree(error)
 
     def by_permutations(self, todo: Sequence[CaseSpec]) -> None:
         dist = self.dist
@@ -159,12 +207,17 @@ class _Run:
                     self.record_failure(spec, error or RuntimeError("the case failed to load on another rank"))
                 continue
             outcome = self.explain(spec, case, dist, f"r{dist.rank}of{dist.world_size}")
+            error = None
             if dist.rank == 0:
-                self.finish_case(spec, case, outcome, f"{spec.case_id}.r0")
+                try:
+                    self.finish_case(spec, case, outcome, f"{spec.case_id}.r0")
+                    self.update_progress()
+                except Exception as exc:
+                    error = exc
             else:
                 self.report.computed.append(spec.case_id)
                 self.account(outcome)
-            self.update_progress()
+            dist.agree(error)
 
 
 def run_cohort(specs: Sequence[CaseSpec], model: torch.nn.Module, out_dir: Union[str, Path],
@@ -206,13 +259,15 @@ def run_cohort(specs: Sequence[CaseSpec], model: torch.nn.Module, out_dir: Union
     comm_before = dist.comm_s
     try:
         run.by_cases(todo) if mode == "cases" else run.by_permutations(todo)
-        failures = sorted((f for part in dist.gather(run.failures) for f in part), key=lambda f: f["case"])
+        # the index rows (thumbnails) of the finished cases are read by all ranks, a share each
+        finished = _finished(out, specs)
+        parts = dist.gather((run.failures, index_rows(out, shard_items(finished, dist.rank, dist.world_size))))
+        failures = sorted((f for part, _ in parts for f in part), key=lambda f: f["case"])
         if dist.rank == 0:
             import json
 
             atomic_write_bytes(out / FAILURES_NAME, (json.dumps(failures, indent=2) + "\n").encode())
-            finished = _finished(out, specs)
-            write_index(out, finished)
+            write_index(out, finished, rows=[row for _, rows in parts for row in rows])
             write_manifest(out, settings_dict, model_hash, finished)
             # every case was attempted: what is left in .work is staging debris (checkpoints
             # belong to finished cases and were removed with them)

@@ -186,9 +186,6 @@ def sharded_shapley_sampling(model: Callable, inputs: Tensor, feature_mask: Tens
     num_features = int(mask.max()) + 1
     base = baseline.to(x.device, x.dtype) if isinstance(baseline, Tensor) else baseline
     evaluator = _Evaluator(model, x, mask, base, target, chunk)
-    empty_value = evaluator.run(perturb(x, mask, torch.zeros((1, num_features), dtype=torch.bool, device=x.device),
-                                        base))
-    full_value = evaluator.run(x[None])
 
     mine = list(range(rank, n_permutations, world_size))
     block = max(1, min(checkpoint_every, chunk // max(1, num_features - 1)))
@@ -208,7 +205,11 @@ def sharded_shapley_sampling(model: Callable, inputs: Tensor, feature_mask: Tens
     per_perm = max(0, num_features - 1)
     bar = tqdm(total=len(mine) * per_perm, initial=done * per_perm, desc=desc, unit="eval", position=rank,
                leave=False, disable=not show_progress, dynamic_ncols=True)
+    error: Optional[BaseException] = None
     try:
+        empty_value = evaluator.run(perturb(x, mask, torch.zeros((1, num_features), dtype=torch.bool,
+                                                                 device=x.device), base))
+        full_value = evaluator.run(x[None])
         while done < len(mine):
             indices = mine[done:done + block]
             with phase("perturb"):
@@ -226,10 +227,15 @@ def sharded_shapley_sampling(model: Callable, inputs: Tensor, feature_mask: Tens
             if path is not None and (done - saved >= checkpoint_every or done == len(mine)):
                 _save_checkpoint(path, key, done, sums, sumsq)
                 saved = done
+    except Exception as exc:  # the other ranks must hear of it before they wait in the all_reduce
+        if dist is None or not dist.active:
+            raise
+        error = exc
     finally:
         bar.close()
     comm_before = dist.comm_s if dist is not None else 0.0
     if dist is not None and dist.active:
+        dist.agree(error)
         with phase("communication"):
             both = torch.stack([sums, sumsq])
             dist.all_reduce_sum(both)
