@@ -143,7 +143,7 @@ def init_distributed(device: Optional[str] = None, timeout_s: Optional[float] = 
     if owns:
         if timeout_s is not None and (isinstance(timeout_s, bool) or not timeout_s > 0):
             raise ValueError(f"timeout_s must be None or a number > 0, got {timeout_s!r}")
-        kwargs = {} if timeout_s is None else {"timeout": timedelta(seconds=float(timeout_s))}
-        dist.init_process_group(backend=backend, **kwargs)
+        dist.init_process_group(backend=backend,
+                                timeout=None if timeout_s is None else timedelta(seconds=float(timeout_s)))
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, device=chosen,
                 backend=dist.get_backend(), owns_group=owns)

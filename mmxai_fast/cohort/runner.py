@@ -24,6 +24,7 @@ instead of waiting for it forever.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -31,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 
 from .case_job import WITHIN_CASE_METHODS, WORK_DIR, CohortSettings, explain_case, load_spec, publish_case
@@ -117,7 +117,8 @@ def _case_cost(spec: CaseSpec) -> int:
     try:
         import nibabel as nib
 
-        return sum(int(np.prod(nib.load(path).shape)) for _, path in spec.modalities)
+        shapes = [tuple(getattr(nib.load(path), "shape")) for _, path in spec.modalities]
+        return sum(math.prod(shape) for shape in shapes)
     except Exception:
         return 0
 

@@ -131,6 +131,27 @@ def _save_checkpoint(path: Path, key: str, done: int, sums: Tensor, sumsq: Tenso
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _check_arguments(inputs, feature_mask, rank, world_size, n_permutations, chunk, checkpoint_every):
+    """``(x, mask)``: the input without its batch dim and the mask on its device; raises on bad arguments."""
+    check_rank(rank, world_size)
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 2:
+        raise ValueError(f"n_permutations must be an int >= 2, got {n_permutations!r}")
+    for name, value in (("chunk", chunk), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not isinstance(inputs, Tensor) or inputs.dim() < 2 or inputs.shape[0] != 1:
+        raise ValueError(f"inputs must be a [1, *S] tensor, got {getattr(inputs, 'shape', type(inputs).__name__)}")
+    x = inputs[0]
+    mask = feature_mask[0] if feature_mask.dim() == inputs.dim() else feature_mask
+    if tuple(mask.shape) != tuple(x.shape) or mask.dtype.is_floating_point:
+        raise ValueError(f"feature_mask must be integer of shape {tuple(inputs.shape)} or {tuple(x.shape)}, "
+                         f"got {feature_mask.dtype} {tuple(feature_mask.shape)}")
+    if int(mask.min()) < 0:
+        raise ValueError(f"feature_mask ids must be >= 0, got min {int(mask.min())}")
+    mask = mask.to(x.device)
+    return x, mask
+
+
 def sharded_shapley_sampling(model: Callable, inputs: Tensor, feature_mask: Tensor, baseline: Union[Tensor, float],
                              target: Optional[int], n_permutations: int, seed: int, *, rank: int = 0,
                              world_size: int = 1, dist: Optional[Dist] = None, chunk: int = 32,
@@ -167,22 +188,7 @@ def sharded_shapley_sampling(model: Callable, inputs: Tensor, feature_mask: Tens
     start = time.perf_counter()
     if dist is not None:
         rank, world_size = dist.rank, dist.world_size
-    check_rank(rank, world_size)
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 2:
-        raise ValueError(f"n_permutations must be an int >= 2, got {n_permutations!r}")
-    for name, value in (("chunk", chunk), ("checkpoint_every", checkpoint_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if not isinstance(inputs, Tensor) or inputs.dim() < 2 or inputs.shape[0] != 1:
-        raise ValueError(f"inputs must be a [1, *S] tensor, got {getattr(inputs, 'shape', type(inputs).__name__)}")
-    x = inputs[0]
-    mask = feature_mask[0] if feature_mask.dim() == inputs.dim() else feature_mask
-    if tuple(mask.shape) != tuple(x.shape) or mask.dtype.is_floating_point:
-        raise ValueError(f"feature_mask must be integer of shape {tuple(inputs.shape)} or {tuple(x.shape)}, "
-                         f"got {feature_mask.dtype} {tuple(feature_mask.shape)}")
-    if int(mask.min()) < 0:
-        raise ValueError(f"feature_mask ids must be >= 0, got min {int(mask.min())}")
-    mask = mask.to(x.device)
+    x, mask = _check_arguments(inputs, feature_mask, rank, world_size, n_permutations, chunk, checkpoint_every)
     num_features = int(mask.max()) + 1
     base = baseline.to(x.device, x.dtype) if isinstance(baseline, Tensor) else baseline
     evaluator = _Evaluator(model, x, mask, base, target, chunk)
