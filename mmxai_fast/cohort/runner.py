@@ -34,7 +34,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .case_job import WITHIN_CASE_METHODS, WORK_DIR, CohortSettings, explain_case, load_spec, publish_case
+from ..pipeline.outputs import render_figures
+from .case_job import (WITHIN_CASE_METHODS, WORK_DIR, CohortSettings, explain_case, figure_share, load_spec,
+                       publish_case, stderr_files)
 from .discovery import CaseSpec
 from .distributed import Dist, RankFailed
 from .index import index_rows, write_index
@@ -146,8 +148,8 @@ class _Run:
         self.failures.append({"case": spec.case_id, "error": f"{type(exc).__name__}: {exc}",
                               "files": [p for _, p in spec.modalities] + ([spec.roi] if spec.roi else [])})
 
-    def finish_case(self, spec: CaseSpec, case, outcome, staging: str) -> None:
-        publish_case(self.out, spec.case_id, case, outcome, self.settings, staging)
+    def finish_case(self, spec: CaseSpec, case, outcome, staging: str, **rendered) -> None:
+        publish_case(self.out, spec.case_id, case, outcome, self.settings, staging, **rendered)
         shutil.rmtree(self.out / WORK_DIR / "checkpoints" / spec.case_id, ignore_errors=True)
         self.report.computed.append(spec.case_id)
         self.account(outcome)
@@ -207,18 +209,39 @@ class _Run:
                 if dist.rank == 0:
                     self.record_failure(spec, error or RuntimeError("the case failed to load on another rank"))
                 continue
-            outcome = self.explain(spec, case, dist, f"r{dist.rank}of{dist.world_size}")
-            error = None
-            if dist.rank == 0:
-                try:
-                    self.finish_case(spec, case, outcome, f"{spec.case_id}.r0")
-                    self.update_progress()
-                except Exception as exc:
-                    error = exc
-            else:
-                self.report.computed.append(spec.case_id)
-                self.account(outcome)
-            dist.agree(error)
+            outcome = None
+            try:
+                outcome = self.explain(spec, case, dist, f"r{dist.rank}of{dist.world_size}")
+            except RankFailed:
+                raise
+            except Exception as exc:  # raised outside the method's collectives: tell the others below
+                error = exc
+            self.publish_together(spec, case, outcome, error)
+
+    def publish_together(self, spec: CaseSpec, case, outcome, error: Optional[BaseException]) -> None:
+        """Every rank holds the case's result: the other ranks render the slow figures
+        (:func:`figure_share`) while rank 0 renders the standard-error maps, then rank 0 writes."""
+        dist, mine, extra = self.dist, {}, {}
+        try:
+            if error is not None:
+                raise error
+            mine = render_figures(case, outcome.explanation, figure_share(dist.rank, dist.world_size),
+                                  smooth_sigma=self.settings.smooth)
+            extra = stderr_files(case, outcome) if dist.rank == 0 else {}
+        except Exception as exc:
+            error = exc
+        figures = {name: png for part in dist.agree(error, mine if dist.rank else {}) for name, png in part.items()}
+        error = None
+        if dist.rank == 0:
+            try:
+                self.finish_case(spec, case, outcome, f"{spec.case_id}.r0", extra=extra, figures={**figures, **mine})
+                self.update_progress()
+            except Exception as exc:
+                error = exc
+        else:
+            self.report.computed.append(spec.case_id)
+            self.account(outcome)
+        dist.agree(error)
 
 
 def run_cohort(specs: Sequence[CaseSpec], model: torch.nn.Module, out_dir: Union[str, Path],
