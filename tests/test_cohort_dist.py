@@ -105,11 +105,16 @@ def _checks(rank: int, root: Path) -> dict:
     plain = load_state_dict_model(root / "model.pt", FACTORY, json.loads(FACTORY_KWARGS))
     settings = CohortSettings(n_samples=3, n_segments=2, modalities=MODALITIES)
     specs = discover_cases(root / "cases")
+    # and one case explained by KernelShap, its coalitions shared by 2 ranks / in one process
+    kernel = CohortSettings(method="KernelShap", n_samples=24, n_segments=2, modalities=MODALITIES)
     if pair is not None:
         report["computed"] = run_cohort(specs, plain, root / "sharded", settings, dist=pair, shard="cases",
                                         show_progress=False).computed
+        report["kernel_shard"] = run_cohort(specs[:1], plain, root / "kernel_sharded", kernel, dist=pair,
+                                            shard="permutations", show_progress=False).shard
     else:
         run_cohort(specs, plain, root / "single", settings, show_progress=False)
+        run_cohort(specs[:1], plain, root / "kernel_single", kernel, show_progress=False)
     if pair is not None:  # a model that raises on rank 1 fails both ranks, with rank 1's message
         raising = _RaisesOnRank(model, rank)
         from mmxai_fast import attr
@@ -164,6 +169,8 @@ def test_engine_methods_sharded_over_2_and_3_ranks_and_a_failing_rank_fails_all(
     # cases claimed by 2 ranks == one process; the broken case listed by both
     assert sorted(results[0]["computed"] + results[1]["computed"]) == ["Case_000", "Case_001"]
     assert_same_outputs(tmp_path / "single", tmp_path / "sharded", ["Case_000", "Case_001"])
+    assert results[0]["kernel_shard"] == "permutations"
+    assert_same_outputs(tmp_path / "kernel_single", tmp_path / "kernel_sharded", ["Case_000"])
     for out in ("single", "sharded"):
         assert [f["case"] for f in json.loads((tmp_path / out / "failures.json").read_text())] == ["Case_002"]
     # the failing cohort: rank 0's case is published, rank 1's is not (a rerun retries it); nothing hung
