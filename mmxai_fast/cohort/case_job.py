@@ -2,10 +2,10 @@
 
 Shapley value sampling runs on :func:`~mmxai_fast.cohort.shapley.sharded_shapley_sampling`
 (same result on any number of ranks, standard errors, checkpoints); the other methods run on
-:func:`mmxai_fast.explain` in one process. The case's files are written with
-:func:`mmxai_fast.pipeline.write_explanation` (plus standard-error maps) into a hidden staging
-folder that is renamed to ``<out>/<case_id>`` in one ``os.replace``: a case folder is complete
-or absent.
+:func:`mmxai_fast.explain` in one process. The case's files (those of
+:func:`mmxai_fast.pipeline.write_explanation`, plus standard-error maps) are written into a
+hidden staging folder that is renamed to ``<out>/<case_id>`` in one ``os.replace``: a case
+folder is complete or absent.
 """
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ import numpy as np
 import torch
 
 from ..pipeline import (Baseline, Case, Explanation, RunStats, Superpixels, explain, load_case, modality_importance,
-                        superpixel_mask, write_explanation)
-from ..pipeline.outputs import heatmap_filename
+                        superpixel_mask)
+from ..pipeline.outputs import heatmap_filename, publish_output_set, render_explanation
 from .discovery import CaseSpec
 from .distributed import Dist
 from .rows import sharded_rows
 from .shapley import sharded_shapley_sampling
 
 __all__ = ["CohortSettings", "CaseOutcome", "load_spec", "explain_case", "publish_case", "WORK_DIR", "SAMPLE_ARG",
-           "WITHIN_CASE_METHODS", "stderr_files", "figure_share"]
+           "WITHIN_CASE_METHODS", "stderr_files", "figure_share", "render_case"]
 
 WORK_DIR = ".work"
 SHAPLEY = "ShapleyValueSampling"
@@ -167,23 +167,22 @@ def figure_share(rank: int, world_size: int) -> List[str]:
     return [name for i, name in enumerate(FIGURES) if (i + 1) % world_size == rank] if world_size > 1 else []
 
 
-def publish_case(out_dir: Path, case_id: str, case: Case, outcome: CaseOutcome, settings: CohortSettings,
-                 staging_name: str, *, extra: Optional[Dict[str, bytes]] = None,
-                 figures: Optional[Dict[str, bytes]] = None) -> Path:
-    """Write the case into ``<out>/.work/staging/<staging_name>`` and rename it to ``<out>/<case_id>``.
+def render_case(case: Case, outcome: CaseOutcome, settings: CohortSettings,
+                figures: Optional[Dict[str, bytes]] = None) -> Dict[str, bytes]:
+    """Every file of the case folder, in memory: those of
+    :func:`~mmxai_fast.pipeline.outputs.render_explanation` (``figures``: PNGs rendered
+    elsewhere, or placeholders to be replaced) and the standard-error maps."""
+    files = render_explanation(case, outcome.explanation, smooth_sigma=settings.smooth, figures=figures)
+    return {**files, **stderr_files(case, outcome)}
 
-    Files: those of :func:`~mmxai_fast.pipeline.write_explanation` (``figures``: PNGs already
-    rendered) and :func:`stderr_files` (``extra``: those already rendered). Returns the case folder.
-    """
+
+def publish_case(out_dir: Path, case_id: str, files: Dict[str, bytes], staging_name: str) -> Path:
+    """Write ``files`` (:func:`render_case`) into ``<out>/.work/staging/<staging_name>`` (each
+    fsynced) and rename that folder to ``<out>/<case_id>``. Returns the case folder."""
     staging = out_dir / WORK_DIR / "staging" / staging_name
     if staging.exists():
         shutil.rmtree(staging)
-    write_explanation(case, outcome.explanation, staging, smooth_sigma=settings.smooth, figures=figures)
-    for filename, content in (stderr_files(case, outcome) if extra is None else extra).items():
-        (staging / filename).write_bytes(content)
-    for path in staging.iterdir():  # the rename publishes the folder: its files must be on disk
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+    publish_output_set(staging, files)  # the rename publishes the folder: its files are on disk
     final = out_dir / case_id
     os.replace(staging, final)
     return final

@@ -29,13 +29,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..pipeline.outputs import render_figures
-from .case_job import (WITHIN_CASE_METHODS, WORK_DIR, CohortSettings, explain_case, figure_share, load_spec,
-                       publish_case, stderr_files)
+from .case_job import (FIGURES, WITHIN_CASE_METHODS, WORK_DIR, CohortSettings, explain_case, figure_share, load_spec,
+                       publish_case, render_case)
 from .discovery import CaseSpec
 from .distributed import Dist, RankFailed
 from .index import index_rows, write_index
@@ -144,8 +144,8 @@ class _Run:
         self.failures.append({"case": spec.case_id, "error": f"{type(exc).__name__}: {exc}",
                               "files": [p for _, p in spec.modalities] + ([spec.roi] if spec.roi else [])})
 
-    def finish_case(self, spec: CaseSpec, case, outcome, staging: str, **rendered) -> None:
-        publish_case(self.out, spec.case_id, case, outcome, self.settings, staging, **rendered)
+    def finish_case(self, spec: CaseSpec, files, outcome, staging: str) -> None:
+        publish_case(self.out, spec.case_id, files, staging)
         shutil.rmtree(self.out / WORK_DIR / "checkpoints" / spec.case_id, ignore_errors=True)
         self.report.computed.append(spec.case_id)
         self.account(outcome)
@@ -185,7 +185,8 @@ class _Run:
                     self.record_failure(spec, exc)
                     continue
                 outcome = self.explain(spec, case, None, "r0of1")
-                self.finish_case(spec, case, outcome, f"{spec.case_id}.r{self.dist.rank}")
+                self.finish_case(spec, render_case(case, outcome, self.settings), outcome,
+                                 f"{spec.case_id}.r{self.dist.rank}")
                 self.update_progress()
         except Exception as exc:
             if not self.dist.active:
@@ -216,21 +217,23 @@ class _Run:
 
     def publish_together(self, spec: CaseSpec, case, outcome, error: Optional[BaseException]) -> None:
         """Every rank holds the case's result: the other ranks render the slow figures
-        (:func:`figure_share`) while rank 0 renders the standard-error maps, then rank 0 writes."""
-        dist, mine, extra = self.dist, {}, {}
+        (:func:`figure_share`) while rank 0 renders every other file, then rank 0 writes."""
+        dist, mine, files = self.dist, {}, {}
         try:
             if error is not None:
                 raise error
             mine = render_figures(case, outcome.explanation, figure_share(dist.rank, dist.world_size),
-                                  smooth_sigma=self.settings.smooth)
-            extra = stderr_files(case, outcome) if dist.rank == 0 else {}
+                                  smooth_sigma=self.settings.smooth) if dist.rank else {}
+            if dist.rank == 0:  # placeholders for the figures of the other ranks
+                files = render_case(case, outcome, self.settings,
+                                    {name: b"" for name in FIGURES if name not in figure_share(0, dist.world_size)})
         except Exception as exc:
             error = exc
-        figures = {name: png for part in dist.agree(error, mine if dist.rank else {}) for name, png in part.items()}
+        figures = {name: png for part in dist.agree(error, mine) for name, png in part.items()}
         error = None
         if dist.rank == 0:
             try:
-                self.finish_case(spec, case, outcome, f"{spec.case_id}.r0", extra=extra, figures={**figures, **mine})
+                self.finish_case(spec, {**files, **figures}, outcome, f"{spec.case_id}.r0")
                 self.update_progress()
             except Exception as exc:
                 error = exc
@@ -238,6 +241,29 @@ class _Run:
             self.report.computed.append(spec.case_id)
             self.account(outcome)
         dist.agree(error)
+
+
+def _agreed(dist: Dist, work: Callable[[], Any]) -> List[Any]:
+    """Every rank's ``work()`` result, once all ranks succeeded (:meth:`Dist.agree`)."""
+    error, result = None, None
+    try:
+        result = work()
+    except Exception as exc:
+        if not dist.active:
+            raise
+        error = exc
+    return dist.agree(error, result)
+
+
+def _write_summary_files(out: Path, failures, finished, rows, settings_dict, model_hash) -> None:
+    """Rank 0, at the end: failures.json, index.html, the manifest; and .work goes (every case
+    was attempted: what is left there is staging debris, checkpoints went with their cases)."""
+    import json
+
+    atomic_write_bytes(out / FAILURES_NAME, (json.dumps(failures, indent=2) + "\n").encode())
+    write_index(out, finished, rows=rows)
+    write_manifest(out, settings_dict, model_hash, finished)
+    shutil.rmtree(out / WORK_DIR, ignore_errors=True)
 
 
 def run_cohort(specs: Sequence[CaseSpec], model: torch.nn.Module, out_dir: Union[str, Path],
@@ -281,18 +307,11 @@ def run_cohort(specs: Sequence[CaseSpec], model: torch.nn.Module, out_dir: Union
         run.by_cases(todo) if mode == "cases" else run.by_permutations(todo)
         # the index rows (thumbnails) of the finished cases are read by all ranks, a share each
         finished = _finished(out, specs)
-        parts = dist.gather((run.failures, index_rows(out, shard_items(finished, dist.rank, dist.world_size))))
+        parts = _agreed(dist, lambda: (run.failures, index_rows(out, shard_items(finished, dist.rank,
+                                                                                 dist.world_size))))
         failures = sorted((f for part, _ in parts for f in part), key=lambda f: f["case"])
-        if dist.rank == 0:
-            import json
-
-            atomic_write_bytes(out / FAILURES_NAME, (json.dumps(failures, indent=2) + "\n").encode())
-            write_index(out, finished, rows=[row for _, rows in parts for row in rows])
-            write_manifest(out, settings_dict, model_hash, finished)
-            # every case was attempted: what is left in .work is staging debris (checkpoints
-            # belong to finished cases and were removed with them)
-            shutil.rmtree(out / WORK_DIR, ignore_errors=True)
-        dist.barrier()
+        _agreed(dist, lambda: _write_summary_files(out, failures, finished, [r for _, rows in parts for r in rows],
+                                                   settings_dict, model_hash) if dist.rank == 0 else None)
     finally:
         if run.overall is not None:
             run.overall.close()

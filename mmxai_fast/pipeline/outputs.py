@@ -359,15 +359,15 @@ def render_explanation(case: Case, explanation, *, slice: Optional[int] = None,
     }
     files["summary.json"] = _json_bytes(summary)
     done = figures or {}
-    files.update({name: done.get(name) or render_figures(case, explanation, [name], slice=slice,
-                                                         smooth_sigma=smooth_sigma)[name]
+    files.update({name: done[name] if name in done else render_figures(case, explanation, [name], slice=slice,
+                                                                       smooth_sigma=smooth_sigma)[name]
                   for name in ("heatmaps.png", "importance.png")})
     files["viewer.html"] = render_viewer(case, [explanation], smooth_sigma=smooth_sigma)
     return files
 
 
 def write_explanation(case: Case, explanation, out_dir: PathLike, *, slice: Optional[int] = None,
-                      smooth_sigma: Optional[float] = None, figures: Optional[Dict[str, bytes]] = None) -> Dict[str, Path]:
+                      smooth_sigma: Optional[float] = None) -> Dict[str, Path]:
     """Write one case's explanation into ``out_dir`` as one output set (see the module doc).
 
     Files: ``<modality>_heatmap.nii.gz`` (raw float32 attributions, the case's affine),
@@ -396,4 +396,4 @@ def write_explanation(case: Case, explanation, out_dir: PathLike, *, slice: Opti
     """
     check_output_dir(out_dir, ())
     return publish_output_set(out_dir, render_explanation(case, explanation, slice=slice,
-                                                          smooth_sigma=smooth_sigma, figures=figures))
+                                                          smooth_sigma=smooth_sigma))
