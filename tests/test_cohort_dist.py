@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -153,8 +154,9 @@ def test_engine_methods_sharded_over_2_and_3_ranks_and_a_failing_rank_fails_all(
     procs = [ctx.Process(target=_worker, args=(r, str(tmp_path))) for r in range(WORLD)]
     for p in procs:
         p.start()
+    deadline = time.monotonic() + 400
     for p in procs:
-        p.join(timeout=400)
+        p.join(timeout=max(1.0, deadline - time.monotonic()))
     hung = [r for r, p in enumerate(procs) if p.is_alive()]
     for p in procs:
         if p.is_alive():

@@ -37,7 +37,7 @@ def _add_method_args(p) -> None:
 def add_cohort_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("cohort", help="explain every case of a cohort (BraTS folder or CSV), resumable, under torchrun",
                        description="Explain every case of a cohort with one method. Run it under torchrun to "
-                                   "shard cases (or one case's Shapley permutations) across processes, GPUs and "
+                                   "shard cases (or the work within one case) across processes, GPUs and "
                                    "machines; rerun the same command after an interruption to resume.")
     p.add_argument("--cases", required=True, metavar="DIR|CSV",
                    help="folder with one sub-folder per case (*_t1.nii.gz, *_t1ce.nii.gz, *_t2.nii.gz, "
@@ -50,8 +50,9 @@ def add_cohort_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (manifest.json, failures.json, one folder per case)")
     p.add_argument("--shard", choices=["auto", "cases", "permutations"], default="auto",
-                   help="split cases across ranks, or one case's Shapley permutations (default auto: "
-                        "permutations when fewer cases remain than ranks)")
+                   help="split cases across ranks, or the work within one case: Shapley permutations, Occlusion "
+                        "windows, FeatureAblation features, Lime/KernelShap coalitions (default auto: within a "
+                        "case when fewer cases remain than ranks)")
     p.add_argument("--checkpoint-every", type=int, default=8, metavar="N",
                    help="save partial Shapley sums every N permutations per rank (default 8)")
     p.add_argument("--chunk", type=int, default=32, help="inputs per model call (default 32)")
