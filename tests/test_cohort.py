@@ -226,6 +226,11 @@ def test_cohort_results_do_not_depend_on_case_order_or_subset(tmp_path, cohort):
 
 def test_within_case_sharding_needs_an_engine_method_and_cli_checks_timeout(tmp_path, cohort, capsys):
     cases, model = cohort
+    # one process in the within-case mode renders every file itself (no figure left to other ranks)
+    run_cohort(discover_cases(cases)[:1], _model(model), tmp_path / "one", SETTINGS, shard="permutations",
+               show_progress=False)
+    for png in ("heatmaps.png", "importance.png"):
+        assert (tmp_path / "one" / "Case_000" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saliency = CohortSettings(method="Saliency", n_samples=None, n_segments=4, modalities=MODALITIES)
     with pytest.raises(ValueError, match="shard='permutations' needs one of the methods .*got Saliency"):
         run_cohort(discover_cases(cases)[:1], _model(model), tmp_path / "out", saliency, shard="permutations")

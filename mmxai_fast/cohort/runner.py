@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..pipeline.outputs import render_figures
-from .case_job import (FIGURES, WITHIN_CASE_METHODS, WORK_DIR, CohortSettings, explain_case, figure_share, load_spec,
+from .case_job import (WITHIN_CASE_METHODS, WORK_DIR, CohortSettings, explain_case, figure_share, load_spec,
                        publish_case, render_case)
 from .discovery import CaseSpec
 from .distributed import Dist, RankFailed
@@ -225,8 +225,8 @@ class _Run:
             mine = render_figures(case, outcome.explanation, figure_share(dist.rank, dist.world_size),
                                   smooth_sigma=self.settings.smooth) if dist.rank else {}
             if dist.rank == 0:  # placeholders for the figures of the other ranks
-                files = render_case(case, outcome, self.settings,
-                                    {name: b"" for name in FIGURES if name not in figure_share(0, dist.world_size)})
+                others = [name for r in range(1, dist.world_size) for name in figure_share(r, dist.world_size)]
+                files = render_case(case, outcome, self.settings, dict.fromkeys(others, b""))
         except Exception as exc:
             error = exc
         figures = {name: png for part in dist.agree(error, mine) for name, png in part.items()}
