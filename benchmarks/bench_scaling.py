@@ -6,9 +6,12 @@ Two workloads, each run as 1 rank x 1 thread, 2 ranks x 1 thread and 1 rank x 2 
 - ``large``: one larger case, its Shapley permutations sharded across ranks (all_reduce).
 
 For each: wall time of the run (process start-up excluded: measured inside ``run_cohort``),
-cases per hour, model evaluations per second, the model's share of the ranks' wall time and the
-time in collectives (communication). Ratios to 1 rank x 1 thread are measured in the same run,
-under the same load; the load average is recorded before and after.
+cases per hour, model evaluations per second, the model's share of the ranks' wall time, the
+time in collectives (communication, including waiting for the slower rank), per-rank times, and
+the achievable bound (``bound_speedup``: the 1x1 run's time divided over the ranks; within one
+case only its model time, the rest kept serial: loading, SLIC, figures). Ratios to 1 rank x 1
+thread are measured in the same run, under the same load; the load average is recorded before
+and after.
 
     PYTHONPATH=$PWD python benchmarks/bench_scaling.py            # ~5 min on a quiet 2-core CPU
     PYTHONPATH=$PWD python benchmarks/bench_scaling.py --quick    # ~1 min
@@ -73,7 +76,8 @@ def run_config(workdir: Path, name: str, ranks: int, threads: int, cases: Path, 
             "launch_wall_s": launch_s, "cases": n_cases, "cases_per_hour": 3600 * n_cases / wall,
             "evaluations_per_s": sum(r["model_inputs"] for r in per_rank) / wall,
             "model_share": sum(r["model_s"] for r in per_rank) / (ranks * wall),
-            "comm_s": max(r["comm_s"] for r in per_rank)}
+            "comm_s": max(r["comm_s"] for r in per_rank),
+            "per_rank": [{k: r[k] for k in ("wall_s", "model_s", "comm_s", "computed")} for r in per_rank]}
 
 
 def main() -> None:
@@ -113,6 +117,11 @@ def main() -> None:
     for row in rows:
         base = next(r for r in rows if r["workload"] == row["workload"] and r["ranks"] == 1 and r["threads"] == 1)
         row["speedup_vs_1x1"] = row["cases_per_hour"] / base["cases_per_hour"]
+        # Achievable bound: the 1x1 run's model time divided over the ranks, the rest of its wall
+        # time (engine, loading, SLIC, figures) too in cases mode, but not within one case.
+        serial = 0.0 if row["shard"] == "cases" else base["wall_s"] * (1 - base["model_share"])
+        row["bound_wall_s"] = serial + (base["wall_s"] - serial) / row["ranks"]
+        row["bound_speedup"] = base["wall_s"] / row["bound_wall_s"]
     meta = {"benchmark": "bench_scaling", "quick": args.quick, "environment": environment(torch.device("cpu")),
             "cpu": cpu_facts(load_before), "cohort": {"cases": n_cases, "shape": [4, small, small, small],
                                                       "n_samples": perms_small},
@@ -122,7 +131,9 @@ def main() -> None:
                                          r["workload"], device="cpu", dtype="float32", median_s=r["wall_s"],
                                          ratio=r["speedup_vs_1x1"], **r) for r in rows], meta)
     for row in rows:
-        print(f"{row['workload']:7s} {row['ranks']}x{row['threads']}: {row['speedup_vs_1x1']:.2f}x cases/hour of 1x1")
+        print(f"{row['workload']:7s} {row['ranks']}x{row['threads']}: {row['speedup_vs_1x1']:.2f}x cases/hour of 1x1 "
+              f"(bound {row['bound_speedup']:.2f}x: 1x1 model time over the ranks"
+              f"{', the rest serial' if row['shard'] != 'cases' else ' and the rest too'})")
     print(f"load average before {load_before}, after {meta['cpu']['loadavg_after']}; wrote {args.out}")
 
 

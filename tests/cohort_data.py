@@ -45,3 +45,42 @@ def save_model(path: Path, seed: int = 0, factory_kwargs: str = FACTORY_KWARGS) 
     model = VGG3D(**json.loads(factory_kwargs))
     torch.save(model.state_dict(), str(path))
     return path
+
+
+def slow_vgg3d(**kwargs):
+    """A VGG3D that sleeps 50 ms per call (CPU-cheap): a kill test has time to act mid-case."""
+    import time
+
+    from mmxai_fast.models import VGG3D
+
+    class SlowVGG3D(VGG3D):
+        def forward(self, x):
+            time.sleep(0.05)
+            return super().forward(x)
+
+    return SlowVGG3D(**kwargs)
+
+
+SLOW_FACTORY = "cohort_data:slow_vgg3d"
+# Different batch compositions of the model (world sizes, chunking) change float32 rounding only.
+RTOL, ATOL = 1e-4, 1e-6
+
+
+def assert_same_outputs(a: Path, b: Path, case_ids) -> None:
+    """Both cohort output folders hold the same finished cases with equal maps and importances."""
+    import json
+
+    import nibabel as nib
+
+    for case_id in case_ids:
+        names = sorted(p.name for p in (a / case_id).iterdir())
+        assert names == sorted(p.name for p in (b / case_id).iterdir())
+        for name in (n for n in names if n.endswith(".nii.gz")):
+            x = nib.load(str(a / case_id / name)).get_fdata()
+            y = nib.load(str(b / case_id / name)).get_fdata()
+            np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL, err_msg=f"{case_id}/{name}")
+        ia = json.loads((a / case_id / "importance.json").read_text())
+        ib = json.loads((b / case_id / "importance.json").read_text())
+        assert ia.keys() == ib.keys() and all(abs(ia[k] - ib[k]) < 1e-4 for k in ia)
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    assert ma["done"] == mb["done"] == sorted(case_ids) and ma["settings_hash"] == mb["settings_hash"]

@@ -222,3 +222,19 @@ def test_cohort_results_do_not_depend_on_case_order_or_subset(tmp_path, cohort):
     b = nib.load(str(tmp_path / "b" / "Case_001" / "t1ce_heatmap.nii.gz")).get_fdata()
     assert np.abs(a).max() > 0 and np.array_equal(a, b)
     assert not (tmp_path / "a" / ".work").exists()
+
+
+def test_within_case_sharding_needs_an_engine_method_and_cli_checks_timeout(tmp_path, cohort, capsys):
+    cases, model = cohort
+    # one process in the within-case mode renders every file itself (no figure left to other ranks)
+    run_cohort(discover_cases(cases)[:1], _model(model), tmp_path / "one", SETTINGS, shard="permutations",
+               show_progress=False)
+    for png in ("heatmaps.png", "importance.png"):
+        assert (tmp_path / "one" / "Case_000" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saliency = CohortSettings(method="Saliency", n_samples=None, n_segments=4, modalities=MODALITIES)
+    with pytest.raises(ValueError, match="shard='permutations' needs one of the methods .*got Saliency"):
+        run_cohort(discover_cases(cases)[:1], _model(model), tmp_path / "out", saliency, shard="permutations")
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(cases, model, tmp_path / "out2", "--dist-timeout", "0")
+    assert exit_info.value.code == 2
+    assert "--dist-timeout: must be > 0, got 0.0" in capsys.readouterr().err

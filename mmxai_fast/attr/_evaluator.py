@@ -26,6 +26,7 @@ evaluator ignores ``previous_rows``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -39,7 +40,23 @@ from ._errors import AttributionInputError
 from ._evaluator_policy import ChunkPlanner, ModelCaller, close, training_modules, warn
 from ._model_policy import ModelPolicy, active_session
 
-__all__ = ["Evaluator", "check_perturbations_per_eval"]
+__all__ = ["Evaluator", "check_perturbations_per_eval", "row_runner", "RowRunner"]
+
+#: ``runner(evaluator, num_rows, make_rows) -> outputs`` standing in for :meth:`Evaluator.run`
+#: while :func:`row_runner` is active (e.g. ranks of a job each evaluating a share of the rows
+#: with :meth:`Evaluator.run_local`, then combining the outputs: ``mmxai_fast.cohort.rows``).
+RowRunner = Callable[["Evaluator", int, Callable[[int, int], Tensor]], Tensor]
+_ROW_RUNNER: "contextvars.ContextVar[Optional[RowRunner]]" = contextvars.ContextVar("row_runner", default=None)
+
+
+@contextlib.contextmanager
+def row_runner(runner: Optional[RowRunner]):
+    """Every :meth:`Evaluator.run` inside the block goes through ``runner`` (None: run locally)."""
+    token = _ROW_RUNNER.set(runner)
+    try:
+        yield
+    finally:
+        _ROW_RUNNER.reset(token)
 
 #: Row cap and memory budgets (bytes of perturbed inputs per model call) for ``"auto"``.
 AUTO_MAX_ROWS = 512
@@ -231,7 +248,13 @@ class Evaluator:
 
     def run(self, num_rows: int, make_rows: Callable[[int, int], Tensor]) -> Tensor:
         """Outputs ``[R, *row_shape]`` of rows ``0 .. R - 1``, built chunk by chunk by
-        ``make_rows(start, stop)``; in row order, on the model's output device."""
+        ``make_rows(start, stop)``; in row order, on the model's output device (through the
+        active :func:`row_runner`, if any)."""
+        runner = _ROW_RUNNER.get()
+        return self.run_local(num_rows, make_rows) if runner is None else runner(self, num_rows, make_rows)
+
+    def run_local(self, num_rows: int, make_rows: Callable[[int, int], Tensor]) -> Tensor:
+        """:meth:`run` in this process, ignoring any :func:`row_runner`."""
         if self.row_shape is None or self.rows_per_eval is None:
             raise RuntimeError("Evaluator.initialize() must be called before run")
         planner = self.planner if "run_rows" not in vars(self) else None

@@ -2,10 +2,10 @@
 
 Shapley value sampling runs on :func:`~mmxai_fast.cohort.shapley.sharded_shapley_sampling`
 (same result on any number of ranks, standard errors, checkpoints); the other methods run on
-:func:`mmxai_fast.explain` in one process. The case's files are written with
-:func:`mmxai_fast.pipeline.write_explanation` (plus standard-error maps) into a hidden staging
-folder that is renamed to ``<out>/<case_id>`` in one ``os.replace``: a case folder is complete
-or absent.
+:func:`mmxai_fast.explain` in one process. The case's files (those of
+:func:`mmxai_fast.pipeline.write_explanation`, plus standard-error maps) are written into a
+hidden staging folder that is renamed to ``<out>/<case_id>`` in one ``os.replace``: a case
+folder is complete or absent.
 """
 from __future__ import annotations
 
@@ -16,22 +16,28 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from ..pipeline import (Baseline, Case, Explanation, RunStats, Superpixels, explain, load_case, modality_importance,
-                        superpixel_mask, write_explanation)
-from ..pipeline.outputs import heatmap_filename
+                        superpixel_mask)
+from ..pipeline.outputs import heatmap_filename, publish_output_set, render_explanation
 from .discovery import CaseSpec
 from .distributed import Dist
+from .rows import sharded_rows
 from .shapley import sharded_shapley_sampling
 
-__all__ = ["CohortSettings", "CaseOutcome", "load_spec", "explain_case", "publish_case", "WORK_DIR", "SAMPLE_ARG"]
+__all__ = ["CohortSettings", "CaseOutcome", "load_spec", "explain_case", "publish_case", "WORK_DIR", "SAMPLE_ARG",
+           "WITHIN_CASE_METHODS", "stderr_files", "figure_share", "render_case"]
 
 WORK_DIR = ".work"
 SHAPLEY = "ShapleyValueSampling"
+#: Methods whose work within one case is sharded over ranks (Shapley: permutations; the others:
+#: their engine rows, see :mod:`mmxai_fast.cohort.rows`).
+WITHIN_CASE_METHODS = (SHAPLEY, "Occlusion", "FeatureAblation", "Lime", "KernelShap")
+FIGURES = ("heatmaps.png", "importance.png")
 #: The sample-count argument each method takes (set by ``n_samples``), as in ``mmxai-fast explain``.
 SAMPLE_ARG = {SHAPLEY: "n_samples", "Lime": "n_samples", "KernelShap": "n_samples", "GradientShap": "n_samples",
               "SmoothGrad": "nt_samples", "IntegratedGradients": "n_steps"}
@@ -120,18 +126,20 @@ def _explain_shapley(model, case: Case, settings: CohortSettings, seed: int, dev
 def explain_case(model, case: Case, settings: CohortSettings, seed: int, device: torch.device,
                  dist: Optional[Dist] = None, checkpoint: Optional[Path] = None, checkpoint_every: int = 8,
                  chunk: int = 32, show_progress: bool = False, desc: str = "case") -> CaseOutcome:
-    """Explain one case with the cohort's method; ``dist`` shards Shapley permutations over its ranks."""
+    """Explain one case with the cohort's method; ``dist`` shards the case's work over its ranks
+    (Shapley permutations, or the rows of the other :data:`WITHIN_CASE_METHODS`)."""
     if settings.method == SHAPLEY:
         return _explain_shapley(model, case, settings, seed, device, dist, checkpoint, checkpoint_every, chunk,
                                 show_progress, desc)
     kwargs = dict(settings.method_kwargs)
     if settings.n_samples is not None:
         kwargs[SAMPLE_ARG[settings.method]] = settings.n_samples
-    exp = explain(model, case, method=settings.method, target=settings.target,
-                  superpixels=Superpixels(n_segments=settings.n_segments, compactness=settings.compactness,
-                                          joint=settings.joint),
-                  baseline=Baseline.parse(settings.baseline, seed=seed), method_kwargs=kwargs, device=device,
-                  show_progress=show_progress, seed=seed)
+    with sharded_rows(dist):
+        exp = explain(model, case, method=settings.method, target=settings.target,
+                      superpixels=Superpixels(n_segments=settings.n_segments, compactness=settings.compactness,
+                                              joint=settings.joint),
+                      baseline=Baseline.parse(settings.baseline, seed=seed), method_kwargs=kwargs, device=device,
+                      show_progress=show_progress, seed=seed)
     return CaseOutcome(exp)
 
 
@@ -141,27 +149,40 @@ def _nifti_gz(volume: torch.Tensor, affine: np.ndarray) -> bytes:
     image = nib.Nifti1Image(volume.numpy().astype(np.float32), affine)
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
-    return gzip.compress(image.to_bytes(), mtime=0)
+    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)  # as the heatmaps (9: 4x slower, 2% smaller)
 
 
-def publish_case(out_dir: Path, case_id: str, case: Case, outcome: CaseOutcome, settings: CohortSettings,
-                 staging_name: str) -> Path:
-    """Write the case into ``<out>/.work/staging/<staging_name>`` and rename it to ``<out>/<case_id>``.
+def stderr_files(case: Case, outcome: CaseOutcome) -> Dict[str, bytes]:
+    """``<modality>_stderr.nii.gz`` of every modality (none without standard errors)."""
+    if outcome.stderr is None:
+        return {}
+    return {heatmap_filename(name).replace("_heatmap.nii.gz", "_stderr.nii.gz"): _nifti_gz(volume, case.affine)
+            for name, volume in zip(case.modalities, outcome.stderr)}
 
-    Files: those of :func:`~mmxai_fast.pipeline.write_explanation` and, with standard errors,
-    ``<modality>_stderr.nii.gz``. Returns the case folder.
-    """
+
+def figure_share(rank: int, world_size: int) -> List[str]:
+    """The PNG figures rank ``rank`` renders when a case's ranks share its publication: the
+    heatmaps (the slowest file) on rank 1, the rest on the next ranks or on rank 0, which renders
+    and writes everything else."""
+    return [name for i, name in enumerate(FIGURES) if (i + 1) % world_size == rank] if world_size > 1 else []
+
+
+def render_case(case: Case, outcome: CaseOutcome, settings: CohortSettings,
+                figures: Optional[Dict[str, bytes]] = None) -> Dict[str, bytes]:
+    """Every file of the case folder, in memory: those of
+    :func:`~mmxai_fast.pipeline.outputs.render_explanation` (``figures``: PNGs rendered
+    elsewhere, or placeholders to be replaced) and the standard-error maps."""
+    files = render_explanation(case, outcome.explanation, smooth_sigma=settings.smooth, figures=figures)
+    return {**files, **stderr_files(case, outcome)}
+
+
+def publish_case(out_dir: Path, case_id: str, files: Dict[str, bytes], staging_name: str) -> Path:
+    """Write ``files`` (:func:`render_case`) into ``<out>/.work/staging/<staging_name>`` (each
+    fsynced) and rename that folder to ``<out>/<case_id>``. Returns the case folder."""
     staging = out_dir / WORK_DIR / "staging" / staging_name
     if staging.exists():
         shutil.rmtree(staging)
-    write_explanation(case, outcome.explanation, staging, smooth_sigma=settings.smooth)
-    if outcome.stderr is not None:
-        for name, volume in zip(case.modalities, outcome.stderr):
-            filename = heatmap_filename(name).replace("_heatmap.nii.gz", "_stderr.nii.gz")
-            (staging / filename).write_bytes(_nifti_gz(volume, case.affine))
-    for path in staging.iterdir():  # the rename publishes the folder: its files must be on disk
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+    publish_output_set(staging, files)  # the rename publishes the folder: its files are on disk
     final = out_dir / case_id
     os.replace(staging, final)
     return final

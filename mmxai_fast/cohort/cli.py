@@ -37,7 +37,7 @@ def _add_method_args(p) -> None:
 def add_cohort_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("cohort", help="explain every case of a cohort (BraTS folder or CSV), resumable, under torchrun",
                        description="Explain every case of a cohort with one method. Run it under torchrun to "
-                                   "shard cases (or one case's Shapley permutations) across processes, GPUs and "
+                                   "shard cases (or the work within one case) across processes, GPUs and "
                                    "machines; rerun the same command after an interruption to resume.")
     p.add_argument("--cases", required=True, metavar="DIR|CSV",
                    help="folder with one sub-folder per case (*_t1.nii.gz, *_t1ce.nii.gz, *_t2.nii.gz, "
@@ -50,12 +50,16 @@ def add_cohort_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (manifest.json, failures.json, one folder per case)")
     p.add_argument("--shard", choices=["auto", "cases", "permutations"], default="auto",
-                   help="split cases across ranks, or one case's Shapley permutations (default auto: "
-                        "permutations when fewer cases remain than ranks)")
+                   help="split cases across ranks, or the work within one case: Shapley permutations, Occlusion "
+                        "windows, FeatureAblation features, Lime/KernelShap coalitions (default auto: within a "
+                        "case when fewer cases remain than ranks)")
     p.add_argument("--checkpoint-every", type=int, default=8, metavar="N",
                    help="save partial Shapley sums every N permutations per rank (default 8)")
     p.add_argument("--chunk", type=int, default=32, help="inputs per model call (default 32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others in a collective before it fails "
+                        "(default torch's, 30 min)")
     p.set_defaults(func=run_cohort_cli, parser=p)
     return p
 
@@ -130,7 +134,7 @@ def run_cohort_cli(args) -> int:
     parser = args.parser
     settings = _settings(args, parser)
     from .discovery import BRATS_MODALITIES, discover_cases
-    from .distributed import init_distributed
+    from .distributed import RankFailed, init_distributed
     from .manifest import ManifestError
     from .runner import run_cohort
 
@@ -141,8 +145,10 @@ def run_cohort_cli(args) -> int:
     if not settings.modalities:
         settings = type(settings)(**{**settings.__dict__, "modalities": tuple(
             name for name, _ in specs[0].modalities) or tuple(BRATS_MODALITIES)})
+    if args.dist_timeout is not None and not args.dist_timeout > 0:
+        parser.error(f"--dist-timeout: must be > 0, got {args.dist_timeout}")
     model = _load_model(args, parser)
-    dist = init_distributed(args.device)
+    dist = init_distributed(args.device, timeout_s=args.dist_timeout)
     try:
         report = run_cohort(specs, model, args.out, settings, dist=dist, shard=args.shard,
                             checkpoint_every=args.checkpoint_every, chunk=args.chunk,
@@ -150,6 +156,10 @@ def run_cohort_cli(args) -> int:
     except ManifestError as exc:
         print(f"mmxai-fast cohort: error: --out: {exc}", file=sys.stderr)
         return 2
+    except RankFailed as exc:
+        print(f"mmxai-fast cohort: error (rank {dist.rank} of {dist.world_size}): {exc}; rerun the same command "
+              f"to resume", file=sys.stderr)
+        return 1
     finally:
         dist.close()
     if dist.rank == 0:

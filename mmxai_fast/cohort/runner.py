@@ -8,31 +8,41 @@ Output folder::
     <out>/<case_id>/           one folder per finished case (appears complete, in one rename)
     <out>/.work/               hidden: staging folders and partial Shapley sums (checkpoints)
 
-Two ways to share the work (``shard``): ``"cases"`` gives each rank its own cases (round-robin
-over the unfinished ones); ``"permutations"`` has all ranks work on one case at a time, each on
-its share of the Shapley permutations, reduced with ``all_reduce``. ``"auto"`` shards
-permutations when fewer cases are left than ranks. Both give the same results (float tolerance)
-for any world size, as every seed is derived from the run's seed, the case id and the
-permutation index only.
+Two ways to share the work (``shard``): ``"cases"`` gives each rank its own cases (claimed
+one at a time, largest first, so a slow rank or a large case does not hold the others up);
+``"permutations"`` has all ranks work on one case at a time, each on its share of the Shapley
+permutations (or of the windows, features or coalitions of the other
+:data:`~mmxai_fast.cohort.case_job.WITHIN_CASE_METHODS`), reduced with ``all_reduce``.
+``"auto"`` shards within cases when fewer cases are left than ranks. Both give the same results
+(float tolerance) for any world size, as every seed is derived from the run's seed, the case id
+and the permutation index only.
+
+When the work of one rank raises, the ranks agree on it before the next data collective
+(:meth:`~mmxai_fast.cohort.distributed.Dist.agree`): every rank raises
+:class:`~mmxai_fast.cohort.distributed.RankFailed` naming the failed rank and its error,
+instead of waiting for it forever.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .case_job import SHAPLEY, WORK_DIR, CohortSettings, explain_case, load_spec, publish_case
+from ..pipeline.outputs import render_figures
+from .case_job import (WITHIN_CASE_METHODS, WORK_DIR, CohortSettings, explain_case, figure_share, load_spec,
+                       publish_case, render_case)
 from .discovery import CaseSpec
-from .index import write_index
-from .distributed import Dist
+from .distributed import Dist, RankFailed
+from .index import index_rows, write_index
 from .manifest import ManifestError, atomic_write_bytes, model_weights_hash, open_manifest, settings_hash, \
     write_manifest
-from .sharding import case_seed, shard
 from .._validation import int_at_least
+from .sharding import case_seed, shard as shard_items
 
 __all__ = ["CohortReport", "run_cohort", "SHARD_MODES", "FAILURES_NAME"]
 
@@ -70,30 +80,55 @@ def _finished(out: Path, specs: Sequence[CaseSpec]) -> List[str]:
 
 
 def _prepare(out: Path, specs, settings_dict, model_hash, dist: Dist):
-    """Rank 0 checks the manifest and clears stale staging folders; every rank gets the verdict."""
-    verdict: Optional[Tuple[str, Any]] = None  # ("ok", finished case ids) or ("error", message)
+    """Rank 0 checks the manifest and clears stale staging folders and claims; every rank gets
+    the verdict."""
+    verdict: Optional[Tuple[str, Any]] = None  # ("ok", finished case ids), ("manifest" | "error", message)
     if dist.rank == 0:
         try:
             open_manifest(out, settings_dict, model_hash)
-            shutil.rmtree(out / WORK_DIR / "staging", ignore_errors=True)
+            for stale in ("staging", "claims"):
+                shutil.rmtree(out / WORK_DIR / stale, ignore_errors=True)
             done = _finished(out, specs)
             write_manifest(out, settings_dict, model_hash, done)
             verdict = ("ok", done)
         except ManifestError as exc:
-            verdict = ("error", str(exc))
+            verdict = ("manifest", str(exc))
+        except Exception as exc:
+            if not dist.active:
+                raise
+            verdict = ("error", f"rank 0 failed: {type(exc).__name__}: {exc}")
     verdict = dist.broadcast(verdict)
-    if verdict[0] == "error":
-        raise ManifestError(verdict[1])
+    if verdict[0] != "ok":
+        raise (ManifestError if verdict[0] == "manifest" else RankFailed)(verdict[1])
     return set(verdict[1])
+
+
+def _claim(out: Path, case_id: str) -> bool:
+    """Claim ``case_id`` for this rank (an exclusive create on the shared output folder)."""
+    folder = out / WORK_DIR / "claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(folder / case_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _case_cost(spec: CaseSpec) -> int:
+    """Bytes of the case's files: a free proxy of its voxels (0 when missing: it fails fast)."""
+    try:
+        return sum(os.path.getsize(path) for _, path in spec.modalities)
+    except OSError:
+        return 0
 
 
 def _choose_mode(shard_mode: str, method: str, todo: int, world: int) -> str:
     if shard_mode not in SHARD_MODES:
         raise ValueError(f"shard must be one of {SHARD_MODES}, got {shard_mode!r}")
-    if shard_mode == "permutations" and method != SHAPLEY:
-        raise ValueError(f"shard='permutations' needs method {SHAPLEY}, got {method}")
+    if shard_mode == "permutations" and method not in WITHIN_CASE_METHODS:
+        raise ValueError(f"shard='permutations' needs one of the methods {WITHIN_CASE_METHODS}, got {method}")
     if shard_mode == "auto":
-        return "permutations" if method == SHAPLEY and 0 < todo < world else "cases"
+        return "permutations" if method in WITHIN_CASE_METHODS and 0 < todo < world else "cases"
     return shard_mode
 
 
@@ -110,8 +145,8 @@ class _Run:
         self.failures.append({"case": spec.case_id, "error": f"{type(exc).__name__}: {exc}",
                               "files": [p for _, p in spec.modalities] + ([spec.roi] if spec.roi else [])})
 
-    def finish_case(self, spec: CaseSpec, case, outcome, staging: str) -> None:
-        publish_case(self.out, spec.case_id, case, outcome, self.settings, staging)
+    def finish_case(self, spec: CaseSpec, files, outcome, staging: str) -> None:
+        publish_case(self.out, spec.case_id, files, staging)
         shutil.rmtree(self.out / WORK_DIR / "checkpoints" / spec.case_id, ignore_errors=True)
         self.report.computed.append(spec.case_id)
         self.account(outcome)
@@ -137,15 +172,28 @@ class _Run:
                             show_progress=self.show_progress, desc=f"rank {self.dist.rank} {spec.case_id}")
 
     def by_cases(self, todo: Sequence[CaseSpec]) -> None:
-        for spec in shard(todo, self.dist.rank, self.dist.world_size):
-            try:
-                case = load_spec(spec, self.settings)
-            except Exception as exc:  # an unreadable case must not stop the cohort
-                self.record_failure(spec, exc)
-                continue
-            outcome = self.explain(spec, case, None, "r0of1")
-            self.finish_case(spec, case, outcome, f"{spec.case_id}.r{self.dist.rank}")
-            self.update_progress()
+        """Each rank claims the next unclaimed case, largest first, until none is left; the
+        ranks then agree (a rank whose case raised fails them all, after their own cases)."""
+        error: Optional[BaseException] = None
+        try:
+            order = sorted(todo, key=_case_cost, reverse=True) if self.dist.active else todo
+            for spec in order:
+                if self.dist.active and not _claim(self.out, spec.case_id):
+                    continue
+                try:
+                    case = load_spec(spec, self.settings)
+                except Exception as exc:  # an unreadable case must not stop the cohort
+                    self.record_failure(spec, exc)
+                    continue
+                outcome = self.explain(spec, case, None, "r0of1")
+                self.finish_case(spec, render_case(case, outcome, self.settings), outcome,
+                                 f"{spec.case_id}.r{self.dist.rank}")
+                self.update_progress()
+        except Exception as exc:
+            if not self.dist.active:
+                raise
+            error = exc
+        self.dist.agree(error)
 
     def by_permutations(self, todo: Sequence[CaseSpec]) -> None:
         dist = self.dist
@@ -159,13 +207,64 @@ class _Run:
                 if dist.rank == 0:
                     self.record_failure(spec, error or RuntimeError("the case failed to load on another rank"))
                 continue
-            outcome = self.explain(spec, case, dist, f"r{dist.rank}of{dist.world_size}")
-            if dist.rank == 0:
-                self.finish_case(spec, case, outcome, f"{spec.case_id}.r0")
-            else:
-                self.report.computed.append(spec.case_id)
-                self.account(outcome)
-            self.update_progress()
+            outcome = None
+            try:
+                outcome = self.explain(spec, case, dist, f"r{dist.rank}of{dist.world_size}")
+            except RankFailed:
+                raise
+            except Exception as exc:  # raised outside the method's collectives: tell the others below
+                error = exc
+            self.publish_together(spec, case, outcome, error)
+
+    def publish_together(self, spec: CaseSpec, case, outcome, error: Optional[BaseException]) -> None:
+        """Every rank holds the case's result: the other ranks render the slow figures
+        (:func:`figure_share`) while rank 0 renders every other file, then rank 0 writes."""
+        dist, mine, files = self.dist, {}, {}
+        try:
+            if error is not None:
+                raise error
+            mine = render_figures(case, outcome.explanation, figure_share(dist.rank, dist.world_size),
+                                  smooth_sigma=self.settings.smooth) if dist.rank else {}
+            if dist.rank == 0:  # placeholders for the figures of the other ranks
+                others = [name for r in range(1, dist.world_size) for name in figure_share(r, dist.world_size)]
+                files = render_case(case, outcome, self.settings, dict.fromkeys(others, b""))
+        except Exception as exc:
+            error = exc
+        figures = {name: png for part in dist.agree(error, mine) for name, png in part.items()}
+        error = None
+        if dist.rank == 0:
+            try:
+                self.finish_case(spec, {**files, **figures}, outcome, f"{spec.case_id}.r0")
+                self.update_progress()
+            except Exception as exc:
+                error = exc
+        else:
+            self.report.computed.append(spec.case_id)
+            self.account(outcome)
+        dist.agree(error)
+
+
+def _agreed(dist: Dist, work: Callable[[], Any]) -> List[Any]:
+    """Every rank's ``work()`` result, once all ranks succeeded (:meth:`Dist.agree`)."""
+    error, result = None, None
+    try:
+        result = work()
+    except Exception as exc:
+        if not dist.active:
+            raise
+        error = exc
+    return dist.agree(error, result)
+
+
+def _write_summary_files(out: Path, failures, finished, rows, settings_dict, model_hash) -> None:
+    """Rank 0, at the end: failures.json, index.html, the manifest; and .work goes (every case
+    was attempted: what is left there is staging debris, checkpoints went with their cases)."""
+    import json
+
+    atomic_write_bytes(out / FAILURES_NAME, (json.dumps(failures, indent=2) + "\n").encode())
+    write_index(out, finished, rows=rows)
+    write_manifest(out, settings_dict, model_hash, finished)
+    shutil.rmtree(out / WORK_DIR, ignore_errors=True)
 
 
 def run_cohort(specs: Sequence[CaseSpec], model: torch.nn.Module, out_dir: Union[str, Path],
@@ -206,18 +305,13 @@ def run_cohort(specs: Sequence[CaseSpec], model: torch.nn.Module, out_dir: Union
     comm_before = dist.comm_s
     try:
         run.by_cases(todo) if mode == "cases" else run.by_permutations(todo)
-        failures = sorted((f for part in dist.gather(run.failures) for f in part), key=lambda f: f["case"])
-        if dist.rank == 0:
-            import json
-
-            atomic_write_bytes(out / FAILURES_NAME, (json.dumps(failures, indent=2) + "\n").encode())
-            finished = _finished(out, specs)
-            write_index(out, finished)
-            write_manifest(out, settings_dict, model_hash, finished)
-            # every case was attempted: what is left in .work is staging debris (checkpoints
-            # belong to finished cases and were removed with them)
-            shutil.rmtree(out / WORK_DIR, ignore_errors=True)
-        dist.barrier()
+        # the index rows (thumbnails) of the finished cases are read by all ranks, a share each
+        finished = _finished(out, specs)
+        parts = _agreed(dist, lambda: (run.failures, index_rows(out, shard_items(finished, dist.rank,
+                                                                                 dist.world_size))))
+        failures = sorted((f for part, _ in parts for f in part), key=lambda f: f["case"])
+        _agreed(dist, lambda: _write_summary_files(out, failures, finished, [r for _, rows in parts for r in rows],
+                                                   settings_dict, model_hash) if dist.rank == 0 else None)
     finally:
         if run.overall is not None:
             run.overall.close()

@@ -132,6 +132,25 @@ def _save_checkpoint(path: Path, key: str, done: int, sums: Tensor, sumsq: Tenso
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _check_arguments(inputs, feature_mask, rank, world_size, n_permutations, chunk, checkpoint_every):
+    """``(x, mask)``: the input without its batch dim and the mask on its device; raises on bad arguments."""
+    check_rank(rank, world_size)
+    int_at_least(n_permutations, "n_permutations", 2)
+    for name, value in (("chunk", chunk), ("checkpoint_every", checkpoint_every)):
+        int_at_least(value, name, 1)
+    if not isinstance(inputs, Tensor) or inputs.dim() < 2 or inputs.shape[0] != 1:
+        raise ValueError(f"inputs must be a [1, *S] tensor, got {getattr(inputs, 'shape', type(inputs).__name__)}")
+    x = inputs[0]
+    mask = feature_mask[0] if feature_mask.dim() == inputs.dim() else feature_mask
+    if tuple(mask.shape) != tuple(x.shape) or mask.dtype.is_floating_point:
+        raise ValueError(f"feature_mask must be integer of shape {tuple(inputs.shape)} or {tuple(x.shape)}, "
+                         f"got {feature_mask.dtype} {tuple(feature_mask.shape)}")
+    if int(mask.min()) < 0:
+        raise ValueError(f"feature_mask ids must be >= 0, got min {int(mask.min())}")
+    mask = mask.to(x.device)
+    return x, mask
+
+
 def sharded_shapley_sampling(model: Callable, inputs: Tensor, feature_mask: Tensor, baseline: Union[Tensor, float],
                              target: Optional[int], n_permutations: int, seed: int, *, rank: int = 0,
                              world_size: int = 1, dist: Optional[Dist] = None, chunk: int = 32,
@@ -168,26 +187,10 @@ def sharded_shapley_sampling(model: Callable, inputs: Tensor, feature_mask: Tens
     start = time.perf_counter()
     if dist is not None:
         rank, world_size = dist.rank, dist.world_size
-    check_rank(rank, world_size)
-    int_at_least(n_permutations, "n_permutations", 2)
-    for name, value in (("chunk", chunk), ("checkpoint_every", checkpoint_every)):
-        int_at_least(value, name, 1)
-    if not isinstance(inputs, Tensor) or inputs.dim() < 2 or inputs.shape[0] != 1:
-        raise ValueError(f"inputs must be a [1, *S] tensor, got {getattr(inputs, 'shape', type(inputs).__name__)}")
-    x = inputs[0]
-    mask = feature_mask[0] if feature_mask.dim() == inputs.dim() else feature_mask
-    if tuple(mask.shape) != tuple(x.shape) or mask.dtype.is_floating_point:
-        raise ValueError(f"feature_mask must be integer of shape {tuple(inputs.shape)} or {tuple(x.shape)}, "
-                         f"got {feature_mask.dtype} {tuple(feature_mask.shape)}")
-    if int(mask.min()) < 0:
-        raise ValueError(f"feature_mask ids must be >= 0, got min {int(mask.min())}")
-    mask = mask.to(x.device)
+    x, mask = _check_arguments(inputs, feature_mask, rank, world_size, n_permutations, chunk, checkpoint_every)
     num_features = int(mask.max()) + 1
     base = baseline.to(x.device, x.dtype) if isinstance(baseline, Tensor) else baseline
     evaluator = _Evaluator(model, x, mask, base, target, chunk)
-    empty_value = evaluator.run(perturb(x, mask, torch.zeros((1, num_features), dtype=torch.bool, device=x.device),
-                                        base))
-    full_value = evaluator.run(x[None])
 
     mine = list(range(rank, n_permutations, world_size))
     block = max(1, min(checkpoint_every, chunk // max(1, num_features - 1)))
@@ -207,7 +210,11 @@ def sharded_shapley_sampling(model: Callable, inputs: Tensor, feature_mask: Tens
     per_perm = max(0, num_features - 1)
     bar = tqdm(total=len(mine) * per_perm, initial=done * per_perm, desc=desc, unit="eval", position=rank,
                leave=False, disable=not show_progress, dynamic_ncols=True)
+    error: Optional[BaseException] = None
     try:
+        empty_value = evaluator.run(perturb(x, mask, torch.zeros((1, num_features), dtype=torch.bool,
+                                                                 device=x.device), base))
+        full_value = evaluator.run(x[None])
         while done < len(mine):
             indices = mine[done:done + block]
             with phase("perturb"):
@@ -225,10 +232,15 @@ def sharded_shapley_sampling(model: Callable, inputs: Tensor, feature_mask: Tens
             if path is not None and (done - saved >= checkpoint_every or done == len(mine)):
                 _save_checkpoint(path, key, done, sums, sumsq)
                 saved = done
+    except Exception as exc:  # the other ranks must hear of it before they wait in the all_reduce
+        if dist is None or not dist.active:
+            raise
+        error = exc
     finally:
         bar.close()
     comm_before = dist.comm_s if dist is not None else 0.0
     if dist is not None and dist.active:
+        dist.agree(error)
         with phase("communication"):
             both = torch.stack([sums, sumsq])
             dist.all_reduce_sum(both)

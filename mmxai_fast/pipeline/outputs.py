@@ -317,10 +317,22 @@ def check_output_names(modalities) -> List[str]:
     return names
 
 
-def render_explanation(case: Case, explanation, *, slice: Optional[int] = None,
-                       smooth_sigma: Optional[float] = None) -> Dict[str, bytes]:
-    """Every output file's content, in memory (see :func:`write_explanation`)."""
+def render_figures(case: Case, explanation, names: Iterable[str] = ("heatmaps.png", "importance.png"), *,
+                   slice: Optional[int] = None, smooth_sigma: Optional[float] = None) -> Dict[str, bytes]:
+    """The PNG figures ``names`` of :func:`render_explanation` (e.g. rendered by another process)."""
     from .figures import _display_slice, plot_explanation, plot_modality_importance, scale_signed
+
+    plots = {"heatmaps.png": lambda: plot_explanation(case, explanation, slice=_display_slice(
+        case, scale_signed(explanation.attributions), slice), smooth_sigma=smooth_sigma),
+             "importance.png": lambda: plot_modality_importance(explanation)}
+    return {name: _png_bytes(plots[name]()) for name in names}
+
+
+def render_explanation(case: Case, explanation, *, slice: Optional[int] = None,
+                       smooth_sigma: Optional[float] = None, figures: Optional[Dict[str, bytes]] = None) -> Dict[str, bytes]:
+    """Every output file's content, in memory (see :func:`write_explanation`); ``figures``: PNG
+    figures already rendered (:func:`render_figures`), the others are rendered here."""
+    from .figures import _display_slice, scale_signed
     from .viewer import render_viewer
 
     if smooth_sigma is not None and (isinstance(smooth_sigma, bool) or not isinstance(smooth_sigma, (int, float))
@@ -346,8 +358,10 @@ def render_explanation(case: Case, explanation, *, slice: Optional[int] = None,
         "modality_importance": explanation.modality_importance,
     }
     files["summary.json"] = _json_bytes(summary)
-    files["heatmaps.png"] = _png_bytes(plot_explanation(case, explanation, slice=index, smooth_sigma=smooth_sigma))
-    files["importance.png"] = _png_bytes(plot_modality_importance(explanation))
+    done = figures or {}
+    files.update({name: done[name] if name in done else render_figures(case, explanation, [name], slice=slice,
+                                                                       smooth_sigma=smooth_sigma)[name]
+                  for name in ("heatmaps.png", "importance.png")})
     files["viewer.html"] = render_viewer(case, [explanation], smooth_sigma=smooth_sigma)
     return files
 
