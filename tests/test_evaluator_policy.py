@@ -107,9 +107,12 @@ def test_ramp_keeps_the_size_of_best_throughput_then_tries_the_layout():
         sizes.append(size)
         planner.record(size, size / rates[size])
     assert sizes == [2, 4, 8, 16] and planner.size == 4
-    count, check = planner.next_chunk(1000)
-    assert (count, check, caller.channels_last) == (4, False, True)  # the layout trial
-    planner.record(4, 4 / 6.0)  # 20% faster in channels_last_3d: kept
+    assert planner.next_chunk(1000) == (4, False) and not caller.channels_last  # a steady plain call at 4
+    planner.record(4, 4 / 5.0)
+    for _ in range(2):  # the layout trial: its first call pays one-time costs and is not judged
+        count, check = planner.next_chunk(1000)
+        assert (count, check, caller.channels_last) == (4, False, True)
+        planner.record(4, 4 / 6.0)  # 20% faster in channels_last_3d: kept
     assert caller.channels_last and "perturbations_per_eval=4" in planner.final_summary()
     assert "channels_last_3d on" in planner.final_summary()
 
@@ -119,9 +122,24 @@ def test_layout_trial_that_is_not_faster_goes_back_to_the_plain_layout():
     planner.record(1, 1.0, first=True)
     assert planner.next_chunk(100) == (1, True)  # one new row and the check row
     planner.record(2, 2 / 3.0)  # the ramp ends at the cap
-    assert planner.next_chunk(100) == (2, False)
-    assert caller.channels_last
+    assert planner.next_chunk(100) == (2, False) and not caller.channels_last  # the first call at 2 is not steady
     planner.record(2, 2 / 3.0)
+    for _ in range(2):
+        assert planner.next_chunk(100) == (2, False)
+        assert caller.channels_last
+        planner.record(2, 2 / 3.0)
+    assert not caller.channels_last
+
+
+def test_layout_trial_is_not_judged_against_the_first_call_at_a_size():
+    """A first call that paid one-time costs must not make channels_last_3d look faster."""
+    planner, caller = _planner(cap=1)
+    planner.record(1, 5.0, first=True)  # warm-up: 0.2 rows/s
+    assert planner.next_chunk(100) == (1, False) and not caller.channels_last
+    planner.record(1, 1.0)  # steady plain: 1 row/s
+    for seconds in (3.0, 1.0):  # channels_last: a slow first call, then as fast as plain
+        assert planner.next_chunk(100) == (1, False) and caller.channels_last
+        planner.record(1, seconds)
     assert not caller.channels_last
 
 

@@ -14,7 +14,8 @@ active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an i
   in a row fail to raise the model's measured throughput by :data:`MIN_GAIN`; the chunk with the
   best throughput is kept (a larger one only when :data:`MIN_GAIN` faster; a model whose first
   call takes under :data:`FAST_CALL_S` goes straight to the cap), then one chunk in
-  ``channels_last_3d`` decides the layout (kept when :data:`MIN_LAYOUT_GAIN` faster). The first
+  ``channels_last_3d`` decides the layout (kept when :data:`MIN_LAYOUT_GAIN` faster; both layouts
+  timed on a call that is not their first at that size, which pays one-time costs). The first
   chunk of every size is checked for batch dependence: it carries the first evaluation's row (run
   alone at :meth:`Evaluator.initialize`) as its last row, whose batched output must equal the
   one alone to the dtype's tolerance; a model that fails (or is in train mode) goes row by row
@@ -170,6 +171,9 @@ class ChunkPlanner:
         self.rates: Dict[int, float] = {}
         self.checked: set = set()
         self.trial: Optional[int] = None  # chunk size of the layout trial in progress
+        self.trial_calls = 0
+        self.plain_calls: Dict[int, int] = {}  # calls per size in the plain layout
+        self.steady: Dict[int, float] = {}  # plain-layout throughput per size, first call at a size excluded
         self.batch_dependent = False
         self.summary: Optional[str] = None
         self.used = 0  # the most new rows of one call so far
@@ -181,21 +185,31 @@ class ChunkPlanner:
         self.used = max(self.used, count)
         if check:
             self.checked.add(self.size)
-        if self.layout_trial and not self.ramp and count == self.size and not check:
-            self.trial, self.caller.channels_last = self.size, True
+        if self.layout_trial and not self.ramp and count == self.size and not check and self.size in self.steady:
+            if self.trial is None:
+                self.trial, self.trial_calls = self.size, 0
+            self.caller.channels_last = True
         return count, check
 
     def record(self, model_rows: int, seconds: float, first: bool = False) -> None:
         """Throughput of a call of ``model_rows`` rows (``first``: the initial, one-row call)."""
         rate = model_rows / max(seconds, 1e-9)
+        if self.trial is None and not self.caller.channels_last:
+            # The first call at a size pays one-time costs (allocation, kernel selection): not steady.
+            self.plain_calls[model_rows] = self.plain_calls.get(model_rows, 0) + 1
+            if self.plain_calls[model_rows] >= 2:
+                self.steady[model_rows] = rate
         if first:
             self.rates[1] = rate
             if self.ramp and seconds < FAST_CALL_S:  # per-call overhead dominates: no ramp, no trial
                 self.ramp, self.layout_trial, self.size = False, False, self.cap
             return
         if self.trial is not None:
+            self.trial_calls += model_rows == self.trial
+            if model_rows != self.trial or self.trial_calls < 2:
+                return  # the first call in the new layout pays its own one-time costs
             self.trial, self.layout_trial = None, False
-            self.caller.channels_last = rate >= self.rates.get(model_rows, 0.0) * MIN_LAYOUT_GAIN
+            self.caller.channels_last = rate >= self.steady[model_rows] * MIN_LAYOUT_GAIN
             self._summarize()
             return
         if not self.ramp or model_rows != self.size:
