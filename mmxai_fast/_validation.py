@@ -213,6 +213,21 @@ def check_baselines(baselines: Sequence[Any], inputs: Tuple[Tensor, ...]) -> Tup
     return tuple(checked)
 
 
+def integral_feature_masks(masks: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+    """Captum compares mask ids with ``==``, so a floating mask of whole numbers (``zeros_like`` of
+    a float input) groups features there: such masks become int64; other ids are refused."""
+    converted = []
+    for i, mask in enumerate(masks):
+        if isinstance(mask, Tensor) and mask.is_floating_point():
+            bad = ~torch.isfinite(mask) | (mask != mask.round())
+            if bool(bad.any()):
+                raise _attribution_error()(
+                    f"feature_mask[{i}] must hold whole-number ids, got {mask[bad].flatten()[0].item()}")
+            mask = mask.long()
+        converted.append(mask)
+    return tuple(converted)
+
+
 def check_feature_masks(feature_mask: Sequence[Any], inputs: Tuple[Tensor, ...]) -> List[Tensor]:
     """One integer tensor per input, broadcastable to it, ids >= 0, not all empty; returned
     reshaped to the input's number of dims and on its device."""

@@ -15,6 +15,7 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.futures import Future
 
+from .._validation import integral_feature_masks
 from ._engine import coalition_evaluator
 from ._errors import AttributionInputError
 from ._evaluator import Evaluator
@@ -160,21 +161,6 @@ def promote_ablated_inputs(evaluator: Evaluator, baselines: Tuple[Any, ...]) -> 
     promoted = tuple(x.to(ablated_dtype(x, base)) if not x.is_floating_point() and not x.is_complex() else x
                      for x, base in zip(perturber.inputs, baselines))
     perturber.inputs = promoted
-
-
-def integral_feature_masks(masks: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-    """Captum compares mask ids with ``==``, so a floating mask of whole numbers (``zeros_like`` of
-    a float input) groups features there: such masks become int64; other ids are refused."""
-    converted = []
-    for i, mask in enumerate(masks):
-        if isinstance(mask, Tensor) and mask.is_floating_point():
-            bad = ~torch.isfinite(mask) | (mask != mask.round())
-            if bool(bad.any()):
-                raise AttributionInputError(
-                    f"feature_mask[{i}] must hold whole-number ids, got {mask[bad].flatten()[0].item()}")
-            mask = mask.long()
-        converted.append(mask)
-    return tuple(converted)
 
 
 def unskipped_feature_order(features: FeatureMap, inputs: Tuple[Tensor, ...], min_examples: Optional[int],

@@ -25,12 +25,11 @@ from captum.attr._core.feature_permutation import _permute_feature
 from captum.log import log_usage
 from torch import Tensor
 
-from .._validation import check_inputs
+from .._validation import check_inputs, integral_feature_masks
 from ._errors import AttributionInputError
 from ._evaluator import Evaluator, check_perturbations_per_eval
 from ._features import FeatureMap
-from .feature_ablation import (FeatureAblation, ablate_one_feature_per_row, integral_feature_masks,
-                               unskipped_feature_order)
+from .feature_ablation import FeatureAblation, ablate_one_feature_per_row, unskipped_feature_order
 
 __all__ = ["FeaturePermutation"]
 
