@@ -52,10 +52,14 @@ CONFIGS = {
 }
 METHODS = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
 POLICIES = {  # FeatureAblation on the VGG-like model, one policy at a time
-    "engine only": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", PIPELINE],
-    "+ batching": RUN + ["--batch", "auto", "--channels-last", "off", "--no-inference-mode", PIPELINE],
-    "+ channels_last_3d": RUN + ["--batch", "keep", "--channels-last", "on", "--no-inference-mode", PIPELINE],
-    "+ inference_mode": RUN + ["--batch", "keep", "--channels-last", "off", PIPELINE],
+    "engine only": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off",
+                          PIPELINE],
+    "+ batching": RUN + ["--batch", "auto", "--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off",
+                         PIPELINE],
+    "+ channels_last_3d": RUN + ["--batch", "keep", "--channels-last", "on", "--no-inference-mode", "--onednn-conv",
+                                 "off", PIPELINE],
+    "+ inference_mode": RUN + ["--batch", "keep", "--channels-last", "off", "--onednn-conv", "off", PIPELINE],
+    "+ oneDNN conv3d": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", PIPELINE],
 }
 
 

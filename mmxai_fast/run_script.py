@@ -22,7 +22,7 @@ __all__ = ["add_run_parser", "run_script"]
 
 def run_script(script: str, args: List[str], *, batch: str = "auto", report: bool = False,
                channels_last: str = "auto", autocast: Optional[str] = None, compile: bool = False,
-               cuda_graphs: bool = False, inference_mode: bool = True, profile: bool = False,
+               cuda_graphs: bool = False, inference_mode: bool = True, onednn_conv: str = "auto", profile: bool = False,
                trace: Optional[str] = None) -> int:
     """Run ``script`` patched; returns its exit code (exceptions propagate). ``profile``: run it
     under :func:`mmxai_fast.profiling.profile_attributions` and print the breakdown per attribution
@@ -32,9 +32,9 @@ def run_script(script: str, args: List[str], *, batch: str = "auto", report: boo
     from .attr._model_policy import ModelPolicy, format_calls, format_report, reset_report
     from .attr._patch import patch_captum, unpatch_captum
 
-    layout = {"auto": "auto", "on": True, "off": False}[channels_last]
-    policy = ModelPolicy(batch=batch, channels_last=layout, autocast=autocast, compile=compile,
-                         cuda_graphs=cuda_graphs, inference_mode=inference_mode)
+    choice = {"auto": "auto", "on": True, "off": False}
+    policy = ModelPolicy(batch=batch, channels_last=choice[channels_last], autocast=autocast, compile=compile,
+                         cuda_graphs=cuda_graphs, inference_mode=inference_mode, onednn_conv=choice[onednn_conv])
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
@@ -73,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_script(args.script, args.args, batch=args.batch, report=args.report,
                       channels_last=args.channels_last, autocast=args.autocast, compile=args.compile,
                       cuda_graphs=args.cuda_graphs, inference_mode=not args.no_inference_mode,
-                      profile=args.profile or args.trace is not None, trace=args.trace)
+                      onednn_conv=args.onednn_conv, profile=args.profile or args.trace is not None, trace=args.trace)
 
 
 def add_run_parser(sub) -> None:
@@ -89,6 +89,9 @@ def add_run_parser(sub) -> None:
     run.add_argument("--trace", metavar="TRACE.json", help="with --profile: write a Chrome trace (Perfetto)")
     run.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                      help="feed 3D inputs in channels_last_3d: auto (when measured faster), on, off")
+    run.add_argument("--onednn-conv", choices=("auto", "on", "off"), default="auto",
+                     help="run CPU conv3d calls bound for PyTorch's slow batch-1 path on oneDNN: auto (kernels "
+                          "larger than 1x1x1), on (all), off")
     run.add_argument("--autocast", choices=("bf16", "fp16"), help="run the model under autocast (opt-in)")
     run.add_argument("--compile", action="store_true", help="torch.compile the model once per shape (opt-in)")
     run.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs for fixed-shape chunks (GPU)")

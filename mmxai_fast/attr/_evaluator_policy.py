@@ -7,8 +7,10 @@ active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an i
 - :class:`ModelCaller` (every model call): 5-D inputs in ``torch.channels_last_3d`` when chosen
   (the chunk buffer is converted once per call), ``torch.inference_mode`` (perturbation methods
   never differentiate the model; a model that fails under it is called without it, once said),
-  opt-in autocast (its error against float32 on the first call reported), ``torch.compile`` and
-  CUDA graphs; every call timed into the patch's :class:`~mmxai_fast.attr._model_policy.MethodStats`.
+  oneDNN for the ``conv3d`` calls PyTorch would run on its slow batch-1 path
+  (:mod:`~mmxai_fast.attr._onednn_conv`), opt-in autocast (its error against float32 on the first
+  call reported), ``torch.compile`` and CUDA graphs; every call timed into the patch's
+  :class:`~mmxai_fast.attr._model_policy.MethodStats`.
 - :class:`ChunkPlanner` (rows per model call for ``"auto"``): the chunk grows 2, 4, 8, ... on the
   attribution's own rows (no extra probe evaluations), within the memory cap, until two doublings
   in a row fail to raise the model's measured throughput by :data:`MIN_GAIN`; the chunk with the
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ._model_policy import MethodStats, ModelPolicy
+from ._onednn_conv import ConvCounter, onednn_conv3d
 
 __all__ = ["ChunkPlanner", "ModelCaller", "close", "training_modules"]
 
@@ -75,6 +78,8 @@ class ModelCaller:
         self.inference_mode = policy.inference_mode
         self.seconds = 0.0  # model time of the last call
         self._autocast_checked = False
+        self._conv_counter: Optional[ConvCounter] = ConvCounter()
+        self._onednn = False if policy.compile else policy.onednn_conv
         self._graphs: Dict[Tuple, Any] = {}
         self._model: Callable = self._compile() if policy.compile else forward_func
 
@@ -99,7 +104,7 @@ class ModelCaller:
         device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
         start = time.perf_counter()
         try:
-            with torch.inference_mode(self.inference_mode), \
+            with torch.inference_mode(self.inference_mode), onednn_conv3d(self._onednn, self._conv_counter), \
                     torch.autocast(device, dtype=dtype, enabled=dtype is not None):
                 out = self._graph_call(args, kwargs) if self.policy.cuda_graphs else self._model(*args, **kwargs)
         except RuntimeError as err:  # retried once without the failing setting; a second failure raises
@@ -113,6 +118,11 @@ class ModelCaller:
                 raise
             return self.raw(args, kwargs, autocast)
         self.seconds = time.perf_counter() - start
+        if self._conv_counter is not None:  # said once, after the first call
+            counted, self._conv_counter = self._conv_counter, None
+            if counted.rerouted:
+                self.note(f"oneDNN conv3d: {counted.rerouted} of {counted.total} conv3d calls per model call run on "
+                          f"oneDNN instead of PyTorch's slow batch-1 path")
         if self.stats is not None:
             self.stats.model_s += self.seconds
             self.stats.model_calls += 1

@@ -11,6 +11,9 @@ reads the :class:`ModelPolicy` with :func:`active_session` and applies it
 - ``channels_last="auto"|True|False``: 5-D inputs in ``torch.channels_last_3d`` when measured
   faster (``"auto"``, decided during ``"auto"`` chunking), always, or never.
 - ``inference_mode=True``: model calls under :func:`torch.inference_mode`.
+- ``onednn_conv="auto"|True|False``: float32 CPU ``conv3d`` calls that PyTorch would run on its
+  slow batch-1 path go to oneDNN (:mod:`mmxai_fast.attr._onednn_conv`; ``"auto"``: kernels larger
+  than 1x1x1, True: all of them, False: never).
 - Opt-in: ``autocast="bf16"|"fp16"`` (error against float32 on the first chunk reported),
   ``compile=True`` (``torch.compile`` of the model), ``cuda_graphs=True`` (replay of one captured
   graph per fixed chunk shape on CUDA). Each reports its measured gain or why it was not used.
@@ -38,6 +41,7 @@ class ModelPolicy:
     batch: Optional[str] = None          # "auto" | "keep" | None (keep the caller's value)
     channels_last: Any = "auto"          # "auto" | True | False
     inference_mode: bool = True
+    onednn_conv: Any = "auto"            # "auto" | True | False
     autocast: Optional[str] = None       # None | "bf16" | "fp16"
     compile: bool = False
     cuda_graphs: bool = False
@@ -45,6 +49,7 @@ class ModelPolicy:
     def __post_init__(self) -> None:
         checks = [("batch", self.batch, (None, "auto", "keep")),
                   ("channels_last", self.channels_last, ("auto", True, False)),
+                  ("onednn_conv", self.onednn_conv, ("auto", True, False)),
                   ("autocast", self.autocast, (None, "bf16", "fp16"))]
         for name, value, allowed in checks:
             if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
