@@ -65,19 +65,19 @@ def _reroutes(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[in
                                                 groups, None)
     except (RuntimeError, TypeError, AttributeError):  # a PyTorch without this private helper: no reroute
         return False
-    return backend in (torch._C._ConvBackend.Slow3d, torch._C._ConvBackend.SlowDilated3d)
+    slow = torch._C._ConvBackend  # type: ignore[attr-defined]
+    return backend in (slow.Slow3d, slow.SlowDilated3d)
 
 
 def _conv3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: Any = 1, padding: Any = 0,
             dilation: Any = 1, groups: int = 1) -> Tensor:
-    triples = [_triple(v) for v in (stride, padding, dilation)]
-    rerouted = (all(t is not None for t in triples) and isinstance(input, Tensor) and isinstance(weight, Tensor)
-                and _reroutes(input, weight, bias, *triples, groups))  # type: ignore[arg-type]
+    s, p, d = (_triple(v) for v in (stride, padding, dilation))
+    rerouted = (s is not None and p is not None and d is not None and isinstance(input, Tensor)
+                and isinstance(weight, Tensor) and _reroutes(input, weight, bias, s, p, d, groups))
     for counter in _counters:
         counter.total += 1
         counter.rerouted += rerouted
     if rerouted:
-        s, p, d = triples
         return torch.mkldnn_convolution(input, weight, bias, p, s, d, groups)
     return _ORIGINAL(input, weight, bias, stride, padding, dilation, groups)
 
@@ -97,7 +97,7 @@ def onednn_conv3d(mode: Any = "auto", counter: Optional[ConvCounter] = None) -> 
     with _lock:
         if _depth == 0:
             _mode = mode
-            F.conv3d = _conv3d
+            F.conv3d = _conv3d  # type: ignore[assignment]
         _depth += 1
         if counter is not None:
             _counters.append(counter)
