@@ -63,10 +63,10 @@ def _reroutes(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[in
     try:
         backend = torch._C._select_conv_backend(x, weight, bias, stride, padding, dilation, False, [0, 0, 0],
                                                 groups, None)
-    except (RuntimeError, TypeError, AttributeError):  # a PyTorch without this private helper: no reroute
+        slow = torch._C._ConvBackend  # type: ignore[attr-defined]
+        return backend in (slow.Slow3d, slow.SlowDilated3d)
+    except (RuntimeError, TypeError, AttributeError):  # a PyTorch without these private helpers: no reroute
         return False
-    slow = torch._C._ConvBackend  # type: ignore[attr-defined]
-    return backend in (slow.Slow3d, slow.SlowDilated3d)
 
 
 def _conv3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: Any = 1, padding: Any = 0,
