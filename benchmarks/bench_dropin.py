@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,29 +95,49 @@ def _rel_diff(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
 
-def compare(model: str, args: list, configs: dict, methods: list, tmp: Path, base=None) -> tuple:
-    """Rows for every config and method, and the first config's (timings, attributions) (the
-    plain-Captum baseline; ``base``: a baseline measured earlier with the same settings)."""
-    rows, keep = [], None
-    for name, command in configs.items():
-        load = os.getloadavg()[0]
-        timings, stderr, attrs, process_s = run_config(command, ["--model", model, "--methods", *methods] + args,
-                                                       tmp / f"{model}_{abs(hash(name))}.pt")
-        base = base or (timings, attrs)
-        keep = keep if name != "run --batch keep" else attrs
+def _median_iqr(values: list) -> tuple:
+    ordered = sorted(values)
+    if len(ordered) < 2:
+        return ordered[0], None
+    q = statistics.quantiles(ordered, n=4, method="inclusive")
+    return statistics.median(ordered), q[2] - q[0]
+
+
+def compare(model: str, args: list, configs: dict, methods: list, tmp: Path, repeats: int, base=None) -> tuple:
+    """Rows for every config and method, and the first config's (median timings, attributions) (the
+    plain-Captum baseline; ``base``: one measured earlier with the same settings). The configs run
+    in turn, each in a fresh subprocess, ``repeats`` rounds (captum, keep, run, captum, ...), so
+    order effects and slow drifts of the machine fall on every way alike; medians over rounds."""
+    walls: dict = {name: {m: [] for m in methods} for name in configs}
+    loads: dict = {name: [] for name in configs}
+    outputs: dict = {}
+    for _ in range(repeats):
+        for name, command in configs.items():
+            loads[name].append(os.getloadavg()[0])
+            timings, stderr, attrs, _ = run_config(command, ["--model", model, "--methods", *methods] + args,
+                                                   tmp / f"{model}_{abs(hash(name))}.pt")
+            outputs[name] = (stderr, attrs)
+            for method in methods:
+                walls[name][method].append(timings[method]["wall_s"])
+    first = next(iter(configs))
+    base = base or ({m: {"wall_s": _median_iqr(walls[first][m])[0]} for m in methods}, outputs[first][1])
+    keep = outputs.get("run --batch keep", (None, None))[1]
+    rows = []
+    for name in configs:
+        stderr, attrs = outputs[name]
         for method in methods:
-            ref = base[1][method].double()
-            diff = _rel_diff(attrs[method], ref)
+            median, iqr = _median_iqr(walls[name][method])
+            diff = _rel_diff(attrs[method], base[1][method])
             diff_keep = _rel_diff(attrs[method], keep[method]) if keep is not None else float("nan")
             rows.append({"op": "attribution", "impl": name, "case": f"{model} {method}", "model": model,
-                         "method": method, "wall_s": timings[method]["wall_s"],
-                         "ratio_vs_captum": base[0][method]["wall_s"] / timings[method]["wall_s"],
+                         "method": method, "wall_s": median, "iqr_s": iqr, "walls_s": walls[name][method],
+                         "repeats": repeats, "ratio_vs_captum": base[0][method]["wall_s"] / median,
                          "max_rel_diff_vs_captum": diff, "max_rel_diff_vs_keep": diff_keep,
-                         "process_s": process_s, "loadavg_before": load,
-                         **report_notes(stderr, method)})
+                         "loadavg_before": loads[name], **report_notes(stderr, method)})
             print(f"{model:9s} {method:21s} {name:26s} {rows[-1]['ratio_vs_captum']:6.2f}x  "
                   f"chunk {rows[-1].get('chunk', '-')}  model share {rows[-1].get('model_share', float('nan')):.2f}  "
-                  f"max rel diff {diff:.1e} (vs keep {diff_keep:.1e})  (load {load:.1f})", flush=True)
+                  f"max rel diff {diff:.1e} (vs keep {diff_keep:.1e})  walls {[round(w, 2) for w in walls[name][method]]}"
+                  f"  (load {loads[name][0]:.1f})", flush=True)
     return rows, base
 
 
@@ -126,6 +147,8 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="32^3 volumes (same features and samples)")
     parser.add_argument("--models", nargs="+", default=["vgg", "densenet"])
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds of all ways in turn (each way in a fresh subprocess); medians reported")
     parser.add_argument("--policies", choices=("on", "off", "only"), default="on",
                         help="the per-policy rows (FeatureAblation on the first model)")
     args = parser.parse_args(argv)
@@ -139,7 +162,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bases = {}
         for model in args.models if args.policies != "only" else []:
-            rows, bases[model] = compare(model, size, CONFIGS, methods, Path(tmp))
+            rows, bases[model] = compare(model, size, CONFIGS, methods, Path(tmp), args.repeats)
             payload["rows"] += rows
         policy_model = args.models[0]
         if args.policies != "off":
@@ -148,7 +171,8 @@ def main(argv=None) -> None:
                 captum_fa = ({"FeatureAblation": bases[policy_model][0]["FeatureAblation"]},
                              {"FeatureAblation": bases[policy_model][1]["FeatureAblation"]})
             policies = POLICIES if captum_fa else {"captum": CONFIGS["captum"], **POLICIES}
-            payload["policies"] = compare(policy_model, size, policies, ["FeatureAblation"], Path(tmp), captum_fa)[0]
+            payload["policies"] = compare(policy_model, size, policies, ["FeatureAblation"], Path(tmp), args.repeats,
+                                          captum_fa)[0]
     payload["cpu"] = cpu_facts(load_before)
     payload["runtime_s"] = time.perf_counter() - start
     print(f"runtime {payload['runtime_s']:.0f} s")
