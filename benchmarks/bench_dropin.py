@@ -145,7 +145,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/dropin_cpu_2core.json")
     parser.add_argument("--quick", action="store_true", help="32^3 volumes (same features and samples)")
-    parser.add_argument("--models", nargs="+", default=["vgg", "densenet"])
+    parser.add_argument("--models", nargs="+", default=["vgg", "densenet", "monai-densenet121"],
+                        choices=["vgg", "densenet", "monai-densenet121"])
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--repeats", type=int, default=2,
                         help="rounds of all ways in turn (each way in a fresh subprocess); medians reported")

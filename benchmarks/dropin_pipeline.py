@@ -21,6 +21,10 @@ from mmxai_fast.phantom import make_brain_phantom
 
 def build_model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
+    if name == "monai-densenet121":  # MONAI's DenseNet-121 (stride-2 stem, dense blocks from 1/4 resolution)
+        from monai.networks.nets import DenseNet121
+
+        return DenseNet121(spatial_dims=3, in_channels=4, out_channels=2).eval()
     model = VGG3D(in_channels=4, num_classes=2) if name == "vgg" else DenseNet3D(in_channels=4, num_classes=2)
     return model.eval()
 
@@ -34,7 +38,7 @@ def superpixels(volume: torch.Tensor, n_segments: int) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=["vgg", "densenet"], default="vgg")
+    parser.add_argument("--model", choices=["vgg", "densenet", "monai-densenet121"], default="vgg")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--segments", type=int, default=16, help="SLIC segments per modality")
     parser.add_argument("--methods", nargs="+", default=["FeatureAblation", "ShapleyValueSampling", "Occlusion",
