@@ -67,6 +67,11 @@ def summary_markdown(result: "DemoResult") -> str:
         f"VGG3D {list(cfg.widths)} trained on {cfg.n_train} cases, {cfg.epochs} epochs, in {result.train_s:.1f} s "
         f"({torch.get_num_threads()} threads); held-out accuracy {result.accuracy:.3f} on {cfg.n_val} cases.",
         "",
+        f"Removed features become: for ShapleyEstimator ({cfg.shapley_method}, {cfg.shapley_evaluations} "
+        f"evaluations, {cfg.n_segments} superpixels per modality) "
+        + (f"the input blurred (Gaussian, sigma {cfg.shapley_blur_sigma:g} voxels)" if cfg.shapley_blur_sigma > 0
+           else "zeros") + "; for the other methods and the metrics' curves zeros.",
+        "",
         "localisation = share of the positive attribution inside the tumour (core, rim and oedema); "
         "a map blind to the tumour scores about the tumour's volume fraction (in brackets: its share of the brain).",
         "",

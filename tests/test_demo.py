@@ -64,6 +64,19 @@ def test_every_method_is_scored_by_the_metrics(demo_run):
     assert shapley["model_inputs"] <= summary["config"]["shapley_evaluations"] + 1
 
 
+def test_shapley_localises_at_least_as_well_as_occlusion(demo_run):
+    # issue 13's target. With a zero baseline this failed (0.20 against 0.47 at 48^3); with the blurred
+    # input as baseline the quick run measured 0.72 against 0.24 (seed 0).
+    out, summary = demo_run
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert rows["ShapleyEstimator"]["localisation"] >= rows["Occlusion"]["localisation"], rows
+    assert summary["config"]["shapley_blur_sigma"] > 0
+    case = rows["ShapleyEstimator"]["case"]
+    settings = json.loads((out / case / "ShapleyEstimator" / "summary.json").read_text())["settings"]
+    assert settings["baseline"].startswith("blur (Gaussian, sigma 2 voxels")
+    assert "the input blurred (Gaussian, sigma 2 voxels)" in (out / "summary.md").read_text()
+
+
 def test_output_files(demo_run):
     out, summary = demo_run
     assert (out / "summary.md").read_text().startswith("# mmxai-fast demo")
@@ -116,6 +129,8 @@ def test_resolve_demo_method():
     (dict(shapley_evaluations=0), "shapley_evaluations must be an int >= 1"),
     (dict(shape=(8, 32, 32)), "shape must be three ints >= 16"),
     (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(shapley_blur_sigma=-1.0), "shapley_blur_sigma must be a finite number >= 0"),
+    (dict(shapley_blur_sigma=float("nan")), "shapley_blur_sigma must be a finite number >= 0"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
