@@ -409,7 +409,8 @@ def run_demo(out_dir, config: Optional[DemoConfig] = None, anatomy: str = "phant
                 modality_ranking=modality_ranking(explanation.modality_importance),
                 evidence_share=(evidence := evidence_share(explanation.attributions, case.modalities)),
                 evidence_ranking=modality_ranking(evidence), p_high=float(probs[i]),
-                metrics=explanation_metrics(model, case, explanation, mask, high, seed=config.seed),
+                metrics=explanation_metrics(model, case, explanation, mask, high, seed=config.seed,
+                                            blur_sigma=config.shapley_blur_sigma),
                 files={k: str(v) for k, v in written.items()}))
         figure = _png_bytes(overview_figure(case, explanations))
         overview = write_files_atomically(out_dir / name, {"overview.png": figure})
