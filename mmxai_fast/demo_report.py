@@ -71,7 +71,7 @@ def summary_markdown(result: "DemoResult") -> str:
         f"Removed features become: for ShapleyEstimator ({cfg.shapley_method}, {cfg.shapley_evaluations} "
         f"evaluations, {cfg.n_segments} superpixels per modality) "
         + (f"the input blurred (Gaussian, sigma {cfg.shapley_blur_sigma:g} voxels)" if cfg.shapley_blur_sigma > 0
-           else "zeros") + "; for the other methods and the metrics' curves zeros.",
+           else "zeros") + "; for the other methods zeros (the metrics' curves use both, below).",
         "",
         "localisation = share of the positive attribution inside the tumour (core, rim and oedema); "
         "a map blind to the tumour scores about the tumour's volume fraction (in brackets: its share of the brain).",
