@@ -59,6 +59,10 @@ class DemoConfig:
         compactness: their SLIC compactness (low: segments follow tissue edges, such as the rim's).
         shapley_method: estimator of ``ShapleyEstimator`` (:data:`mmxai_fast.estimators.METHODS`).
         shapley_evaluations: its budget in model inputs.
+        shapley_blur_sigma: its baseline, the input blurred by a Gaussian of this sigma in voxels
+            (:meth:`~mmxai_fast.pipeline.Baseline.blur`); 0: zeros. A zero-filled region of one modality
+            looks abnormal next to the others (a blank T1 makes T1ce look enhanced), so with zeros
+            superpixels far from the tumour change the logit (localisation 0.20 instead of 0.8).
         coarse_segments: SLIC segments per modality of the Owen hierarchy's coarse level.
         shapley_samples: permutations for Captum's ShapleyValueSampling (``--methods``).
         occlusion_window / occlusion_stride: cubic occlusion window (one modality at a time).
@@ -78,6 +82,7 @@ class DemoConfig:
     compactness: float = 0.1
     shapley_method: str = "permutation"
     shapley_evaluations: int = 1200
+    shapley_blur_sigma: float = 3.0
     coarse_segments: int = 15
     shapley_samples: int = 2
     occlusion_window: int = 8
@@ -99,6 +104,9 @@ class DemoConfig:
 
         if self.shapley_method not in METHODS:
             raise ValueError(f"DemoConfig.shapley_method must be one of {METHODS}, got {self.shapley_method!r}")
+        sigma = self.shapley_blur_sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < float("inf"):
+            raise ValueError(f"DemoConfig.shapley_blur_sigma must be a finite number >= 0, got {sigma!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"DemoConfig.learning_rate must be > 0, got {self.learning_rate!r}")
 
@@ -106,7 +114,7 @@ class DemoConfig:
     def quick(cls, **overrides) -> "DemoConfig":
         """A smaller run (32^3 volumes, fewer cases and epochs, one explained case)."""
         values: Dict[str, Any] = dict(shape=(32, 32, 32), n_train=96, n_val=32, epochs=5, n_cases=1, n_segments=100,
-                      occlusion_window=6, occlusion_stride=6)
+                      occlusion_window=6, occlusion_stride=6, shapley_blur_sigma=2.0)
         values.update(overrides)
         return cls(**values)
 
@@ -322,9 +330,11 @@ def _explain(model: nn.Module, case: "Case", method: str, target: int, superpixe
     from .pipeline import Baseline, explain
 
     if method == ESTIMATOR_METHOD:
+        sigma = config.shapley_blur_sigma
         return shapley_explanation(model, case, target, superpixels, config.shapley_method,
                                    config.shapley_evaluations, seed=config.seed,
-                                   coarse_segments=config.coarse_segments, batch_size=config.batch_size)
+                                   coarse_segments=config.coarse_segments, batch_size=config.batch_size,
+                                   baseline=Baseline.blur(sigma) if sigma > 0 else Baseline.zeros())
     return explain(model, case, method, target=target, superpixels=superpixels, baseline=Baseline.zeros(),
                    method_kwargs=_method_kwargs(method, config), show_progress=show_progress, seed=config.seed)
 
@@ -399,7 +409,8 @@ def run_demo(out_dir, config: Optional[DemoConfig] = None, anatomy: str = "phant
                 modality_ranking=modality_ranking(explanation.modality_importance),
                 evidence_share=(evidence := evidence_share(explanation.attributions, case.modalities)),
                 evidence_ranking=modality_ranking(evidence), p_high=float(probs[i]),
-                metrics=explanation_metrics(model, case, explanation, mask, high, seed=config.seed),
+                metrics=explanation_metrics(model, case, explanation, mask, high, seed=config.seed,
+                                            blur_sigma=config.shapley_blur_sigma),
                 files={k: str(v) for k, v in written.items()}))
         figure = _png_bytes(overview_figure(case, explanations))
         overview = write_files_atomically(out_dir / name, {"overview.png": figure})

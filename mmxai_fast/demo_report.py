@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Dict
 import numpy as np
 import torch
 
-from .demo_metrics import METRIC_COLUMNS
+from .demo_metrics import BLUR_METRIC_COLUMNS, METRIC_COLUMNS
 
 if TYPE_CHECKING:
     from .demo import DemoResult
@@ -59,6 +59,7 @@ def overview_figure(case, explanations: Dict[str, "Explanation"]):
 
 def summary_markdown(result: "DemoResult") -> str:
     cfg = result.config
+    columns = {**METRIC_COLUMNS, **(BLUR_METRIC_COLUMNS if cfg.shapley_blur_sigma > 0 else {})}
     lines = [
         "# mmxai-fast demo",
         "",
@@ -66,6 +67,11 @@ def summary_markdown(result: "DemoResult") -> str:
         f"T1/T1ce/T2/FLAIR; only the enhancing rim in T1ce tells the grades apart.",
         f"VGG3D {list(cfg.widths)} trained on {cfg.n_train} cases, {cfg.epochs} epochs, in {result.train_s:.1f} s "
         f"({torch.get_num_threads()} threads); held-out accuracy {result.accuracy:.3f} on {cfg.n_val} cases.",
+        "",
+        f"Removed features become: for ShapleyEstimator ({cfg.shapley_method}, {cfg.shapley_evaluations} "
+        f"evaluations, {cfg.n_segments} superpixels per modality) "
+        + (f"the input blurred (Gaussian, sigma {cfg.shapley_blur_sigma:g} voxels)" if cfg.shapley_blur_sigma > 0
+           else "zeros") + "; for the other methods zeros (the metrics' curves use both, below).",
         "",
         "localisation = share of the positive attribution inside the tumour (core, rim and oedema); "
         "a map blind to the tumour scores about the tumour's volume fraction (in brackets: its share of the brain).",
@@ -76,15 +82,16 @@ def summary_markdown(result: "DemoResult") -> str:
         "MSFI (Jin et al. 2022, exact modality Shapley values, tumour as every modality's region); deletion / "
         "insertion = areas under the 'high grade' logit as superpixels are removed / restored in heatmap order "
         "(deletion: lower is better, insertion: higher); delta-AUPC = their gain over random orders "
-        "(> 0: better than random; mmxai_fast.metrics).",
+        "(> 0: better than random; mmxai_fast.metrics); removed superpixels become zeros, '(blur)': the blurred "
+        "input (Shapley's baseline).",
         "",
         "| case | method | wall s | model inputs (calls) | time in model | localisation | tumour fraction "
-        "| modality ranking | evidence for high grade | " + " | ".join(METRIC_COLUMNS.values()) + " |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |" + " ---: |" * len(METRIC_COLUMNS),
+        "| modality ranking | evidence for high grade | " + " | ".join(columns.values()) + " |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |" + " ---: |" * len(columns),
     ]
     for row in result.rows:
         share = row.model_s / row.wall_s if row.wall_s > 0 else 0.0
-        metrics = " | ".join(f"{row.metrics[k]:.3g}" if k in row.metrics else "-" for k in METRIC_COLUMNS)
+        metrics = " | ".join(f"{row.metrics[k]:.3g}" if k in row.metrics else "-" for k in columns)
         lines.append(f"| {row.case} | {row.method} | {row.wall_s:.2f} | {row.model_inputs} ({row.model_calls}) | "
                      f"{share:.0%} | {row.localisation:.3f} | {row.tumour_fraction:.3f} "
                      f"({row.tumour_fraction_of_brain:.3f}) | {' > '.join(row.modality_ranking)} | "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from .pipeline import Case, Explanation, Superpixels
+    from .pipeline import Baseline, Case, Explanation, Superpixels
 
 __all__ = ["ESTIMATOR_METHOD", "shapley_explanation"]
 
@@ -41,7 +41,8 @@ class _CountingModel(nn.Module):
 
 def shapley_explanation(model: nn.Module, case: "Case", target: int, superpixels: "Superpixels", method: str,
                         n_evaluations: int, seed: int = 0, coarse_segments: Optional[int] = None,
-                        batch_size: int = 16, mask: Optional[Tensor] = None) -> "Explanation":
+                        batch_size: int = 16, mask: Optional[Tensor] = None,
+                        baseline: Optional["Baseline"] = None) -> "Explanation":
     """Shapley (or Owen) values of ``model(case)[target]`` over ``case``'s superpixels.
 
     Args:
@@ -49,11 +50,14 @@ def shapley_explanation(model: nn.Module, case: "Case", target: int, superpixels
         n_evaluations: the budget in model inputs.
         coarse_segments: SLIC segments per modality of the coarse level (``method="owen"``).
         mask: the superpixels (``superpixel_mask(case, superpixels)``) when already computed.
+        baseline: what removed superpixels become (default zeros; the demo uses a blur).
     """
     from dataclasses import asdict, replace
 
     from .estimators import ShapleyEstimator, hierarchy_from_masks
     from .pipeline import Baseline, superpixel_mask
+
+    baseline = baseline or Baseline.zeros()
     from .pipeline.explain import Explanation, RunStats, modality_importance
     from .pipeline.methods import baseline_input
 
@@ -70,7 +74,7 @@ def shapley_explanation(model: nn.Module, case: "Case", target: int, superpixels
     was_training = model.training
     model.eval()
     try:
-        values = estimator.attribute(case.image[None], baselines=baseline_input(case, Baseline.zeros())[None],
+        values = estimator.attribute(case.image[None], baselines=baseline_input(case, baseline)[None],
                                      target=target, feature_mask=features[None], n_evaluations=n_evaluations,
                                      seed=seed, hierarchy=hierarchy, perturbations_per_eval=batch_size)[0]
     finally:
@@ -81,7 +85,7 @@ def shapley_explanation(model: nn.Module, case: "Case", target: int, superpixels
     stats = RunStats(ESTIMATOR_METHOD, counted.calls, time.perf_counter() - start, counted.seconds, counted.examples)
     settings = {"method_kwargs": {"method": method, "n_evaluations": n_evaluations,
                                   **({"coarse_segments": coarse_segments} if hierarchy is not None else {})},
-                "baseline": Baseline.zeros().describe(), "seed": seed,
+                "baseline": baseline.describe(), "seed": seed,
                 "superpixels": {**asdict(superpixels), "features": int(mask.max())}}
     return Explanation(attributions=attributions, method=ESTIMATOR_METHOD, target=target, feature_mask=mask,
                        modality_importance=modality_importance(attributions, case.modalities), stats=stats,

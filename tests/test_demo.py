@@ -9,7 +9,7 @@ import torch
 from mmxai_fast.cli import main
 from mmxai_fast.demo import (DEFAULT_METHODS, DemoConfig, evidence_share, localisation_score, modality_ranking,
                              resolve_demo_method, run_demo)
-from mmxai_fast.demo_metrics import METRIC_COLUMNS
+from mmxai_fast.demo_metrics import BLUR_METRIC_COLUMNS, METRIC_COLUMNS
 
 HAVE_NILEARN = importlib.util.find_spec("nilearn") is not None
 
@@ -51,17 +51,31 @@ def test_every_method_localises_the_tumour_and_ranks_t1ce_high(demo_run):
 def test_every_method_is_scored_by_the_metrics(demo_run):
     out, summary = demo_run
     table = (out / "summary.md").read_text()
-    for title in METRIC_COLUMNS.values():
+    columns = {**METRIC_COLUMNS, **BLUR_METRIC_COLUMNS}  # --quick blurs Shapley's baseline: both curve sets
+    for title in columns.values():
         assert title in table
     for r in summary["rows"]:
         m = r["metrics"]
-        assert set(METRIC_COLUMNS) <= set(m), r
+        assert set(columns) <= set(m), r
         assert 0.0 <= m["msfi"] <= 1.0 + 1e-9
         # areas of the high-grade logit; delta-AUPC is their difference with the random orders'
-        assert all(isinstance(m[k], float) and m[k] == m[k] for k in METRIC_COLUMNS)
+        assert all(isinstance(m[k], float) and m[k] == m[k] for k in columns)
         assert m["metric_evaluations"] > 0
     shapley = next(r for r in summary["rows"] if r["method"] == "ShapleyEstimator")
     assert shapley["model_inputs"] <= summary["config"]["shapley_evaluations"] + 1
+
+
+def test_shapley_localises_at_least_as_well_as_occlusion(demo_run):
+    # issue 13's target. With a zero baseline this failed (0.20 against 0.47 at 48^3); with the blurred
+    # input as baseline the quick run measured 0.72 against 0.24 (seed 0).
+    out, summary = demo_run
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert rows["ShapleyEstimator"]["localisation"] >= rows["Occlusion"]["localisation"], rows
+    assert summary["config"]["shapley_blur_sigma"] > 0
+    case = rows["ShapleyEstimator"]["case"]
+    settings = json.loads((out / case / "ShapleyEstimator" / "summary.json").read_text())["settings"]
+    assert settings["baseline"].startswith("blur (Gaussian, sigma 2 voxels")
+    assert "the input blurred (Gaussian, sigma 2 voxels)" in (out / "summary.md").read_text()
 
 
 def test_output_files(demo_run):
@@ -116,6 +130,8 @@ def test_resolve_demo_method():
     (dict(shapley_evaluations=0), "shapley_evaluations must be an int >= 1"),
     (dict(shape=(8, 32, 32)), "shape must be three ints >= 16"),
     (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(shapley_blur_sigma=-1.0), "shapley_blur_sigma must be a finite number >= 0"),
+    (dict(shapley_blur_sigma=float("nan")), "shapley_blur_sigma must be a finite number >= 0"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
