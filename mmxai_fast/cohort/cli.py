@@ -28,7 +28,7 @@ def _add_method_args(p) -> None:
     m.add_argument("--n-segments", type=int, default=200, help="SLIC superpixels per modality (default 200)")
     m.add_argument("--compactness", type=float, default=0.1, help="SLIC compactness (default 0.1)")
     m.add_argument("--joint", action="store_true", help="one superpixel mask shared by all modalities")
-    m.add_argument("--baseline", default="zeros", help="zeros, gaussian, or a number (default zeros)")
+    m.add_argument("--baseline", default="zeros", help="zeros, gaussian, blur[:SIGMA], or a number (default zeros)")
     m.add_argument("--seed", type=int, default=0, help="run seed; each case's seed is derived from it and its id")
     m.add_argument("--target", type=int, help="class to explain (default: the model's prediction per case)")
     m.add_argument("--normalize", choices=["zscore"], help="per-modality z-score inside the foreground")

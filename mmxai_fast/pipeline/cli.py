@@ -61,7 +61,7 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
                         help="SLIC compactness on z-scored intensities (default 0.1)")
     method.add_argument("--joint", action="store_true", help="one superpixel mask shared by all modalities")
     method.add_argument("--baseline", default="zeros",
-                        help="removed features become: zeros, gaussian, or a number (default zeros)")
+                        help="removed features become: zeros, gaussian, blur[:SIGMA], or a number (default zeros)")
     method.add_argument("--layer", metavar="NAME", help="Grad-CAM layer (default: the last conv layer)")
     method.add_argument("--seed", type=int, default=0, help="seed of the sampling methods and the Gaussian baseline")
     out = p.add_argument_group("output")

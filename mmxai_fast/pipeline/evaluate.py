@@ -27,7 +27,7 @@ _OTHER_OPTIONS = (
     ("--factory", dict(metavar="MODULE:CALLABLE", help="builds the model for --state-dict")),
     ("--factory-kwargs", dict(metavar="JSON", help="keyword arguments for --factory")),
     ("--device", dict(help="where the model runs (default cpu)")),
-    ("--baseline", dict(help="removed features become: zeros, gaussian, or a number (default: the explanation's)")),
+    ("--baseline", dict(help="removed features become: zeros, gaussian, blur[:SIGMA], or a number (default: the explanation's)")),
     ("--n-segments", dict(type=int, help="SLIC superpixels per modality for the curves (default: the "
                                           "explanation's, else 200)")),
     ("--steps", dict(type=int, default=20, help="points per curve minus one (default 20)")),
