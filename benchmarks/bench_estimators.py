@@ -48,22 +48,38 @@ from _harness import cpu_facts, environment, row, write_results  # noqa: E402
 from mmxai_fast.estimators import ModelGame, ShapleyEstimator, estimate_shapley  # noqa: E402
 from mmxai_fast.estimators._game import all_subsets, shapley_coefficients  # noqa: E402
 
+#: Copies per model call in the large game (measured fastest for the 12^3 VGG3D on this CPU).
+LARGE_CHUNK = 256
 OURS = ("permutation", "antithetic", "leverage", "regression_adjusted", "stratified")
 
 
-def build_game(num_features: int, size: int, seed: int = 0):
-    """(ModelGame of the CNN over ~num_features superpixels, model, input, mask)."""
+def build_game(num_features: int, size: int, seed: int = 0, downsample: int = 1, widths=(4, 8)):
+    """(ModelGame of the CNN over ~num_features superpixels, model, input, mask). ``downsample``
+    average-pools the phantom (a cheaper game: the large game's long reference run)."""
+    import torch.nn.functional as nnf
+
     from mmxai_fast.models import VGG3D
     from mmxai_fast.ops import slic
     from mmxai_fast.phantom import make_phantom_dataset
 
     images, _, phantoms = make_phantom_dataset(2, (size, size, size), seed=seed, show_progress=False)
     x = images[1:2]  # a high-grade case (grades alternate)
-    labels = slic(x[0, 1].contiguous(), n_segments=num_features, compactness=0.1, mask=phantoms[1].head,
-                  channel_axis=None)
-    ids = torch.unique(labels, return_inverse=True)[1]  # 0 = background becomes a feature too
+    head = phantoms[1].head
+    if downsample > 1:
+        x = nnf.avg_pool3d(x, downsample)
+        head = nnf.max_pool3d(head[None, None].float(), downsample)[0, 0] > 0
+    best = None
+    for scale in (1.0, 0.9, 0.8, 0.85, 0.95, 0.75, 1.1):  # SLIC gives about n_segments: keep the closest
+        labels = slic(x[0, 1].contiguous(), n_segments=max(2, round(scale * num_features)), compactness=0.1,
+                      mask=head, channel_axis=None)
+        ids = torch.unique(labels, return_inverse=True)[1]  # 0 = background becomes a feature too
+        if best is None or abs(int(ids.max()) + 1 - num_features) < abs(int(best.max()) + 1 - num_features):
+            best = ids
+        if abs(int(best.max()) + 1 - num_features) <= max(1, num_features // 50):
+            break
+    ids = best
     torch.manual_seed(seed)
-    model = VGG3D(in_channels=4, num_classes=2, widths=(4, 8), hidden=8, pool="max").eval()
+    model = VGG3D(in_channels=4, num_classes=2, widths=widths, hidden=8, pool="max").eval()
     mask = ids.view(1, 1, *ids.shape)
     return ModelGame(model, x, 0.0, mask, target=1), model, x, mask
 
@@ -238,15 +254,15 @@ def main(argv=None) -> int:
                         help="folder appended to sys.path (e.g. a `pip install --target` with shapiq)")
     parser.add_argument("--large-features", type=int, default=200,
                         help="superpixels of the large game (default 200; 0 skips it)")
-    parser.add_argument("--large-size", type=int, help="phantom edge of the large game (default 24, --quick 20)")
-    parser.add_argument("--large-seeds", type=int, help="seeds per point on the large game (default 20, --quick 3)")
-    parser.add_argument("--reference-evaluations", type=int,
-                        help="evaluations of the large game's antithetic reference (default 800000, --quick 40000)")
+    parser.add_argument("--large-size", type=int, default=24, help="phantom edge of the large game (default 24)")
+    parser.add_argument("--large-downsample", type=int, default=2,
+                        help="average-pooling factor of the large game's phantom (default 2: a 12^3 volume)")
+    parser.add_argument("--large-seeds", type=int, default=20, help="seeds per point on the large game (default 20)")
+    parser.add_argument("--reference-evaluations", type=int, default=400_000,
+                        help="evaluations of the large game's antithetic reference (default 400000)")
     parser.add_argument("--skip-small", action="store_true", help="only the large game (keeps the small game's "
                                                                    "results of an existing --out file)")
     args = parser.parse_args(argv)
-    args.large_size = args.large_size or (20 if args.quick else 24)
-    args.reference_evaluations = args.reference_evaluations or (40_000 if args.quick else 800_000)
     sys.path.extend(args.extra_path)
     load_before = os.getloadavg()
     out = Path(args.out)
@@ -254,8 +270,8 @@ def main(argv=None) -> int:
         small = json.loads(out.read_text())["meta"]["small_game"]
     else:
         small = small_game(args)
-    large = large_game(args, list(range(args.large_seeds or (3 if args.quick else 20)))) if args.large_features else None
-    command = "python benchmarks/bench_estimators.py" + (" --quick" if args.quick else "")
+    large = large_game(args, list(range(args.large_seeds))) if args.large_features else None
+    command = " ".join(["python benchmarks/bench_estimators.py"] + list(sys.argv[1:] if argv is None else argv))
     game = small["game"]
     rows = schema_rows(small["results"], small["time_per_evaluation"], f"VGG3D {game['size']}^3 F={game['features']}",
                        small["seeds"])
@@ -333,30 +349,36 @@ def small_game(args) -> dict:
 def large_game(args, seeds) -> dict:
     """The ~200-superpixel game: reference from a long antithetic run (its own standard errors are
     the error floor), then every estimator at a few budgets on the real CNN."""
-    model_game, _, _, _ = build_game(args.large_features, args.large_size)
+    model_game, _, _, _ = build_game(args.large_features, args.large_size, downsample=args.large_downsample)
+    model_game.chunk_size = LARGE_CHUNK
     game = ModelRowsGame(model_game)
     num = game.num
     start = time.perf_counter()
     reference = estimate_shapley(game, num, "antithetic", n_evaluations=args.reference_evaluations, seed=10 ** 6)
     reference_s = time.perf_counter() - start
     floor = float(reference.stderr.square().mean().sqrt())
-    print(f"large game: VGG3D on {args.large_size}^3, F = {num}; reference: antithetic, "
+    print(f"large game: VGG3D on {args.large_size // args.large_downsample}^3, F = {num}; reference: antithetic, "
           f"{reference.n_evaluations} evaluations in {reference_s:.0f} s, RMS stderr {floor:.2e}", flush=True)
     factors = (2, 5, 10) if args.quick else (2, 5, 10, 25)
     budgets = [k * num for k in factors]
-    runs = {"captum_svs": captum_runs(game, "captum_svs", list(factors), seeds),
-            "captum_kernelshap": captum_runs(game, "captum_kernelshap", budgets, seeds)}
-    for method in OURS:
-        runs[method] = our_runs(game, method, budgets, seeds)
+    runners = [("captum_svs", captum_runs, list(factors)), ("captum_kernelshap", captum_runs, budgets)]
+    runners += [(method, our_runs, budgets) for method in OURS]
     if _have_shapiq():
-        for method in ("shapiq_kernelshap", "shapiq_leverage", "shapiq_permutation", "shapiq_svarm"):
-            runs[method] = shapiq_runs(game, method, budgets, seeds)
+        runners += [(method, shapiq_runs, budgets) for method in ("shapiq_kernelshap", "shapiq_leverage",
+                                                                   "shapiq_permutation", "shapiq_svarm")]
+    runs, seconds = {}, {}
+    for method, runner, points in runners:
+        start = time.perf_counter()
+        runs[method] = runner(game, method, points, seeds)
+        seconds[method] = time.perf_counter() - start
+        print(f"  {method}: {seconds[method]:.0f} s", flush=True)
     results = _curves(runs, reference.values)
-    return {"features": num, "size": args.large_size, "seeds": len(seeds),
+    return {"features": num, "size": args.large_size // args.large_downsample, "phantom_size": args.large_size,
+            "downsample": args.large_downsample, "chunk": LARGE_CHUNK, "seeds": len(seeds),
             "reference": {"method": "antithetic", "evaluations": reference.n_evaluations, "seconds": reference_s,
                           "rms_stderr": floor, "max_stderr": float(reference.stderr.max()),
                           "values": reference.values.tolist(), "stderr": reference.stderr.tolist()},
-            "results": results}
+            "results": results, "seconds_per_method": seconds}
 
 
 def _have_shapiq() -> bool:
