@@ -12,15 +12,16 @@
   ``phi_0 = v(0)`` and ``sum phi = v(1) - v(0)`` exactly, on the device. Standard errors: a
   Poisson bootstrap over the sampled pairs (32 reweighted solves, batched).
 * ``regression_adjusted`` (Witter, Liu & Musco, "Regression-adjusted Monte Carlo estimators for
-  Shapley values and probabilistic values", arXiv 2506.11849, 2025): fit a surrogate ``g`` whose
-  Shapley values are known in closed form, then estimate the Shapley values of the residual
-  ``v - g`` by unbiased Monte Carlo, ``phi = phi(g) + MC(v - g)``. Here ``g`` is a second-order
-  polynomial (all linear terms plus the pairwise interactions of the ``K`` largest linear
-  terms; ``phi_i(z_i z_j) = 1/2``), fitted by ridge-regularised weighted least squares; the
-  Monte Carlo uses the importance-sampled form ``phi_i = sum_S v(S) c_i(S)`` with sizes drawn
-  uniformly and pairs of complements. Two-fold cross-fitting (``g`` fitted on one half, the
-  residuals averaged on the other, and back) keeps the estimate unbiased; with a linear ``g``
-  on the same samples the correction would vanish and the estimate equal Kernel SHAP.
+  Shapley values and probabilistic values", arXiv 2506.11849, 2025): fit a surrogate ``f`` whose
+  Shapley values are known in closed form and estimate only the residual's,
+  ``phi = phi(f) + estimate(v - f)``, with the same samples. Here ``f = g + l``: ``g`` a sum of
+  pair and triple products of the most important features (:class:`RegressionAdjustedState`) and
+  ``l`` the Leverage SHAP solve of ``v - g``; the paper's Monte Carlo (MSR) term of the residual
+  ``v - g - l`` vanishes on these rows (the weighted normal equations of ``l``), so the estimate
+  is ``phi(g) + phi_lev(v - g)``. A linear ``g`` changes nothing, nor does a pairwise one with
+  paired rows (paired Leverage SHAP is exact on pairwise games); ``g`` is kept only when a
+  two-fold held-out check shows it pays, else this is Leverage SHAP. (The paper's best surrogate,
+  a tree ensemble with Tree SHAP values, is not implemented.)
 """
 from __future__ import annotations
 
