@@ -219,6 +219,11 @@ def _plot_curves(ax, results, title: str) -> None:
         ax.plot([c["evaluations"] for c in curve], [c["rmse"] for c in curve], style, marker="o", ms=3, label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    medians = [statistics.median(c["rmse"] for c in curve) for curve in results.values() if curve]
+    top = 5 * max(medians)  # a failed solve (shapiq's Leverage SHAP at F - 1 pairs: 1e5) would flatten the rest
+    if any(c["rmse"] > top for curve in results.values() for c in curve):
+        ax.set_ylim(top=top)
+        title += " (points above the top clipped)"
     ax.set_xlabel("model evaluations")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, ncol=2)
