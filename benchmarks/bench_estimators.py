@@ -278,20 +278,34 @@ def main(argv=None) -> int:
     sys.path.extend(args.extra_path)
     load_before = os.getloadavg()
     out = Path(args.out)
+    command = " ".join(["python benchmarks/bench_estimators.py"] + list(sys.argv[1:] if argv is None else argv))
+    # each game keeps the CPU facts (load) and the command of the run that measured it
     if args.skip_small:
-        small = json.loads(out.read_text())["meta"]["small_game"]
+        before = json.loads(out.read_text())["meta"]
+        small = before["small_game"]
+        small.setdefault("cpu", before["cpu"])
+        small.setdefault("command", before["command"])
     else:
         small = small_game(args)
+        small["cpu"], small["command"] = cpu_facts(load_before), command
     if args.large_from:
-        large = json.loads(Path(args.large_from).read_text())["meta"]["large_game"]
+        before = json.loads(Path(args.large_from).read_text())["meta"]
+        large = before["large_game"]
+        large.setdefault("cpu", before["cpu"])
+        large.setdefault("command", before["command"])
+    elif args.large_features:
+        load_large = os.getloadavg()
+        large = large_game(args, list(range(args.large_seeds)))
+        large["cpu"], large["command"] = cpu_facts(load_large), command
     else:
-        large = large_game(args, list(range(args.large_seeds))) if args.large_features else None
-    command = " ".join(["python benchmarks/bench_estimators.py"] + list(sys.argv[1:] if argv is None else argv))
+        large = None
     game = small["game"]
     rows = schema_rows(small["results"], small["time_per_evaluation"], f"VGG3D {game['size']}^3 F={game['features']}",
                        small["seeds"])
     if large:
         rows += schema_rows(large["results"], {}, f"VGG3D {large['size']}^3 F={large['features']}", large["seeds"])
+    if large:
+        large["target_vs_shapiq"] = target_vs_shapiq(large["results"])
     meta = {"environment": environment(torch.device("cpu")), "cpu": cpu_facts(load_before), "command": command,
             "small_game": small, "large_game": large}
     write_results(out, rows, meta)
@@ -299,7 +313,6 @@ def main(argv=None) -> int:
     _report(small["results"], small["target_captum_svs25"]["captum"], small["target_captum_svs25"]["ours"],
             small["target_vs_shapiq"], small["time_per_evaluation"], small["notes"])
     if large:
-        large["target_vs_shapiq"] = target_vs_shapiq(large["results"])
         _report_large(large)
     print(f"wrote {out} and {out.with_suffix('.png')} (loadavg {os.getloadavg()[0]:.1f})")
     return 0
