@@ -248,6 +248,7 @@ def plot(results, game: dict, large: Optional[dict], path: Path) -> None:
         ref = large["reference"]
         _plot_curves(ax, large["results"], f"VGG3D, {large['features']} superpixels, {large['seeds']} seeds; reference: "
                      f"antithetic, {ref['evaluations']} evaluations")
+        ax.set_ylim(bottom=min(ax.get_ylim()[0], ref["rms_stderr"] / 2))
         ax.axhline(ref["rms_stderr"], color="k", lw=0.8, ls="-.")
         ax.text(ax.get_xlim()[0], ref["rms_stderr"], " reference's own RMS stderr", fontsize=7, va="bottom")
         ax.set_ylabel("RMSE against the reference")
