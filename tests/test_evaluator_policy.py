@@ -158,3 +158,20 @@ def test_inference_mode_falls_back_for_a_model_that_needs_autograd():
     out = caller(x)
     torch.testing.assert_close(out, x.sum(1, keepdim=True) + x[:, :3].sum())
     assert not caller.inference_mode and "inference_mode not used" in notes[0]
+
+
+def test_without_inference_mode_the_callers_grad_mode_is_kept():
+    from mmxai_fast.attr._evaluator_policy import ModelCaller
+    from mmxai_fast.attr._model_policy import ModelPolicy
+
+    seen = []
+
+    def forward(x):
+        seen.append(torch.is_grad_enabled())
+        return x.sum(-1, keepdim=True)
+
+    caller = ModelCaller(forward, ModelPolicy(inference_mode=False), None, lambda *a: None)
+    with torch.no_grad():
+        caller(torch.ones(2, 3))
+    caller(torch.ones(2, 3))
+    assert seen == [False, True]

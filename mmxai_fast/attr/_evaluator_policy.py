@@ -25,6 +25,7 @@ active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an i
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -104,7 +105,9 @@ class ModelCaller:
         device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
         start = time.perf_counter()
         try:
-            with torch.inference_mode(self.inference_mode), onednn_conv3d(self._onednn, self._conv_counter), \
+            # inference_mode(False) would switch gradients back on inside the caller's no_grad: not entered
+            grad_mode = torch.inference_mode() if self.inference_mode else contextlib.nullcontext()
+            with grad_mode, onednn_conv3d(self._onednn, self._conv_counter), \
                     torch.autocast(device, dtype=dtype, enabled=dtype is not None):
                 out = self._graph_call(args, kwargs) if self.policy.cuda_graphs else self._model(*args, **kwargs)
         except RuntimeError as err:  # retried once without the failing setting; a second failure raises
