@@ -54,13 +54,17 @@ CONFIGS = {
 METHODS = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
 POLICIES = {  # FeatureAblation on the VGG-like model, one policy at a time
     "engine only": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off",
-                          PIPELINE],
+                          "--malloc", "system", PIPELINE],
     "+ batching": RUN + ["--batch", "auto", "--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off",
-                         PIPELINE],
+                         "--malloc", "system", PIPELINE],
     "+ channels_last_3d": RUN + ["--batch", "keep", "--channels-last", "on", "--no-inference-mode", "--onednn-conv",
-                                 "off", PIPELINE],
-    "+ inference_mode": RUN + ["--batch", "keep", "--channels-last", "off", "--onednn-conv", "off", PIPELINE],
-    "+ oneDNN conv3d": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", PIPELINE],
+                                 "off", "--malloc", "system", PIPELINE],
+    "+ inference_mode": RUN + ["--batch", "keep", "--channels-last", "off", "--onednn-conv", "off", "--malloc",
+                               "system", PIPELINE],
+    "+ oneDNN conv3d": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", "--malloc", "system",
+                              PIPELINE],
+    "+ malloc keep": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off",
+                            PIPELINE],
 }
 
 

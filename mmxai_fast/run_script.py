@@ -22,11 +22,13 @@ __all__ = ["add_run_parser", "run_script"]
 
 def run_script(script: str, args: List[str], *, batch: str = "auto", report: bool = False,
                channels_last: str = "auto", autocast: Optional[str] = None, compile: bool = False,
-               cuda_graphs: bool = False, inference_mode: bool = True, onednn_conv: str = "auto", profile: bool = False,
-               trace: Optional[str] = None) -> int:
-    """Run ``script`` patched; returns its exit code (exceptions propagate). ``profile``: run it
-    under :func:`mmxai_fast.profiling.profile_attributions` and print the breakdown per attribution
-    call and per phase at exit (``trace``: also write a Chrome trace)."""
+               cuda_graphs: bool = False, inference_mode: bool = True, onednn_conv: str = "auto", malloc: str = "system",
+               profile: bool = False, trace: Optional[str] = None) -> int:
+    """Run ``script`` patched; returns its exit code (exceptions propagate). ``malloc="keep"``
+    (the CLI's default): glibc keeps freed blocks for reuse (:mod:`mmxai_fast._malloc`; a process-wide
+    setting, so "system", glibc's defaults, is this function's default). ``profile``: run it under
+    :func:`mmxai_fast.profiling.profile_attributions` and print the breakdown per attribution call and
+    per phase at exit (``trace``: also write a Chrome trace)."""
     import contextlib
 
     from .attr._model_policy import ModelPolicy, format_calls, format_report, reset_report
@@ -35,6 +37,10 @@ def run_script(script: str, args: List[str], *, batch: str = "auto", report: boo
     choice = {"auto": "auto", "on": True, "off": False}
     policy = ModelPolicy(batch=batch, channels_last=choice[channels_last], autocast=autocast, compile=compile,
                          cuda_graphs=cuda_graphs, inference_mode=inference_mode, onednn_conv=choice[onednn_conv])
+    if malloc == "keep":
+        from ._malloc import keep_freed_memory
+
+        malloc_note = keep_freed_memory()
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
@@ -61,6 +67,8 @@ def run_script(script: str, args: List[str], *, batch: str = "auto", report: boo
         sys.argv, sys.path[:] = saved_argv, saved_path
         if report:
             print(format_report(), file=sys.stderr)
+            if malloc == "keep":
+                print(f"  {malloc_note}", file=sys.stderr)
     if profile:
         print(format_calls(), file=sys.stderr)
         print(prof.report(), file=sys.stderr)
@@ -73,7 +81,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_script(args.script, args.args, batch=args.batch, report=args.report,
                       channels_last=args.channels_last, autocast=args.autocast, compile=args.compile,
                       cuda_graphs=args.cuda_graphs, inference_mode=not args.no_inference_mode,
-                      onednn_conv=args.onednn_conv, profile=args.profile or args.trace is not None, trace=args.trace)
+                      onednn_conv=args.onednn_conv, malloc=args.malloc, profile=args.profile or args.trace is not None,
+                      trace=args.trace)
 
 
 def add_run_parser(sub) -> None:
@@ -92,6 +101,9 @@ def add_run_parser(sub) -> None:
     run.add_argument("--onednn-conv", choices=("auto", "on", "off"), default="auto",
                      help="run CPU conv3d calls bound for PyTorch's slow batch-1 path on oneDNN: auto (kernels "
                           "larger than 1x1x1), on (all), off")
+    run.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                     help="keep (default): glibc malloc keeps freed blocks for reuse (no mmap/munmap and page "
+                          "faults per model call; the process keeps its peak memory); system: glibc's defaults")
     run.add_argument("--autocast", choices=("bf16", "fp16"), help="run the model under autocast (opt-in)")
     run.add_argument("--compile", action="store_true", help="torch.compile the model once per shape (opt-in)")
     run.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs for fixed-shape chunks (GPU)")

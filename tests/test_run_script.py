@@ -31,7 +31,7 @@ def script(tmp_path):
 
 
 def test_argv_exit_code_and_report(script, capsys):
-    code = main(["run", "--report", str(script), "3", "--their-flag"])
+    code = main(["run", "--report", "--malloc", "system", str(script), "3", "--their-flag"])
     out, err = capsys.readouterr()
     assert code == 3
     assert "argv ['3', '--their-flag'] name __main__" in out
@@ -58,7 +58,7 @@ def test_captum_is_unpatched_after_the_script(script):
     import captum.attr
 
     original = captum.attr.FeatureAblation
-    main(["run", "--batch", "keep", str(script), "0"])
+    main(["run", "--batch", "keep", "--malloc", "system", str(script), "0"])
     assert captum.attr.FeatureAblation is original
 
 
@@ -72,8 +72,22 @@ def test_missing_script_is_one_line_exit_2(tmp_path, capsys):
 
 def test_profile_prints_each_attribution_call_and_the_phases(script, tmp_path, capsys):
     trace = tmp_path / "trace.json"
-    assert main(["run", "--profile", "--trace", str(trace), str(script), "0"]) == 0
+    assert main(["run", "--profile", "--malloc", "system", "--trace", str(trace), str(script), "0"]) == 0
     err = capsys.readouterr().err
     assert "#1 FeatureAblation:" in err and "9 evaluations" in err
     assert "model" in err and "engine" in err and "evaluations/s" in err
     assert trace.stat().st_size > 0
+
+
+def test_malloc_keep_is_the_cli_default_and_reported(script):
+    """In a subprocess: the glibc setting is process-wide."""
+    result = subprocess.run([sys.executable, "-m", "mmxai_fast", "run", "--report", str(script), "0"],
+                            capture_output=True, text=True, check=True)
+    import platform
+
+    expected = "freed blocks kept in the heap" if platform.libc_ver()[0] == "glibc" else "malloc tuning not used"
+    assert expected in result.stderr
+    system = subprocess.run([sys.executable, "-m", "mmxai_fast", "run", "--report", "--malloc", "system", str(script),
+                             "0"], capture_output=True, text=True, check=True)
+    assert "malloc" not in system.stderr.split("mmxai-fast report")[1]
+    assert result.stdout.split("sum")[1] == system.stdout.split("sum")[1]
