@@ -52,7 +52,7 @@ def test_auto_grows_the_chunk_on_real_rows_and_keeps_results(monkeypatch):
     model.batches.clear()
     got = FeatureAblation(model).attribute(x, target=1, feature_mask=mask, perturbations_per_eval="auto")
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    assert model.batches[:2] == [1, 2]  # the reference alone, then one new row with the check row
+    assert model.batches[:3] == [1, 1, 2]  # the reference alone, one more row alone, then one with the check row
     assert sum(model.batches) <= 1 + 16 + len(model.batches) - 1  # at most one check row per call, no probes
     assert all(model.inference[-len(model.batches):])
 
@@ -99,14 +99,14 @@ def _planner(cap=32, layout=True):
 def test_ramp_keeps_the_size_of_best_throughput_then_tries_the_layout():
     planner, caller = _planner()
     planner.record(1, 1.0, first=True)  # 1 row/s alone
-    rates = {2: 3.0, 4: 5.0, 8: 5.2, 16: 5.1}  # plateau from 4 rows on
+    rates = {1: 1.0, 2: 3.0, 4: 5.0, 8: 5.2, 16: 5.1}  # plateau from 4 rows on
     sizes = []
     while planner.ramp:
         count, check = planner.next_chunk(1000)
         size = count + check
         sizes.append(size)
         planner.record(size, size / rates[size])
-    assert sizes == [2, 4, 8, 16] and planner.size == 4
+    assert sizes == [1, 2, 4, 8, 16] and planner.size == 4
     assert planner.next_chunk(1000) == (4, False) and not caller.channels_last  # a steady plain call at 4
     planner.record(4, 4 / 5.0)
     for _ in range(2):  # the layout trial: its first call pays one-time costs and is not judged
@@ -120,6 +120,8 @@ def test_ramp_keeps_the_size_of_best_throughput_then_tries_the_layout():
 def test_layout_trial_that_is_not_faster_goes_back_to_the_plain_layout():
     planner, caller = _planner(cap=2)
     planner.record(1, 1.0, first=True)
+    assert planner.next_chunk(100) == (1, False)  # one more row alone: a steady batch-1 rate
+    planner.record(1, 1.0)
     assert planner.next_chunk(100) == (1, True)  # one new row and the check row
     planner.record(2, 2 / 3.0)  # the ramp ends at the cap
     assert planner.next_chunk(100) == (2, False) and not caller.channels_last  # the first call at 2 is not steady
@@ -175,3 +177,16 @@ def test_without_inference_mode_the_callers_grad_mode_is_kept():
         caller(torch.ones(2, 3))
     caller(torch.ones(2, 3))
     assert seen == [False, True]
+
+
+def test_ramp_keeps_batch_one_when_a_steady_single_row_is_fastest():
+    """A first call that paid one-time costs must not make batching look faster than batch 1."""
+    planner, _ = _planner(layout=False)
+    planner.record(1, 4.0, first=True)  # cold: 0.25 rows/s
+    rates = {1: 2.0, 2: 1.8, 4: 1.9}    # steady batch 1 is the fastest per row
+    sizes = []
+    while planner.ramp:
+        count, check = planner.next_chunk(1000)
+        sizes.append(count + check)
+        planner.record(sizes[-1], sizes[-1] / rates[sizes[-1]])
+    assert sizes == [1, 2, 4] and planner.size == 1

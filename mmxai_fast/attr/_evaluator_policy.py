@@ -11,7 +11,7 @@ active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an i
   (:mod:`~mmxai_fast.attr._onednn_conv`), opt-in autocast (its error against float32 on the first
   call reported), ``torch.compile`` and CUDA graphs; every call timed into the patch's
   :class:`~mmxai_fast.attr._model_policy.MethodStats`.
-- :class:`ChunkPlanner` (rows per model call for ``"auto"``): the chunk grows 2, 4, 8, ... on the
+- :class:`ChunkPlanner` (rows per model call for ``"auto"``): the chunk grows 1, 2, 4, 8, ... on the
   attribution's own rows (no extra probe evaluations), within the memory cap, until two doublings
   in a row fail to raise the model's measured throughput by :data:`MIN_GAIN`; the chunk with the
   best throughput is kept (a larger one only when :data:`MIN_GAIN` faster; a model whose first
@@ -180,7 +180,9 @@ class ChunkPlanner:
         self.ramp = ramp and self.cap > 1
         self.layout_trial = layout_trial
         self.caller = caller
-        self.size = 2 if self.ramp else self.cap
+        # The ramp starts with one more row alone: the first call's rate paid one-time costs, and on a
+        # CPU a batch-1 call can be the fastest per row (oneDNN batch-1 convolutions).
+        self.size = 1 if self.ramp else self.cap
         self.rates: Dict[int, float] = {}
         self.checked: set = set()
         self.trial: Optional[int] = None  # chunk size of the layout trial in progress
