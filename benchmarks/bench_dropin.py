@@ -9,14 +9,11 @@ VGG-like, against the same plain-Captum run).
 Subsampled against a real run, the same settings for all three ways: SLIC with 4 segments per
 modality, ids merged in pairs (16 features; a real run uses 16 segments, 96 features), 32
 Lime/KernelShap samples (twice the features, so the unregularized KernelShap fit is well posed),
-Occlusion windows of 21^3 voxels x 4 modalities (27 windows), ShapleyValueSampling with one
+Occlusion windows of 21^3 voxels x 4 modalities (64 windows), ShapleyValueSampling with one
 permutation: about 130 model evaluations per way and model.
 
-Runtime: not yet measured on a quiet machine. Measured: the VGG-like rows (three ways, 8 Occlusion
-windows then, no policy rows) took 735 s at load 10-12 from other jobs on the 2-core CPU; the
-DenseNet-like model costs about 2.5x the VGG-like one per evaluation. Estimated 15-20 min on a
-quiet 2-core CPU; ``--models vgg`` or ``--policies off`` shorten it. ``--quick`` (32^3, 32
-features, 48 samples, 64 Occlusion windows): 456 s for the policy rows alone at load 12.
+Runtime: 905 s on the quiet 2-core CPU (3 models, 2 rounds, policy rows); ``--models vgg``,
+``--repeats 1`` or ``--policies off`` shorten it.
 
 KernelShap's samples at a given seed differ from Captum's (same distribution, see
 :class:`mmxai_fast.attr.KernelShap`), so its difference from Captum is estimator variance; the

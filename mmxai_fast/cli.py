@@ -33,6 +33,9 @@ def _cmd_demo(args) -> int:
             resolve_demo_method(method)
     except ValueError as exc:
         args.parser.error(str(exc))
+    from ._malloc import keep_freed_memory
+
+    keep_freed_memory()  # this process is the demo's: freed activations stay in the heap for reuse
     try:
         run_demo(args.out, config, anatomy=args.anatomy, methods=args.methods, show_progress=not args.no_progress)
     except ImportError as exc:  # --anatomy mni152 without nilearn
