@@ -56,10 +56,10 @@ def shapley_explanation(model: nn.Module, case: "Case", target: int, superpixels
 
     from .estimators import ShapleyEstimator, hierarchy_from_masks
     from .pipeline import Baseline, superpixel_mask
-
-    baseline = baseline or Baseline.zeros()
     from .pipeline.explain import Explanation, RunStats, modality_importance
     from .pipeline.methods import baseline_input
+
+    baseline = baseline or Baseline.zeros()
 
     start = time.perf_counter()
     mask = superpixel_mask(case, superpixels) if mask is None else mask

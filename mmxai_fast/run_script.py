@@ -37,10 +37,9 @@ def run_script(script: str, args: List[str], *, batch: str = "auto", report: boo
     choice = {"auto": "auto", "on": True, "off": False}
     policy = ModelPolicy(batch=batch, channels_last=choice[channels_last], autocast=autocast, compile=compile,
                          cuda_graphs=cuda_graphs, inference_mode=inference_mode, onednn_conv=choice[onednn_conv])
-    if malloc == "keep":
-        from ._malloc import keep_freed_memory
+    from ._malloc import keep_freed_memory
 
-        malloc_note = keep_freed_memory()
+    malloc_note = keep_freed_memory() if malloc == "keep" else None
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
@@ -67,7 +66,7 @@ def run_script(script: str, args: List[str], *, batch: str = "auto", report: boo
         sys.argv, sys.path[:] = saved_argv, saved_path
         if report:
             print(format_report(), file=sys.stderr)
-            if malloc == "keep":
+            if malloc_note:
                 print(f"  {malloc_note}", file=sys.stderr)
     if profile:
         print(format_calls(), file=sys.stderr)
