@@ -46,22 +46,26 @@ RUN = [sys.executable, "-m", "mmxai_fast", "run", "--report"]
 CONFIGS = {
     "captum": [sys.executable, PIPELINE],
     "run --batch keep": RUN + ["--batch", "keep", PIPELINE],
+    "run --incremental off": RUN + ["--incremental", "off", PIPELINE],
     "run": RUN + [PIPELINE],
 }
 METHODS = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
+OFF = ["--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off", "--malloc", "system"]
+
+
+def _policy(*flags: str) -> list:
+    """``mmxai-fast run`` with every policy off but ``flags`` (each later flag wins over OFF's)."""
+    return RUN + ["--incremental", "off", "--batch", "keep", *OFF, *flags, PIPELINE]
+
+
 POLICIES = {  # FeatureAblation on the VGG-like model, one policy at a time
-    "engine only": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off",
-                          "--malloc", "system", PIPELINE],
-    "+ batching": RUN + ["--batch", "auto", "--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off",
-                         "--malloc", "system", PIPELINE],
-    "+ channels_last_3d": RUN + ["--batch", "keep", "--channels-last", "on", "--no-inference-mode", "--onednn-conv",
-                                 "off", "--malloc", "system", PIPELINE],
-    "+ inference_mode": RUN + ["--batch", "keep", "--channels-last", "off", "--onednn-conv", "off", "--malloc",
-                               "system", PIPELINE],
-    "+ oneDNN conv3d": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", "--malloc", "system",
-                              PIPELINE],
-    "+ malloc keep": RUN + ["--batch", "keep", "--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off",
-                            PIPELINE],
+    "engine only": _policy(),
+    "+ batching": _policy("--batch", "auto"),
+    "+ channels_last_3d": _policy("--channels-last", "on"),
+    "+ inference_mode": RUN + ["--incremental", "off", "--batch", "keep", "--channels-last", "off", "--onednn-conv",
+                               "off", "--malloc", "system", PIPELINE],
+    "+ oneDNN conv3d": _policy("--onednn-conv", "auto"),
+    "+ malloc keep": _policy("--malloc", "keep"),
 }
 
 

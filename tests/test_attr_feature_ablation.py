@@ -100,7 +100,7 @@ def test_signature_and_subclass():
         return [(p.name, p.default) for p in params.values() if p.kind != p.KEYWORD_ONLY]
     assert captum_part(ours) == captum_part(theirs)
     assert {p.name: p.default for p in ours.values() if p.kind == p.KEYWORD_ONLY} == \
-        {"background_id": None, "incremental": False}
+        {"background_id": None, "incremental": None}
     assert issubclass(FeatureAblation, ca.FeatureAblation)
     for name in ["Saliency", "Deconvolution", "GuidedBackprop", "NoiseTunnel", "InputXGradient",
                  "IntegratedGradients", "DeepLift", "GradientShap", "LayerGradCam", "GuidedGradCam"]:

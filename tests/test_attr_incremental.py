@@ -120,7 +120,9 @@ def test_auto_falls_back_on_unsupported_model_exactly(method):
     model, x = _GroupNormFirst().eval(), _input(8)
     dense, _ = method(model, x, False)
     auto, report = method(model, x, "auto")
-    assert not report["used"] and "GroupNorm" in report["reason"] and "<= 1.5" in report["reason"], report
+    assert not report["used"] and "<= 1.5" in report["reason"], report
+    # the plan names the unsupported layer; boxes covering the input are refused before any tracing
+    assert "GroupNorm" in report["reason"] or "boxes cover 100% of the input" in report["reason"], report
     assert report["model_calls"] > 0  # the dense model calls are still timed
     assert torch.equal(auto, dense)
 
@@ -139,7 +141,7 @@ def test_true_on_unsupported_input_warns_and_runs_dense():
 
 def test_incremental_argument_is_validated():
     model, x = _vgg(), _input(8)
-    with pytest.raises(AttributionInputError, match="incremental must be False, True or 'auto', got 'yes'"):
+    with pytest.raises(AttributionInputError, match="incremental must be False, True, 'auto' or None .the patch policy's., got 'yes'"):
         Occlusion(model).attribute(x, sliding_window_shapes=(2, 4, 4, 4), incremental="yes")
 
 
@@ -157,3 +159,87 @@ def test_background_id_baseline_and_chunks_not_dividing_samples(cls, kw):
     assert explainer.last_incremental_report["used"]
     torch.testing.assert_close(outs[1], outs[0], atol=ATOL, rtol=0)
     assert outs[0].abs().max() > 1e-3
+
+
+def test_auto_chunking_runs_the_runner_and_reuses_its_reference_output():
+    """With ``perturbations_per_eval="auto"`` (and under a patch) model calls go through the
+    Evaluator's ModelCaller: the runner must stand behind it, not the dense model."""
+    model, x = _vgg(), _input()
+    dense, _ = _occlusion(model, x, False)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    explainer = Occlusion(model)
+    out = explainer.attribute(x, sliding_window_shapes=(2, 6, 6, 6), strides=(1, 5, 5, 5), target=1,
+                              perturbations_per_eval="auto", incremental=True)
+    report = explainer.last_incremental_report
+    assert report["used"] and report["model_calls"] >= 2, report
+    assert not calls  # neither the windows nor the unperturbed evaluation ran the dense model
+    torch.testing.assert_close(out, dense, atol=ATOL, rtol=0)
+
+
+def test_patch_policy_sets_incremental_for_captum_calls():
+    import captum.attr as ca
+
+    from mmxai_fast import patch_captum
+
+    model, x = _vgg(), _input()
+    dense, _ = _occlusion(model, x, False)
+    with patch_captum(incremental="auto"):
+        explainer = ca.Occlusion(model)
+        out = explainer.attribute(x, sliding_window_shapes=(2, 6, 6, 6), strides=(1, 5, 5, 5), target=1,
+                                  perturbations_per_eval=8)
+        assert explainer.last_incremental_report["used"]
+        kept = Occlusion(model)  # an explicit False wins over the policy
+        kept.attribute(x, sliding_window_shapes=(2, 6, 6, 6), strides=(1, 5, 5, 5), target=1, incremental=False)
+        assert not kept.last_incremental_report["used"]
+    torch.testing.assert_close(out, dense, atol=ATOL, rtol=0)
+    plain = Occlusion(model)
+    plain.attribute(x, sliding_window_shapes=(2, 6, 6, 6), strides=(1, 5, 5, 5), target=1)
+    assert plain.last_incremental_report["reason"] == "incremental=False"  # unpatched: dense by default
+
+
+def test_ablation_rows_run_from_the_reference_without_chain_states(monkeypatch):
+    from mmxai_fast.incremental import IncrementalRunner
+
+    def no_chains(*_):
+        raise AssertionError("FeatureAblation rows must not clone per-row activation states")
+
+    monkeypatch.setattr(IncrementalRunner, "start_chains", no_chains)
+    model, x = _vgg(), _input()
+    dense, _ = _ablation(model, x, False)
+    out, report = _ablation(model, x, True)
+    assert report["used"]
+    torch.testing.assert_close(out, dense, atol=ATOL, rtol=0)
+
+
+def test_shapley_chains_per_call_fit_the_state_budget(monkeypatch):
+    import mmxai_fast.attr._incremental as inc
+    from mmxai_fast.incremental import IncrementalRunner
+
+    rows_seen = []
+    step = IncrementalRunner.step
+    monkeypatch.setattr(IncrementalRunner, "step", lambda self, states, inputs, boxes: (
+        rows_seen.append(inputs.shape[0]), step(self, states, inputs, boxes))[1])
+    model, x = _vgg(), _input()
+    dense, _ = _shapley(model, x, False)
+    monkeypatch.setattr(inc, "CHAIN_STATE_BUDGET", 1)  # room for one chain
+    out, report = _shapley(model, x, True)
+    assert report["used"] and rows_seen and max(rows_seen) == 1, rows_seen
+    torch.testing.assert_close(out, dense, atol=ATOL, rtol=0)
+
+
+def test_auto_refuses_whole_input_boxes_before_tracing(monkeypatch):
+    from mmxai_fast.incremental import IncrementalPlan
+
+    def traced(*_args, **_kwargs):
+        raise AssertionError("the boxes already bound the gain at 1x: no plan needed")
+
+    monkeypatch.setattr(IncrementalPlan, "from_module", traced)
+    model, x = _vgg(), _input(8)
+    explainer = FeatureAblation(model)
+    out = explainer.attribute(x, target=0, feature_mask=(torch.arange(8) % 2).expand(1, 1, 8, 8, 8).contiguous(),
+                              incremental="auto")  # two striped features, each spanning the volume
+    report = explainer.last_incremental_report
+    assert not report["used"] and report["predicted_speedup"] <= 1.5 and "boxes cover" in report["reason"], report
+    assert torch.equal(out, FeatureAblation(model).attribute(x, target=0, feature_mask=(torch.arange(8) % 2)
+                                                             .expand(1, 1, 8, 8, 8).contiguous()))

@@ -149,7 +149,7 @@ def test_signature_matches_captum():
     ours = inspect.signature(Occlusion.attribute).parameters.values()
     theirs = list(inspect.signature(ca.Occlusion.attribute).parameters.values())
     assert [p for p in ours if p.kind != p.KEYWORD_ONLY] == theirs
-    assert [(p.name, p.default) for p in ours if p.kind == p.KEYWORD_ONLY] == [("incremental", False)]  # extension
+    assert [(p.name, p.default) for p in ours if p.kind == p.KEYWORD_ONLY] == [("incremental", None)]  # extension
     assert inspect.signature(Occlusion.__init__) == inspect.signature(ca.Occlusion.__init__)
     assert issubclass(Occlusion, ca.Occlusion)
 

@@ -91,3 +91,33 @@ def test_malloc_keep_is_the_cli_default_and_reported(script):
                              "0"], capture_output=True, text=True, check=True)
     assert "malloc" not in system.stderr.split("mmxai-fast report")[1]
     assert result.stdout.split("sum")[1] == system.stdout.split("sum")[1]
+
+
+OCCLUSION = textwrap.dedent("""
+    import torch
+    from captum.attr import Occlusion
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(2, 2, 3),
+                                torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten()).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    explainer = Occlusion(model)
+    attr = explainer.attribute(x, sliding_window_shapes=(1, 4, 4, 4), strides=(1, 4, 4, 4), target=0)
+    torch.save(attr, __import__("sys").argv[1])
+    print("incremental", getattr(explainer, "last_incremental_report", {}).get("used"))  # plain Captum: None
+""")
+
+
+@pytest.mark.parametrize("flag,used", [([], True), (["--incremental", "off"], False)], ids=["auto", "off"])
+def test_incremental_is_auto_by_default_and_results_unchanged(tmp_path, capsys, flag, used):
+    import torch
+
+    path = tmp_path / "occlusion.py"
+    path.write_text(OCCLUSION)
+    code = main(["run", "--report", "--malloc", "system", *flag, str(path), str(tmp_path / "run.pt")])
+    out, err = capsys.readouterr()
+    assert code == 0 and f"incremental {used}" in out
+    assert ("incremental inference: predicted" in err) is used  # the decision is in the report
+    plain = subprocess.run([sys.executable, str(path), str(tmp_path / "plain.pt")], capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    torch.testing.assert_close(torch.load(tmp_path / "run.pt"), torch.load(tmp_path / "plain.pt"), atol=1e-5, rtol=0)

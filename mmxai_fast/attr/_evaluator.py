@@ -121,6 +121,7 @@ class Evaluator:
         self.row_shape: Optional[Tuple[int, ...]] = None
         self.agg_mode = False
         self.rows_per_eval: Optional[int] = None
+        self.row_cap: Optional[int] = None  # the most rows per call an incremental strategy can hold
         #: Samples one row carries (Lime: one per example); an int ``perturbations_per_eval``
         #: counts samples, so a call holds ``perturbations_per_eval // samples_per_row`` rows.
         self.samples_per_row = 1
@@ -159,6 +160,8 @@ class Evaluator:
             else:
                 budget = AUTO_CPU_BUDGET
             self.rows_per_eval = int(max(1, min(AUTO_MAX_ROWS, budget // row_bytes)))
+        if self.row_cap is not None:
+            self.rows_per_eval = min(self.rows_per_eval, self.row_cap)
         if self.planner is not None:
             self.planner.set_cap(self._planner_cap(), shrink_only=failed_rows is not None)
         return self.rows_per_eval

@@ -80,9 +80,13 @@ class ModelCaller:
         self.seconds = 0.0  # model time of the last call
         self._autocast_checked = False
         self._conv_counter: Optional[ConvCounter] = ConvCounter()
-        self._onednn = False if policy.compile else policy.onednn_conv
+        self.onednn = False if policy.compile else policy.onednn_conv
         self._graphs: Dict[Tuple, Any] = {}
         self._model: Callable = self._compile() if policy.compile else forward_func
+
+    def use_model(self, forward: Callable) -> None:
+        """Call ``forward`` (an incremental runner standing in for the model) under the same policies."""
+        self.forward_func = self._model = forward
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         out = self.raw(args, kwargs, self.policy.autocast)
@@ -107,7 +111,7 @@ class ModelCaller:
         try:
             # inference_mode(False) would switch gradients back on inside the caller's no_grad: not entered
             grad_mode = torch.inference_mode() if self.inference_mode else contextlib.nullcontext()
-            with grad_mode, onednn_conv3d(self._onednn, self._conv_counter), \
+            with grad_mode, onednn_conv3d(self.onednn, self._conv_counter), \
                     torch.autocast(device, dtype=dtype, enabled=dtype is not None):
                 out = self._graph_call(args, kwargs) if self.policy.cuda_graphs else self._model(*args, **kwargs)
         except RuntimeError as err:  # retried once without the failing setting; a second failure raises

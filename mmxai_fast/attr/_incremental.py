@@ -15,6 +15,7 @@ report (``last_incremental_report`` on the attribution object).
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Any, Dict, Optional
@@ -25,20 +26,23 @@ from torch import Tensor
 from ..incremental import IncrementalPlan, IncrementalRunner, feature_boxes, window_boxes
 from ._errors import AttributionInputError
 from ._evaluator import Evaluator
+from ._onednn_conv import onednn_conv3d
 from ._perturbers import CoalitionPerturber, WindowPerturber
 
 __all__ = ["use_incremental", "check_incremental", "step_major", "IncrementalRows", "AUTO_MIN_SPEEDUP"]
 
 #: ``incremental="auto"`` uses the runner when the plan predicts more than this FLOP ratio.
 AUTO_MIN_SPEEDUP = 1.5
+#: Bytes of per-chain activation states a Shapley walk may hold (chains per call are capped to fit).
+CHAIN_STATE_BUDGET = 2 * 2**30
 #: rows changing up to this many features hand the runner each feature's box (split or merged).
 MAX_PARTS = 8
 
 
 def check_incremental(value: Any) -> Any:
-    if value is True or value is False or (isinstance(value, str) and value == "auto"):
+    if value is None or value is True or value is False or (isinstance(value, str) and value == "auto"):
         return value
-    raise AttributionInputError(f"incremental must be False, True or 'auto', got {value!r}")
+    raise AttributionInputError(f"incremental must be False, True, 'auto' or None (the patch policy's), got {value!r}")
 
 
 def _dense_report(requested: Any, reason: str, **extra) -> Dict[str, Any]:
@@ -76,6 +80,8 @@ def use_incremental(evaluator: Evaluator, incremental: Any, *, num_features: int
     are relative to all-kept (the input: FeatureAblation) or all-removed (the baseline: Shapley);
     ``num_features``: their width."""
     check_incremental(incremental)
+    if incremental is None:  # left unset (every Captum call): the patch policy's setting, else dense
+        incremental = evaluator.policy.incremental
     if incremental is False:
         return _dense_report(False, "incremental=False")
     reason = _why_not(evaluator)
@@ -86,6 +92,7 @@ def use_incremental(evaluator: Evaluator, incremental: Any, *, num_features: int
             reason = f"plan failed: {type(err).__name__}: {err}"
     if incremental is True:
         warnings.warn(f"incremental=True falls back to dense evaluation: {reason}", stacklevel=3)
+    evaluator._note(f"incremental inference not used: {reason}")
     return _dense_report(incremental, reason)
 
 
@@ -123,24 +130,38 @@ class IncrementalRows:
             self.reference = self.perturber(keep)[0].reshape(x.shape).clone()
             all_boxes = self.columns[:num_features]
             all_boxes = all_boxes[(all_boxes[..., 1] > all_boxes[..., 0]).all(-1)]
-        plan = IncrementalPlan.from_module(self.model, self.reference)
-        predicted = float(plan.predicted_speedup(all_boxes)) if len(all_boxes) else 1.0
+        # Projective fields only grow: the input boxes bound the gain, without tracing the model.
+        bound = math.prod(self.spatial) / max(1.0, self._volume(all_boxes) / len(all_boxes)) if len(all_boxes) else 1.0
+        plan = IncrementalPlan.from_module(self.model, self.reference) if requested is True or \
+            bound > AUTO_MIN_SPEEDUP else None
+        predicted = bound if plan is None else float(plan.predicted_speedup(all_boxes)) if len(all_boxes) else 1.0
         self.report: Dict[str, Any] = dict(
             requested=requested, used=False, reason="", predicted_speedup=predicted, cache_bytes=0,
-            model_seconds=0.0, model_calls=0, unsupported=plan.unsupported)
+            model_seconds=0.0, model_calls=0, unsupported=[] if plan is None else plan.unsupported)
         self.runner: Optional[IncrementalRunner] = None
         self.pending: Optional[tuple] = None
         evaluator.forward_func = self  # times the model calls, dense or not
-        if requested == "auto" and predicted <= AUTO_MIN_SPEEDUP:
+        if evaluator.caller is not None:  # the speed policies (oneDNN, inference mode) wrap the runner too
+            evaluator.caller.use_model(self)
+        if plan is None or (requested == "auto" and predicted <= AUTO_MIN_SPEEDUP):
             why = f"predicted speedup {predicted:.2f} <= {AUTO_MIN_SPEEDUP}"
-            if plan.unsupported:
+            if plan is None:
+                why = (f"the perturbed boxes cover {100 / bound:.0f}% of the input on average: at most "
+                       f"{bound:.2f}x <= {AUTO_MIN_SPEEDUP}")
+            elif plan.unsupported:
                 why += "; dense from " + ", ".join(f"{n} ({r})" for n, r in plan.unsupported)
             self.report["reason"] = why
+            evaluator._note(f"incremental inference not used: {why}")
             return
-        self.runner = IncrementalRunner(plan, self.reference)
+        with onednn_conv3d(evaluator.caller.onednn if evaluator.caller is not None else False):
+            self.runner = IncrementalRunner(plan, self.reference)  # the reference pass, on oneDNN as the model calls
         self.report.update(used=True, cache_bytes=self.runner.cache_bytes,
                            reason="incremental=True" if requested is True
                            else f"predicted speedup {predicted:.2f} > {AUTO_MIN_SPEEDUP}")
+        if not self.windowed and not reference_keep:  # one activation copy per chain
+            evaluator.row_cap = max(1, CHAIN_STATE_BUDGET // max(1, self.runner.cache_bytes))
+        evaluator._note(f"incremental inference: predicted {predicted:.2f}x fewer FLOPs, reference cache "
+                        f"{self.runner.cache_bytes / 2**20:.0f} MiB")
         self.states: Optional[Dict] = None
         self.state_keep: Optional[Tensor] = None
         evaluator.run_rows = self.run_rows  # type: ignore[method-assign]
@@ -179,7 +200,9 @@ class IncrementalRows:
     def run_rows(self, rows: Tensor, previous_rows: Optional[Tensor] = None) -> Tensor:
         if self.windowed:
             self.pending = ("run", window_boxes(self.perturber.windows[0], rows.tolist()))
-        else:
+        elif self.reference_keep:  # FeatureAblation: the input is every row's closest state, no chains
+            self.pending = ("run", self._column_boxes(~rows))
+        else:  # Shapley: each row from its chain's previous state, or from the baseline when closer
             from_ref = rows != self.reference_keep
             changed = None
             if self.state_keep is not None and self.state_keep.shape == rows.shape:
@@ -197,7 +220,10 @@ class IncrementalRows:
         pending, self.pending = self.pending, None
         sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
         start = time.perf_counter()
-        if pending is None:
+        if pending is None and self.runner is not None and isinstance(self.runner.reference_output, Tensor) \
+                and torch.equal(inputs, self.reference):
+            out = self.runner.reference_output.clone()  # the unperturbed evaluation, already computed
+        elif pending is None:
             out = self.model(inputs)
         elif pending[0] == "run":
             out = self.runner.run(inputs, pending[1])

@@ -14,6 +14,10 @@ reads the :class:`ModelPolicy` with :func:`active_session` and applies it
 - ``onednn_conv="auto"|True|False``: float32 CPU ``conv3d`` calls that PyTorch would run on its
   slow batch-1 path go to oneDNN (:mod:`mmxai_fast.attr._onednn_conv`; ``"auto"``: kernels larger
   than 1x1x1, True: all of them, False: never).
+- ``incremental=False|True|"auto"``: what Occlusion, FeatureAblation and ShapleyValueSampling
+  calls that leave their ``incremental`` argument unset (every Captum call) use: ``"auto"``
+  recomputes only each perturbation's projective field where the plan predicts a gain
+  (:mod:`mmxai_fast.attr._incremental`; exact to float rounding).
 - Opt-in: ``autocast="bf16"|"fp16"`` (error against float32 on the first chunk reported),
   ``compile=True`` (``torch.compile`` of the model), ``cuda_graphs=True`` (replay of one captured
   graph per fixed chunk shape on CUDA). Each reports its measured gain or why it was not used.
@@ -45,11 +49,13 @@ class ModelPolicy:
     autocast: Optional[str] = None       # None | "bf16" | "fp16"
     compile: bool = False
     cuda_graphs: bool = False
+    incremental: Any = False             # False | True | "auto": for calls that leave ``incremental`` unset
 
     def __post_init__(self) -> None:
         checks = [("batch", self.batch, (None, "auto", "keep")),
                   ("channels_last", self.channels_last, ("auto", True, False)),
                   ("onednn_conv", self.onednn_conv, ("auto", True, False)),
+                  ("incremental", self.incremental, ("auto", True, False)),
                   ("autocast", self.autocast, (None, "bf16", "fp16"))]
         for name, value, allowed in checks:
             if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):

@@ -68,7 +68,7 @@ class FeatureAblation(_CaptumFeatureAblation):
         show_progress: bool = False,
         *,
         background_id: Optional[int] = None,
-        incremental: Union[bool, str] = False,
+        incremental: Union[bool, str, None] = None,
         **kwargs: Any,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Ablation attributions, as ``captum.attr.FeatureAblation.attribute``.
@@ -87,7 +87,8 @@ class FeatureAblation(_CaptumFeatureAblation):
             background_id: a ``feature_mask`` id that is no feature: never ablated (no model
                 call), attribution 0 there. None (default): every id is a feature, as Captum.
             incremental: True / ``"auto"``: recompute only each ablated feature's projective
-                field (docs/incremental.md); report in ``self.last_incremental_report``.
+                field (docs/incremental.md); report in ``self.last_incremental_report``. None
+                (default): the patch policy's setting (``mmxai-fast run``: ``"auto"``), else False.
             **kwargs: accepted for compatibility with Captum, ignored.
 
         Returns:

@@ -134,7 +134,7 @@ class Occlusion(_CaptumOcclusion):
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
         *,
-        incremental: Union[bool, str] = False,
+        incremental: Union[bool, str, None] = None,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Occlusion attributions, as ``captum.attr.Occlusion.attribute``.
 
@@ -151,7 +151,8 @@ class Occlusion(_CaptumOcclusion):
             perturbations_per_eval: windows per model call (int >= 1) or ``"auto"``.
             show_progress: tqdm progress bar ("Occlusion attribution").
             incremental: extension: True / ``"auto"`` recompute only each window's projective
-                field (docs/incremental.md); report in ``self.last_incremental_report``.
+                field (docs/incremental.md); report in ``self.last_incremental_report``. None
+                (default): the patch policy's setting (``mmxai-fast run``: ``"auto"``), else False.
 
         Returns:
             float32 attributions shaped ``[n_outputs, *inputs[i].shape[1:]]`` per input

@@ -105,7 +105,7 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
         target_relative_stderr: Optional[float] = None,
         max_samples: Optional[int] = None,
         background_id: Optional[int] = None,
-        incremental: Union[bool, str] = False,
+        incremental: Union[bool, str, None] = None,
     ) -> TensorOrTupleOfTensorsGeneric:
         """Shapley value estimates, as ``captum.attr.ShapleyValueSampling.attribute``.
 
@@ -128,7 +128,8 @@ class ShapleyValueSampling(_CaptumShapleyValueSampling):
                 permutation (fewer model calls), attribution 0 there. None: Captum's semantics.
             incremental: True / ``"auto"``: each step recomputes only the added feature's
                 projective field from the previous step's activations (docs/incremental.md);
-                report in ``self.last_incremental_report``.
+                report in ``self.last_incremental_report``. None (default): the patch
+                policy's setting (``mmxai-fast run``: ``"auto"``), else False.
 
         Returns:
             float32 attributions shaped ``[*output_shape, *inputs[i].shape[1:]]`` per input
