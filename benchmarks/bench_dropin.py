@@ -50,7 +50,8 @@ CONFIGS = {
     "run": RUN + [PIPELINE],
 }
 METHODS = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
-OFF = ["--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off", "--malloc", "system"]
+OFF = ["--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off", "--malloc", "system",
+       "--fold-batchnorm", "off"]
 
 
 def _policy(*flags: str) -> list:
@@ -63,9 +64,10 @@ POLICIES = {  # FeatureAblation on the VGG-like model, one policy at a time
     "+ batching": _policy("--batch", "auto"),
     "+ channels_last_3d": _policy("--channels-last", "on"),
     "+ inference_mode": RUN + ["--incremental", "off", "--batch", "keep", "--channels-last", "off", "--onednn-conv",
-                               "off", "--malloc", "system", PIPELINE],
+                               "off", "--malloc", "system", "--fold-batchnorm", "off", PIPELINE],
     "+ oneDNN conv3d": _policy("--onednn-conv", "auto"),
     "+ malloc keep": _policy("--malloc", "keep"),
+    "+ fold BatchNorm": _policy("--fold-batchnorm", "on"),
 }
 
 

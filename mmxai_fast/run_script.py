@@ -23,7 +23,7 @@ __all__ = ["add_run_parser", "run_script"]
 def run_script(script: str, args: List[str], *, batch: str = "auto", report: bool = False,
                channels_last: str = "auto", autocast: Optional[str] = None, compile: bool = False,
                cuda_graphs: bool = False, inference_mode: bool = True, onednn_conv: str = "auto", malloc: str = "system",
-               incremental: str = "auto", profile: bool = False, trace: Optional[str] = None) -> int:
+               incremental: str = "auto", fold_batchnorm: bool = True, profile: bool = False, trace: Optional[str] = None) -> int:
     """Run ``script`` patched; returns its exit code (exceptions propagate). ``malloc="keep"``
     (the CLI's default): glibc keeps freed blocks for reuse (:mod:`mmxai_fast._malloc`; a process-wide
     setting, so "system", glibc's defaults, is this function's default). ``profile``: run it under
@@ -37,7 +37,7 @@ def run_script(script: str, args: List[str], *, batch: str = "auto", report: boo
     choice = {"auto": "auto", "on": True, "off": False}
     policy = ModelPolicy(batch=batch, channels_last=choice[channels_last], autocast=autocast, compile=compile,
                          cuda_graphs=cuda_graphs, inference_mode=inference_mode, onednn_conv=choice[onednn_conv],
-                         incremental=choice[incremental])
+                         incremental=choice[incremental], fold_batchnorm=fold_batchnorm)
     from ._malloc import keep_freed_memory
 
     malloc_note = keep_freed_memory() if malloc == "keep" else None
@@ -82,7 +82,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                       channels_last=args.channels_last, autocast=args.autocast, compile=args.compile,
                       cuda_graphs=args.cuda_graphs, inference_mode=not args.no_inference_mode,
                       onednn_conv=args.onednn_conv, malloc=args.malloc, incremental=args.incremental,
-                      profile=args.profile or args.trace is not None,
+                      fold_batchnorm=args.fold_batchnorm == "on", profile=args.profile or args.trace is not None,
                       trace=args.trace)
 
 
@@ -105,6 +105,9 @@ def add_run_parser(sub) -> None:
     run.add_argument("--incremental", choices=("auto", "on", "off"), default="auto",
                      help="Occlusion, FeatureAblation and ShapleyValueSampling recompute only what each perturbation "
                           "changes: auto (default: where the plan predicts more than 1.5x fewer FLOPs), on, off")
+    run.add_argument("--fold-batchnorm", choices=("on", "off"), default="on",
+                     help="on (default): call CPU models as a copy with each eval-mode BatchNorm folded into the "
+                          "convolution before it (a ReLU after it fused in); off: the model as it is")
     run.add_argument("--malloc", choices=("keep", "system"), default="keep",
                      help="keep (default): glibc malloc keeps freed blocks for reuse (no mmap/munmap and page "
                           "faults per model call; the process keeps its peak memory); system: glibc's defaults")

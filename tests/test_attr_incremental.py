@@ -243,3 +243,17 @@ def test_auto_refuses_whole_input_boxes_before_tracing(monkeypatch):
     assert not report["used"] and report["predicted_speedup"] <= 1.5 and "boxes cover" in report["reason"], report
     assert torch.equal(out, FeatureAblation(model).attribute(x, target=0, feature_mask=(torch.arange(8) % 2)
                                                              .expand(1, 1, 8, 8, 8).contiguous()))
+
+
+def test_auto_asks_more_of_the_plan_at_one_row_per_call(monkeypatch):
+    import mmxai_fast.attr._incremental as inc
+
+    monkeypatch.setattr(inc, "AUTO_MIN_SPEEDUP_ONE_ROW", 1e9)
+    model, x = _vgg(), _input()
+    explainer = Occlusion(model)
+    kw = dict(sliding_window_shapes=(2, 6, 6, 6), strides=(1, 5, 5, 5), target=1, incremental="auto")
+    explainer.attribute(x, perturbations_per_eval=1, **kw)
+    assert not explainer.last_incremental_report["used"]
+    assert "<= 1000000000.0" in explainer.last_incremental_report["reason"]
+    explainer.attribute(x, perturbations_per_eval=8, **kw)
+    assert explainer.last_incremental_report["used"]

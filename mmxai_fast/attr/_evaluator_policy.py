@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._fold_batchnorm import fold_batchnorm
 from ._model_policy import MethodStats, ModelPolicy
 from ._onednn_conv import ConvCounter, onednn_conv3d
 
@@ -82,7 +83,14 @@ class ModelCaller:
         self._conv_counter: Optional[ConvCounter] = ConvCounter()
         self.onednn = False if policy.compile else policy.onednn_conv
         self._graphs: Dict[Tuple, Any] = {}
-        self._model: Callable = self._compile() if policy.compile else forward_func
+        self._model: Callable = forward_func
+        if policy.fold_batchnorm:
+            folded, why = fold_batchnorm(forward_func, self.onednn)
+            if folded is not None:
+                self._model = folded
+                note(f"fold_batchnorm: {why}")
+        if policy.compile:
+            self._model = self._compile()
 
     def use_model(self, forward: Callable) -> None:
         """Call ``forward`` (an incremental runner standing in for the model) under the same policies."""
@@ -139,10 +147,10 @@ class ModelCaller:
 
     def _compile(self) -> Callable:
         try:
-            return torch.compile(self.forward_func, dynamic=False)
+            return torch.compile(self._model, dynamic=False)
         except Exception as exc:  # noqa: BLE001 - any failure means: run eagerly, say why
             self.note(f"compile=True not used: {type(exc).__name__}: {exc}")
-            return self.forward_func
+            return self._model
 
     def _graph_call(self, args: Tuple, kwargs: Dict) -> Any:
         tensors = [a for a in args if isinstance(a, Tensor)]

@@ -33,6 +33,10 @@ __all__ = ["use_incremental", "check_incremental", "step_major", "IncrementalRow
 
 #: ``incremental="auto"`` uses the runner when the plan predicts more than this FLOP ratio.
 AUTO_MIN_SPEEDUP = 1.5
+#: ... and more than this one when each call holds one row (``perturbations_per_eval=1``): the
+#: executor's per-layer gathers are then paid per row (MONAI DenseNet-121 Occlusion, predicted
+#: 1.88x: 0.6x of dense at one row per call, 1.3x at 64).
+AUTO_MIN_SPEEDUP_ONE_ROW = 3.0
 #: Bytes of per-chain activation states a Shapley walk may hold (chains per call are capped to fit).
 CHAIN_STATE_BUDGET = 2 * 2**30
 #: rows changing up to this many features hand the runner each feature's box (split or merged).
@@ -130,10 +134,11 @@ class IncrementalRows:
             self.reference = self.perturber(keep)[0].reshape(x.shape).clone()
             all_boxes = self.columns[:num_features]
             all_boxes = all_boxes[(all_boxes[..., 1] > all_boxes[..., 0]).all(-1)]
+        threshold = AUTO_MIN_SPEEDUP_ONE_ROW if evaluator.perturbations_per_eval == 1 else AUTO_MIN_SPEEDUP
         # Projective fields only grow: the input boxes bound the gain, without tracing the model.
         bound = math.prod(self.spatial) / max(1.0, self._volume(all_boxes) / len(all_boxes)) if len(all_boxes) else 1.0
         plan = IncrementalPlan.from_module(self.model, self.reference) if requested is True or \
-            bound > AUTO_MIN_SPEEDUP else None
+            bound > threshold else None
         predicted = bound if plan is None else float(plan.predicted_speedup(all_boxes)) if len(all_boxes) else 1.0
         self.report: Dict[str, Any] = dict(
             requested=requested, used=False, reason="", predicted_speedup=predicted, cache_bytes=0,
@@ -143,11 +148,11 @@ class IncrementalRows:
         evaluator.forward_func = self  # times the model calls, dense or not
         if evaluator.caller is not None:  # the speed policies (oneDNN, inference mode) wrap the runner too
             evaluator.caller.use_model(self)
-        if plan is None or (requested == "auto" and predicted <= AUTO_MIN_SPEEDUP):
-            why = f"predicted speedup {predicted:.2f} <= {AUTO_MIN_SPEEDUP}"
+        if plan is None or (requested == "auto" and predicted <= threshold):
+            why = f"predicted speedup {predicted:.2f} <= {threshold}"
             if plan is None:
                 why = (f"the perturbed boxes cover {100 / bound:.0f}% of the input on average: at most "
-                       f"{bound:.2f}x <= {AUTO_MIN_SPEEDUP}")
+                       f"{bound:.2f}x <= {threshold}")
             elif plan.unsupported:
                 why += "; dense from " + ", ".join(f"{n} ({r})" for n, r in plan.unsupported)
             self.report["reason"] = why
@@ -157,7 +162,7 @@ class IncrementalRows:
             self.runner = IncrementalRunner(plan, self.reference)  # the reference pass, on oneDNN as the model calls
         self.report.update(used=True, cache_bytes=self.runner.cache_bytes,
                            reason="incremental=True" if requested is True
-                           else f"predicted speedup {predicted:.2f} > {AUTO_MIN_SPEEDUP}")
+                           else f"predicted speedup {predicted:.2f} > {threshold}")
         if not self.windowed and not reference_keep:  # one activation copy per chain
             evaluator.row_cap = max(1, CHAIN_STATE_BUDGET // max(1, self.runner.cache_bytes))
         evaluator._note(f"incremental inference: predicted {predicted:.2f}x fewer FLOPs, reference cache "

@@ -14,6 +14,8 @@ reads the :class:`ModelPolicy` with :func:`active_session` and applies it
 - ``onednn_conv="auto"|True|False``: float32 CPU ``conv3d`` calls that PyTorch would run on its
   slow batch-1 path go to oneDNN (:mod:`mmxai_fast.attr._onednn_conv`; ``"auto"``: kernels larger
   than 1x1x1, True: all of them, False: never).
+- ``fold_batchnorm=True``: CPU models are called as a copy with each eval-mode BatchNorm folded
+  into the convolution before it (and a ReLU after it fused in; :mod:`mmxai_fast.attr._fold_batchnorm`).
 - ``incremental=False|True|"auto"``: what Occlusion, FeatureAblation and ShapleyValueSampling
   calls that leave their ``incremental`` argument unset (every Captum call) use: ``"auto"``
   recomputes only each perturbation's projective field where the plan predicts a gain
@@ -50,6 +52,7 @@ class ModelPolicy:
     compile: bool = False
     cuda_graphs: bool = False
     incremental: Any = False             # False | True | "auto": for calls that leave ``incremental`` unset
+    fold_batchnorm: bool = True
 
     def __post_init__(self) -> None:
         checks = [("batch", self.batch, (None, "auto", "keep")),
@@ -60,7 +63,7 @@ class ModelPolicy:
         for name, value, allowed in checks:
             if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        for name in ("inference_mode", "compile", "cuda_graphs"):
+        for name in ("inference_mode", "compile", "cuda_graphs", "fold_batchnorm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
