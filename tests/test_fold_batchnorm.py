@@ -135,3 +135,20 @@ def test_model_caller_folds_by_default_and_says_so():
     assert off._model is model
     with pytest.raises(ValueError, match="fold_batchnorm must be a bool, got 'yes'"):
         ModelPolicy(fold_batchnorm="yes")
+
+
+def test_dense_calls_behind_the_incremental_wrapper_use_the_folded_copy(monkeypatch):
+    from mmxai_fast.attr import FeatureAblation
+
+    calls = []
+    forward = FoldedConv.forward
+    monkeypatch.setattr(FoldedConv, "forward", lambda self, x: (calls.append(1), forward(self, x))[1])
+    torch.manual_seed(0)
+    model = _randomize_stats(VGG3D(in_channels=2, widths=(4,), hidden=4))
+    x = torch.randn(1, 2, 8, 8, 8)
+    mask = (torch.arange(8) % 2).expand(1, 1, 8, 8, 8).contiguous()  # features spanning the volume: dense
+    explainer = FeatureAblation(model)
+    out = explainer.attribute(x, target=0, feature_mask=mask, perturbations_per_eval="auto", incremental="auto")
+    assert not explainer.last_incremental_report["used"] and calls
+    torch.testing.assert_close(out, FeatureAblation(model).attribute(x, target=0, feature_mask=mask),
+                               atol=1e-5, rtol=1e-4)

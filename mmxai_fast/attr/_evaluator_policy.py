@@ -92,9 +92,11 @@ class ModelCaller:
         if policy.compile:
             self._model = self._compile()
 
-    def use_model(self, forward: Callable) -> None:
-        """Call ``forward`` (an incremental runner standing in for the model) under the same policies."""
-        self.forward_func = self._model = forward
+    def use_model(self, forward: Callable) -> Callable:
+        """Call ``forward`` (an incremental runner standing in for the model) under the same policies;
+        returns the model it replaces (folded or compiled), for ``forward``'s dense calls."""
+        previous, self.forward_func, self._model = self._model, forward, forward
+        return previous
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         out = self.raw(args, kwargs, self.policy.autocast)

@@ -147,7 +147,7 @@ class IncrementalRows:
         self.pending: Optional[tuple] = None
         evaluator.forward_func = self  # times the model calls, dense or not
         if evaluator.caller is not None:  # the speed policies (oneDNN, inference mode) wrap the runner too
-            evaluator.caller.use_model(self)
+            self.model = evaluator.caller.use_model(self)  # dense calls: the caller's (folded) model
         if plan is None or (requested == "auto" and predicted <= threshold):
             why = f"predicted speedup {predicted:.2f} <= {threshold}"
             if plan is None:
