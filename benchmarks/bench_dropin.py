@@ -1,5 +1,6 @@
 """Drop-in speed of an unmodified Captum pipeline: plain Captum vs ``mmxai-fast run --batch keep``
-vs ``mmxai-fast run`` (batch auto), each in its own subprocess, on benchmarks/dropin_pipeline.py
+vs ``mmxai-fast run --incremental off`` vs ``mmxai-fast run`` (batch and incremental auto), each in
+its own subprocess, on benchmarks/dropin_pipeline.py
 (4x64^3, per-modality SLIC, batch 1, default perturbations_per_eval), for a VGG-like and a
 DenseNet-like 3D classifier; then the gain of each Evaluator policy on its own (FeatureAblation,
 VGG-like, against the same plain-Captum run).
@@ -12,7 +13,7 @@ Lime/KernelShap samples (twice the features, so the unregularized KernelShap fit
 Occlusion windows of 21^3 voxels x 4 modalities (64 windows), ShapleyValueSampling with one
 permutation: about 130 model evaluations per way and model.
 
-Runtime: 905 s on the quiet 2-core CPU (3 models, 2 rounds, policy rows); ``--models vgg``,
+Runtime: 1107 s on the quiet 2-core CPU (3 models, 2 rounds, policy rows); ``--models vgg``,
 ``--repeats 1`` or ``--policies off`` shorten it.
 
 KernelShap's samples at a given seed differ from Captum's (same distribution, see
