@@ -44,11 +44,12 @@ from _harness import as_row, cpu_facts, environment, write_results  # noqa: E402
 
 PIPELINE = str(Path(__file__).resolve().parent / "dropin_pipeline.py")
 RUN = [sys.executable, "-m", "mmxai_fast", "run", "--report"]
+FOLD = ["--fold-batchnorm", "on"]  # the opt-in BatchNorm folding, on for every ``run`` way
 CONFIGS = {
     "captum": [sys.executable, PIPELINE],
-    "run --batch keep": RUN + ["--batch", "keep", PIPELINE],
-    "run --incremental off": RUN + ["--incremental", "off", PIPELINE],
-    "run": RUN + [PIPELINE],
+    "run --batch keep": RUN + FOLD + ["--batch", "keep", PIPELINE],
+    "run --incremental off": RUN + FOLD + ["--incremental", "off", PIPELINE],
+    "run": RUN + FOLD + [PIPELINE],
 }
 METHODS = ["FeatureAblation", "ShapleyValueSampling", "Occlusion", "Lime", "KernelShap"]
 OFF = ["--channels-last", "off", "--no-inference-mode", "--onednn-conv", "off", "--malloc", "system",

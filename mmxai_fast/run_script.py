@@ -23,7 +23,8 @@ __all__ = ["add_run_parser", "run_script"]
 def run_script(script: str, args: List[str], *, batch: str = "auto", report: bool = False,
                channels_last: str = "auto", autocast: Optional[str] = None, compile: bool = False,
                cuda_graphs: bool = False, inference_mode: bool = True, onednn_conv: str = "auto", malloc: str = "system",
-               incremental: str = "auto", fold_batchnorm: bool = True, profile: bool = False, trace: Optional[str] = None) -> int:
+               incremental: str = "auto", fold_batchnorm: bool = False, profile: bool = False,
+               trace: Optional[str] = None) -> int:
     """Run ``script`` patched; returns its exit code (exceptions propagate). ``malloc="keep"``
     (the CLI's default): glibc keeps freed blocks for reuse (:mod:`mmxai_fast._malloc`; a process-wide
     setting, so "system", glibc's defaults, is this function's default). ``profile``: run it under
@@ -105,9 +106,10 @@ def add_run_parser(sub) -> None:
     run.add_argument("--incremental", choices=("auto", "on", "off"), default="auto",
                      help="Occlusion, FeatureAblation and ShapleyValueSampling recompute only what each perturbation "
                           "changes: auto (default: where the plan predicts more than 1.5x fewer FLOPs), on, off")
-    run.add_argument("--fold-batchnorm", choices=("on", "off"), default="on",
-                     help="on (default): call CPU models as a copy with each eval-mode BatchNorm folded into the "
-                          "convolution before it (a ReLU after it fused in); off: the model as it is")
+    run.add_argument("--fold-batchnorm", choices=("on", "off"), default="off",
+                     help="on (opt-in): call CPU models as a copy with each eval-mode BatchNorm folded into the "
+                          "convolution before it (a ReLU after it fused in; the copy runs, not your object); "
+                          "off (default): the model as it is")
     run.add_argument("--malloc", choices=("keep", "system"), default="keep",
                      help="keep (default): glibc malloc keeps freed blocks for reuse (no mmap/munmap and page "
                           "faults per model call; the process keeps its peak memory); system: glibc's defaults")

@@ -107,7 +107,9 @@ NOT_FOLDED = "no Conv -> eval-mode BatchNorm"
     (lambda: nn.Sequential(nn.Conv3d(2, 3, 3), nn.BatchNorm3d(3, track_running_stats=False)).eval(), NOT_FOLDED),
     (lambda: _CustomSequential(nn.Conv3d(2, 3, 3), nn.BatchNorm3d(3)).eval(), NOT_FOLDED),
     (lambda: lambda x: x, "not a torch.nn.Module"),
-], ids=["train_mode", "not_adjacent", "reflect_padding", "no_running_stats", "custom_forward", "function"])
+    (lambda: torch.jit.script(nn.Sequential(nn.Conv3d(2, 3, 3), nn.BatchNorm3d(3)).eval()), "TorchScript"),
+], ids=["train_mode", "not_adjacent", "reflect_padding", "no_running_stats", "custom_forward", "function",
+        "torchscript"])
 def test_uncertain_patterns_are_left_alone(build, reason):
     folded, note = fold_batchnorm(build())
     assert folded is None and reason in note, note
@@ -122,17 +124,17 @@ def test_hooks_anywhere_keep_the_model_as_it_is():
     assert fold_batchnorm(model)[0] is not None
 
 
-def test_model_caller_folds_by_default_and_says_so():
+def test_model_caller_folds_when_asked_and_says_so():
     torch.manual_seed(0)
     model = _randomize_stats(VGG3D(in_channels=2, widths=(4,), hidden=4))
     notes = []
-    caller = ModelCaller(model, ModelPolicy(), None, lambda text, **_: notes.append(text))
+    caller = ModelCaller(model, ModelPolicy(fold_batchnorm=True), None, lambda text, **_: notes.append(text))
     x = torch.randn(1, 2, 8, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(caller(x), model(x), atol=1e-5, rtol=1e-5)
     assert any("fold_batchnorm: 1 BatchNorm layers folded" in n for n in notes), notes
-    off = ModelCaller(model, ModelPolicy(fold_batchnorm=False), None, lambda text, **_: notes.append(text))
-    assert off._model is model
+    off = ModelCaller(model, ModelPolicy(), None, lambda text, **_: notes.append(text))
+    assert off._model is model  # opt-in: by default the caller's own object runs
     with pytest.raises(ValueError, match="fold_batchnorm must be a bool, got 'yes'"):
         ModelPolicy(fold_batchnorm="yes")
 
@@ -147,8 +149,11 @@ def test_dense_calls_behind_the_incremental_wrapper_use_the_folded_copy(monkeypa
     model = _randomize_stats(VGG3D(in_channels=2, widths=(4,), hidden=4))
     x = torch.randn(1, 2, 8, 8, 8)
     mask = (torch.arange(8) % 2).expand(1, 1, 8, 8, 8).contiguous()  # features spanning the volume: dense
+    from mmxai_fast import patch_captum
+
     explainer = FeatureAblation(model)
-    out = explainer.attribute(x, target=0, feature_mask=mask, perturbations_per_eval="auto", incremental="auto")
+    with patch_captum(fold_batchnorm=True):
+        out = explainer.attribute(x, target=0, feature_mask=mask, perturbations_per_eval="auto", incremental="auto")
     assert not explainer.last_incremental_report["used"] and calls
     torch.testing.assert_close(out, FeatureAblation(model).attribute(x, target=0, feature_mask=mask),
                                atol=1e-5, rtol=1e-4)

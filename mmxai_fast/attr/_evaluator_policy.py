@@ -84,7 +84,7 @@ class ModelCaller:
         self.onednn = False if policy.compile else policy.onednn_conv
         self._graphs: Dict[Tuple, Any] = {}
         self._model: Callable = forward_func
-        if policy.fold_batchnorm:
+        if policy.fold_batchnorm and not policy.compile:  # Inductor folds by itself
             folded, why = fold_batchnorm(forward_func, self.onednn)
             if folded is not None:
                 self._model = folded

@@ -8,7 +8,9 @@ network (conv, BN, ReLU) and the bottleneck of DenseNet layers (1x1 conv, BN, Re
 bound by memory traffic on the CPU, not by arithmetic.
 
 :func:`fold_batchnorm` returns a folded deep copy of the model (the caller's model is never
-changed) or None with the reason. Only patterns whose data flow is certain are folded: a
+changed) or None with the reason. Opt-in (``fold_batchnorm=True``, ``--fold-batchnorm on``): the
+copy, not the caller's object, runs, so state a model keeps in Python attributes during its
+forward (call counters, caches) lands on the copy. Only patterns whose data flow is certain are folded: a
 ``Conv2d``/``Conv3d`` immediately followed by a ``BatchNorm2d``/``BatchNorm3d`` in eval mode with
 running statistics, inside an ``nn.Sequential`` whose ``forward`` is the standard one, with no
 hooks anywhere in the model. Results agree with the unfolded model to float32 rounding (the
@@ -17,7 +19,7 @@ weights are folded in float64).
 from __future__ import annotations
 
 import copy
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +79,10 @@ def _foldable(conv: Any, bn: Any) -> Optional[Any]:
     return None
 
 
+def _plain_sequential(module: nn.Module) -> TypeGuard[nn.Sequential]:
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
 def _has_hooks(model: nn.Module) -> bool:
     hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     if any(getattr(nn.modules.module, "_global" + name, None) for name in hooks):
@@ -108,20 +114,19 @@ def fold_batchnorm(model: Any, onednn: Any = "auto") -> Tuple[Optional[nn.Module
     conv policy (False: the folded convolutions run through ``F.conv*`` and a separate ReLU)."""
     if not isinstance(model, nn.Module):
         return None, "forward_func is not a torch.nn.Module"
+    if isinstance(model, torch.jit.ScriptModule):
+        return None, "a TorchScript model"
     if any(p.device.type != "cpu" for p in model.parameters()):
         return None, "the model is not on the CPU"
     if _has_hooks(model):
         return None, "the model has hooks (a folded copy would not run them)"
-    sequentials = [m for m in model.modules() if type(m).forward is nn.Sequential.forward
-                   and isinstance(m, nn.Sequential)]
-    if not any(_foldable(a, b) for s in sequentials for a, b in zip(list(s), list(s)[1:])):
+    sequentials = [m for m in model.modules() if _plain_sequential(m)]
+    if not any(_foldable(a, b) for s in sequentials for a, b in zip(list(s.children()), list(s.children())[1:])):
         return None, "no Conv -> eval-mode BatchNorm pair inside an nn.Sequential"
     try:
         folded_model = copy.deepcopy(model)
     except Exception as err:  # noqa: BLE001 - any failure to copy means: call the model as it is
         return None, f"the model could not be copied ({type(err).__name__}: {err})"
-    sequentials = [m for m in folded_model.modules()
-                   if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward]
     with torch.no_grad():
-        count = sum(_fold_sequential(m, onednn) for m in sequentials)
+        count = sum(_fold_sequential(m, onednn) for m in list(folded_model.modules()) if _plain_sequential(m))
     return folded_model, f"{count} BatchNorm layers folded into the convolution before them"

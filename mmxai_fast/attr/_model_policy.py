@@ -14,7 +14,7 @@ reads the :class:`ModelPolicy` with :func:`active_session` and applies it
 - ``onednn_conv="auto"|True|False``: float32 CPU ``conv3d`` calls that PyTorch would run on its
   slow batch-1 path go to oneDNN (:mod:`mmxai_fast.attr._onednn_conv`; ``"auto"``: kernels larger
   than 1x1x1, True: all of them, False: never).
-- ``fold_batchnorm=True``: CPU models are called as a copy with each eval-mode BatchNorm folded
+- Opt-in ``fold_batchnorm=True``: CPU models are called as a copy with each eval-mode BatchNorm folded
   into the convolution before it (and a ReLU after it fused in; :mod:`mmxai_fast.attr._fold_batchnorm`).
 - ``incremental=False|True|"auto"``: what Occlusion, FeatureAblation and ShapleyValueSampling
   calls that leave their ``incremental`` argument unset (every Captum call) use: ``"auto"``
@@ -52,7 +52,7 @@ class ModelPolicy:
     compile: bool = False
     cuda_graphs: bool = False
     incremental: Any = False             # False | True | "auto": for calls that leave ``incremental`` unset
-    fold_batchnorm: bool = True
+    fold_batchnorm: bool = False         # opt-in: the Evaluator calls a folded copy of the model
 
     def __post_init__(self) -> None:
         checks = [("batch", self.batch, (None, "auto", "keep")),
