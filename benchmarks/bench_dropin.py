@@ -65,6 +65,7 @@ POLICIES = {  # FeatureAblation on the VGG-like model, one policy at a time
     "engine only": _policy(),
     "+ batching": _policy("--batch", "auto"),
     "+ channels_last_3d": _policy("--channels-last", "on"),
+    # --no-inference-mode (in OFF) has no "on" flag: this row lists its flags itself
     "+ inference_mode": RUN + ["--incremental", "off", "--batch", "keep", "--channels-last", "off", "--onednn-conv",
                                "off", "--malloc", "system", "--fold-batchnorm", "off", PIPELINE],
     "+ oneDNN conv3d": _policy("--onednn-conv", "auto"),

@@ -105,7 +105,8 @@ def add_run_parser(sub) -> None:
                           "larger than 1x1x1), on (all), off")
     run.add_argument("--incremental", choices=("auto", "on", "off"), default="auto",
                      help="Occlusion, FeatureAblation and ShapleyValueSampling recompute only what each perturbation "
-                          "changes: auto (default: where the plan predicts more than 1.5x fewer FLOPs), on, off")
+                          "changes: auto (default: where the plan predicts more than 1.5x fewer FLOPs, 3x at one "
+                          "perturbation per call), on, off")
     run.add_argument("--fold-batchnorm", choices=("on", "off"), default="off",
                      help="on (opt-in): call CPU models as a copy with each eval-mode BatchNorm folded into the "
                           "convolution before it (a ReLU after it fused in; the copy runs, not your object); "

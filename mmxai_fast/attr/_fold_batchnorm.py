@@ -51,13 +51,13 @@ class FoldedConv(nn.Module):
         self.register_buffer("bias", shift.to(conv.weight.dtype))
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
-        self.relu, self.conv_fn, self.onednn = relu, conv_fn, onednn
+        self.relu, self.conv_fn = relu, conv_fn
+        self.onednn = (onednn is not False and self.weight.dtype == torch.float32
+                       and torch.backends.mkldnn.is_available())  # the fused primitive can run at all
 
     def _fused(self, x: Tensor) -> bool:
-        return (self.onednn is not False and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and x.dim() == self.weight.dim()
-                and not (torch.is_grad_enabled() and x.requires_grad) and not torch.compiler.is_compiling()
-                and torch.backends.mkldnn.is_available())
+        return (self.onednn and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == self.weight.dim()
+                and not (torch.is_grad_enabled() and x.requires_grad) and not torch.compiler.is_compiling())
 
     def forward(self, x: Tensor) -> Tensor:
         if self._fused(x):
@@ -95,7 +95,7 @@ def _fold_sequential(seq: nn.Sequential, onednn: Any) -> int:
     folded, i = 0, 0
     while i + 1 < len(keys):
         conv, bn = seq._modules[keys[i]], seq._modules[keys[i + 1]]
-        conv_fn = _foldable(conv, bn) if conv is not None and bn is not None else None
+        conv_fn = _foldable(conv, bn)
         if conv_fn is None:
             i += 1
             continue
@@ -120,13 +120,13 @@ def fold_batchnorm(model: Any, onednn: Any = "auto") -> Tuple[Optional[nn.Module
         return None, "the model is not on the CPU"
     if _has_hooks(model):
         return None, "the model has hooks (a folded copy would not run them)"
-    sequentials = [m for m in model.modules() if _plain_sequential(m)]
-    if not any(_foldable(a, b) for s in sequentials for a, b in zip(list(s.children()), list(s.children())[1:])):
-        return None, "no Conv -> eval-mode BatchNorm pair inside an nn.Sequential"
+
     try:
         folded_model = copy.deepcopy(model)
     except Exception as err:  # noqa: BLE001 - any failure to copy means: call the model as it is
         return None, f"the model could not be copied ({type(err).__name__}: {err})"
     with torch.no_grad():
         count = sum(_fold_sequential(m, onednn) for m in list(folded_model.modules()) if _plain_sequential(m))
+    if not count:
+        return None, "no Conv -> eval-mode BatchNorm pair inside an nn.Sequential"
     return folded_model, f"{count} BatchNorm layers folded into the convolution before them"
