@@ -190,3 +190,73 @@ def test_ramp_keeps_batch_one_when_a_steady_single_row_is_fastest():
         sizes.append(count + check)
         planner.record(sizes[-1], sizes[-1] / rates[sizes[-1]])
     assert sizes == [1, 2, 4] and planner.size == 1
+
+
+def _signature(x):
+    return _evaluator_policy.plan_key((x,), ModelPolicy())
+
+
+def test_a_settled_ramp_is_remembered_and_a_recalled_plan_skips_ramp_and_trial():
+    caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
+    remembered = []
+    planner = ChunkPlanner(32, True, True, caller, remember=lambda *plan: remembered.append(plan))
+    planner.record(1, 1.0, first=True)
+    rates = {1: 1.0, 2: 3.0, 4: 5.0, 8: 5.2, 16: 5.1}
+    while planner.ramp:
+        count, check = planner.next_chunk(1000)
+        planner.record(count + check, (count + check) / rates[count + check])
+    assert remembered == []  # not settled before the layout trial
+    planner.next_chunk(1000)
+    planner.record(4, 4 / 5.0)
+    for _ in range(2):
+        planner.next_chunk(1000)
+        planner.record(4, 4 / 6.0)
+    assert remembered == [(4, True)]
+
+    caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
+    again = ChunkPlanner(32, True, True, caller, recalled=remembered[0])
+    again.record(1, 1.0, first=True)
+    assert not again.ramp and not again.layout_trial and caller.channels_last
+    assert again.next_chunk(1000) == (3, True)  # the remembered size, its first chunk with the check row
+    assert again.next_chunk(1000) == (4, False)
+    assert "earlier in this process" in again.final_summary()
+    capped = ChunkPlanner(2, True, True, ModelCaller(lambda x: x, ModelPolicy(), None, lambda t: None),
+                          recalled=(4, False))
+    assert capped.next_chunk(1000) == (1, True)  # never above today's cap
+
+
+def test_a_remembered_plan_sets_the_chunk_and_layout(monkeypatch):
+    monkeypatch.setattr(_evaluator_policy, "FAST_CALL_S", 0.0)
+    model, (x, mask) = Counting().eval(), _case()
+    _evaluator_policy.remember_plan(model, _signature(x), 4, True)
+    expected = captum.attr.FeatureAblation(model).attribute(x, target=1, feature_mask=mask)
+    model.batches.clear()
+    model.channels_last.clear()
+    got = FeatureAblation(model).attribute(x, target=1, feature_mask=mask, perturbations_per_eval="auto")
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert model.batches == [1, 4, 4, 4, 4, 1]  # 3 new rows + the check row, then 4 + 4 + 4 + 1
+    assert model.channels_last == [False] + [True] * 5
+
+
+def test_plans_are_per_input_signature_and_go_with_the_model():
+    import gc
+
+    model, (x, _) = Counting().eval(), _case()
+    _evaluator_policy.remember_plan(model, _signature(x), 8, False)
+    assert _evaluator_policy.recall_plan(model, _signature(x)) == (8, False)
+    assert _evaluator_policy.recall_plan(model, _signature(x[:, :, :4])) is None  # another shape
+    assert _evaluator_policy.recall_plan(model, _signature(x.double())) is None  # another dtype
+    gc.collect()
+    before = len(_evaluator_policy._PLANS)
+    del model
+    gc.collect()
+    assert len(_evaluator_policy._PLANS) == before - 1
+
+    class Slotted:  # no __weakref__: cannot be remembered, and that is no error
+        __slots__ = ()
+
+        def __call__(self, inputs):
+            return inputs.sum()
+
+    _evaluator_policy.remember_plan(Slotted(), _signature(x), 8, False)
+    assert _evaluator_policy.recall_plan(Slotted(), _signature(x)) is None

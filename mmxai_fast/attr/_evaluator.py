@@ -37,7 +37,8 @@ from torch import Tensor
 
 from .._validation import is_int
 from ._errors import AttributionInputError
-from ._evaluator_policy import ChunkPlanner, ModelCaller, close, training_modules, warn
+from ._evaluator_policy import (ChunkPlanner, ModelCaller, close, plan_key, recall_plan, remember_plan,
+                                training_modules, warn)
 from ._model_policy import ModelPolicy, active_session
 
 __all__ = ["Evaluator", "check_perturbations_per_eval", "row_runner", "RowRunner"]
@@ -235,7 +236,11 @@ class Evaluator:
         assert self.caller is not None and self.rows_per_eval is not None
         auto = self.perturbations_per_eval == "auto"
         layout_trial = auto and self.policy.channels_last == "auto" and any(x.dim() == 5 for x in self.inputs)
-        self.planner = ChunkPlanner(self._planner_cap(), auto, layout_trial, self.caller)
+        key = plan_key(self.inputs, self.policy)
+        model = self.forward_func
+        self.planner = ChunkPlanner(self._planner_cap(), auto, layout_trial, self.caller,
+                                    recalled=recall_plan(model, key) if auto else None,
+                                    remember=lambda rows, layout: remember_plan(model, key, rows, layout))
         self.planner.record(1, self.caller.seconds, first=True)
         self._reference = (model_inputs, out)
         training = training_modules(self.forward_func) if auto else []

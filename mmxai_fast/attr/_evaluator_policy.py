@@ -22,12 +22,18 @@ active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an i
   alone at :meth:`Evaluator.initialize`) as its last row, whose batched output must equal the
   one alone to the dtype's tolerance; a model that fails (or is in train mode) goes row by row
   with one warning saying why, and the failing chunk is re-run row by row.
+- Plan memory: the chunk size and layout a ramp settled on are remembered for the rest of the
+  process per model (weakly: they go with the model) and input signature (shapes, dtypes, devices
+  and the patch policy), so the next attribution call on the same model and shape (the next method,
+  the next case of a cohort) starts there: no ramp, no layout trial. Its first chunk larger than
+  one row is still checked for batch dependence.
 """
 from __future__ import annotations
 
 import contextlib
 import time
 import warnings
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -37,7 +43,7 @@ from ._fold_batchnorm import fold_batchnorm
 from ._model_policy import MethodStats, ModelPolicy
 from ._onednn_conv import ConvCounter, onednn_conv3d
 
-__all__ = ["ChunkPlanner", "ModelCaller", "close", "training_modules"]
+__all__ = ["ChunkPlanner", "ModelCaller", "close", "plan_key", "recall_plan", "remember_plan", "training_modules"]
 
 #: A doubling of the chunk must raise measured throughput by this factor to be taken.
 MIN_GAIN = 1.10
@@ -48,6 +54,29 @@ MIN_LAYOUT_GAIN = 1.05
 _TOLERANCE = {torch.float64: (1e-7, 1e-9), torch.float32: (1e-4, 1e-5),
               torch.bfloat16: (3e-2, 1e-2), torch.float16: (1e-2, 1e-3)}
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: model -> {input signature: (rows per call, channels_last_3d)} of the ramps that settled.
+_PLANS: "weakref.WeakKeyDictionary[Any, Dict[tuple, Tuple[int, bool]]]" = weakref.WeakKeyDictionary()
+
+
+def plan_key(inputs: Tuple[Tensor, ...], policy: ModelPolicy) -> tuple:
+    """The input signature a remembered plan is valid for."""
+    return (policy,) + tuple((tuple(x.shape), x.dtype, str(x.device)) for x in inputs)
+
+
+def recall_plan(model: Any, key: tuple) -> Optional[Tuple[int, bool]]:
+    """The plan a ramp settled on for ``model`` and ``key`` earlier in this process, or None
+    (also for callables that cannot be weakly referenced or hashed)."""
+    try:
+        return _PLANS.get(model, {}).get(key)
+    except TypeError:
+        return None
+
+
+def remember_plan(model: Any, key: tuple, size: int, channels_last: bool) -> None:
+    try:
+        _PLANS.setdefault(model, {})[key] = (size, channels_last)
+    except TypeError:
+        pass
 
 
 def close(a: Tensor, b: Tensor) -> bool:
@@ -186,9 +215,14 @@ class ChunkPlanner:
         ramp: grow the chunk by measured throughput (``"auto"``); False: always ``cap``.
         layout_trial: measure channels_last_3d once the ramp settles (5-D inputs, ``"auto"``).
         caller: the :class:`ModelCaller` whose layout the trial sets.
+        recalled: ``(rows, channels_last)`` a ramp settled on earlier for the same model and
+            inputs (:func:`recall_plan`): no ramp, no trial.
+        remember: called with ``(rows, channels_last)`` when this ramp settles.
     """
 
-    def __init__(self, cap: int, ramp: bool, layout_trial: bool, caller: ModelCaller) -> None:
+    def __init__(self, cap: int, ramp: bool, layout_trial: bool, caller: ModelCaller,
+                 recalled: Optional[Tuple[int, bool]] = None,
+                 remember: Optional[Callable[[int, bool], None]] = None) -> None:
         self.cap = max(1, cap)
         self.auto = ramp
         self.ramp = ramp and self.cap > 1
@@ -206,6 +240,14 @@ class ChunkPlanner:
         self.batch_dependent = False
         self.summary: Optional[str] = None
         self.used = 0  # the most new rows of one call so far
+        self.remember = remember
+        if recalled is not None and self.ramp:
+            self.size, self.ramp = min(recalled[0], self.cap), False
+            if layout_trial:
+                self.caller.channels_last, self.layout_trial = recalled[1], False
+            self.summary = (f"batch=auto: perturbations_per_eval={self.size} (measured for this model and input "
+                            f"shape earlier in this process; channels_last_3d "
+                            f"{'on' if self.caller.channels_last else 'off'})")
 
     def next_chunk(self, remaining: int) -> Tuple[int, bool]:
         """(new rows of the next chunk, whether it carries the check row)."""
@@ -239,7 +281,7 @@ class ChunkPlanner:
                 return  # the first call in the new layout pays its own one-time costs
             self.trial, self.layout_trial = None, False
             self.caller.channels_last = rate >= self.steady[model_rows] * MIN_LAYOUT_GAIN
-            self._summarize()
+            self._settled()
             return
         if not self.ramp or model_rows != self.size:
             return
@@ -250,7 +292,7 @@ class ChunkPlanner:
             return
         self.size, self.ramp = best, False
         if not self.layout_trial:
-            self._summarize()
+            self._settled()
 
     def set_cap(self, cap: int, shrink_only: bool = False) -> None:
         """A new most rows per call (``shrink_only``: after running out of memory; the ramp ends)."""
@@ -273,6 +315,11 @@ class ChunkPlanner:
             if self.rates[size] >= self.rates.get(best, 0.0) * MIN_GAIN:
                 best = size
         return best
+
+    def _settled(self) -> None:
+        self._summarize()
+        if self.remember is not None and not self.batch_dependent:
+            self.remember(self.size, bool(self.caller.channels_last))
 
     def _summarize(self) -> None:
         best = min(self._best() if self.ramp else self.size, max(1, self.used))
