@@ -50,9 +50,12 @@ def test_auto_grows_the_chunk_on_real_rows_and_keeps_results(monkeypatch):
     model, (x, mask) = Counting().eval(), _case()
     expected = captum.attr.FeatureAblation(model).attribute(x, target=1, feature_mask=mask)
     model.batches.clear()
+    model.channels_last.clear()
     got = FeatureAblation(model).attribute(x, target=1, feature_mask=mask, perturbations_per_eval="auto")
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    assert model.batches[:3] == [1, 1, 2]  # the reference alone, one more row alone, then one with the check row
+    # the reference alone (plain layout), two more rows alone (the ramp's layout, channels_last_3d on
+    # the CPU: its first call pays one-time costs), then one with the check row
+    assert model.batches[:4] == [1, 1, 1, 2] and model.channels_last[:3] == [False, True, True]
     assert sum(model.batches) <= 1 + 16 + len(model.batches) - 1  # at most one check row per call, no probes
     assert all(model.inference[-len(model.batches):])
 
@@ -199,7 +202,7 @@ def _signature(x):
 def test_a_settled_ramp_is_remembered_and_a_recalled_plan_skips_ramp_and_trial():
     caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
     remembered = []
-    planner = ChunkPlanner(32, True, True, caller, remember=lambda *plan: remembered.append(plan))
+    planner = ChunkPlanner(32, True, True, caller, remember=remembered.append)
     planner.record(1, 1.0, first=True)
     rates = {1: 1.0, 2: 3.0, 4: 5.0, 8: 5.2, 16: 5.1}
     while planner.ramp:
@@ -211,7 +214,7 @@ def test_a_settled_ramp_is_remembered_and_a_recalled_plan_skips_ramp_and_trial()
     for _ in range(2):
         planner.next_chunk(1000)
         planner.record(4, 4 / 6.0)
-    assert remembered == [(4, True)]
+    assert [(plan["settled"], plan["size"], plan["channels_last"]) for plan in remembered] == [(True, 4, True)]
 
     caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
     again = ChunkPlanner(32, True, True, caller, recalled=remembered[0])
@@ -221,14 +224,14 @@ def test_a_settled_ramp_is_remembered_and_a_recalled_plan_skips_ramp_and_trial()
     assert again.next_chunk(1000) == (4, False)
     assert "earlier in this process" in again.final_summary()
     capped = ChunkPlanner(2, True, True, ModelCaller(lambda x: x, ModelPolicy(), None, lambda t: None),
-                          recalled=(4, False))
+                          recalled=dict(remembered[0], channels_last=False))
     assert capped.next_chunk(1000) == (1, True)  # never above today's cap
 
 
 def test_a_remembered_plan_sets_the_chunk_and_layout(monkeypatch):
     monkeypatch.setattr(_evaluator_policy, "FAST_CALL_S", 0.0)
     model, (x, mask) = Counting().eval(), _case()
-    _evaluator_policy.remember_plan(model, _signature(x), 4, True)
+    _evaluator_policy.remember_plan(model, _signature(x), dict(settled=True, size=4, channels_last=True))
     expected = captum.attr.FeatureAblation(model).attribute(x, target=1, feature_mask=mask)
     model.batches.clear()
     model.channels_last.clear()
@@ -242,8 +245,9 @@ def test_plans_are_per_input_signature_and_go_with_the_model():
     import gc
 
     model, (x, _) = Counting().eval(), _case()
-    _evaluator_policy.remember_plan(model, _signature(x), 8, False)
-    assert _evaluator_policy.recall_plan(model, _signature(x)) == (8, False)
+    plan = dict(settled=True, size=8, channels_last=False)
+    _evaluator_policy.remember_plan(model, _signature(x), plan)
+    assert _evaluator_policy.recall_plan(model, _signature(x)) == plan
     assert _evaluator_policy.recall_plan(model, _signature(x[:, :, :4])) is None  # another shape
     assert _evaluator_policy.recall_plan(model, _signature(x.double())) is None  # another dtype
     gc.collect()
@@ -258,5 +262,90 @@ def test_plans_are_per_input_signature_and_go_with_the_model():
         def __call__(self, inputs):
             return inputs.sum()
 
-    _evaluator_policy.remember_plan(Slotted(), _signature(x), 8, False)
+    _evaluator_policy.remember_plan(Slotted(), _signature(x), plan)
     assert _evaluator_policy.recall_plan(Slotted(), _signature(x)) is None
+
+
+def test_on_the_cpu_the_ramp_runs_in_channels_last_and_the_trial_in_the_plain_layout():
+    caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
+    planner = ChunkPlanner(1, True, True, caller, base_channels_last=True)
+    assert caller.channels_last  # from the first planned call on
+    planner.record(1, 1.0, first=True)  # the reference ran in the plain layout: not a channels-last rate
+    assert planner.next_chunk(100) == (1, False) and caller.channels_last
+    planner.record(1, 1.0)  # the first channels-last call at 1: not steady
+    assert planner.next_chunk(100) == (1, False) and caller.channels_last
+    planner.record(1, 1.0)  # steady: 1 row/s
+    for _ in range(2):  # the trial, in the plain layout: 25% faster, taken
+        assert planner.next_chunk(100) == (1, False) and not caller.channels_last
+        planner.record(1, 0.8)
+    assert not caller.channels_last and "channels_last_3d off" in planner.final_summary()
+
+    caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
+    planner = ChunkPlanner(1, True, True, caller, base_channels_last=True)
+    planner.record(1, 1.0, first=True)
+    for seconds in (1.0, 1.0, 1.0, 1.0):  # the plain layout no faster: channels_last_3d stays
+        planner.next_chunk(100)
+        planner.record(1, seconds)
+    assert caller.channels_last and "channels_last_3d on" in planner.final_summary()
+
+
+def test_a_fast_model_keeps_the_callers_layout_when_the_trial_is_skipped():
+    caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
+    planner = ChunkPlanner(32, True, True, caller, base_channels_last=True)
+    planner.record(1, 1e-4, first=True)  # under FAST_CALL_S: no ramp, no trial
+    assert not caller.channels_last and planner.next_chunk(100) == (31, True)
+
+
+def test_a_model_that_failed_on_channels_last_is_not_given_it_again():
+    def plain_only(x):
+        if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+            raise RuntimeError("this model needs contiguous inputs")
+        return x.flatten(1).sum(1, keepdim=True)
+
+    notes = []
+    caller = ModelCaller(plain_only, ModelPolicy(), None, notes.append)
+    caller.channels_last = True
+    x = torch.randn(1, 2, 3, 3, 3)
+    torch.testing.assert_close(caller(x), x.flatten(1).sum(1, keepdim=True))
+    assert "channels_last_3d not used" in notes[-1]
+    caller.channels_last = True  # a later layout decision cannot bring the failing layout back
+    assert not caller.channels_last
+
+
+def test_only_the_first_batched_chunk_carries_the_check_row():
+    planner, _ = _planner(layout=False)
+    planner.record(1, 1.0, first=True)
+    rates = {1: 1.0, 2: 3.0, 4: 5.0, 8: 5.2, 16: 5.1}
+    checks = []
+    while planner.ramp:
+        count, check = planner.next_chunk(1000)
+        checks.append((count + check, check))
+        planner.record(count + check, (count + check) / rates[count + check])
+    assert checks == [(1, False), (2, True), (4, False), (8, False), (16, False)]
+
+
+def test_a_ramp_that_ran_out_of_rows_goes_on_in_the_next_call():
+    caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
+    saved = []
+    planner = ChunkPlanner(32, True, True, caller, remember=saved.append, base_channels_last=True)
+    planner.record(1, 1.0, first=True)
+    rates = {1: 1.0, 2: 3.0, 4: 5.0, 8: 5.2, 16: 5.1}
+    sizes = []
+    for _ in range(3):  # the rows run out after three calls: batch 1 (twice) and 2
+        count, check = planner.next_chunk(1000)
+        sizes.append(count + check)
+        planner.record(sizes[-1], sizes[-1] / rates[sizes[-1]])
+    planner.save()
+    assert sizes == [1, 1, 2] and not saved[-1]["settled"]
+
+    caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
+    planner = ChunkPlanner(32, True, True, caller, recalled=saved[-1], remember=saved.append,
+                           base_channels_last=True)
+    planner.record(1, 9.0, first=True)  # this call's reference (plain layout, cold): changes nothing
+    assert planner.rates[1] == 1.0 and planner.ramp and caller.channels_last
+    while planner.ramp:  # the ramp goes on at 4; this call's first batched chunk has the check row
+        count, check = planner.next_chunk(1000)
+        sizes.append(count + check)
+        assert check == (sizes[-1] == 4)
+        planner.record(sizes[-1], sizes[-1] / rates[sizes[-1]])
+    assert sizes == [1, 1, 2, 4, 8, 16] and planner.size == 4

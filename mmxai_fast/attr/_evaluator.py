@@ -240,7 +240,8 @@ class Evaluator:
         model = self.forward_func
         self.planner = ChunkPlanner(self._planner_cap(), auto, layout_trial, self.caller,
                                     recalled=recall_plan(model, key) if auto else None,
-                                    remember=lambda rows, layout: remember_plan(model, key, rows, layout))
+                                    remember=lambda state: remember_plan(model, key, state),
+                                    base_channels_last=self.inputs[0].device.type == "cpu")
         self.planner.record(1, self.caller.seconds, first=True)
         self._reference = (model_inputs, out)
         training = training_modules(self.forward_func) if auto else []
@@ -288,6 +289,8 @@ class Evaluator:
             previous, start = rows, start + count
         self.release_buffers()
         self._raise_on_nan()
+        if planner is not None:
+            planner.save()
         if planner is not None and planner.auto and planner.final_summary() not in self.notes[-1:]:
             self._note(planner.final_summary())
         if not results:

@@ -5,7 +5,8 @@ active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an i
 ``perturbations_per_eval`` without a patch calls the model exactly as Captum does.
 
 - :class:`ModelCaller` (every model call): 5-D inputs in ``torch.channels_last_3d`` when chosen
-  (the chunk buffer is converted once per call), ``torch.inference_mode`` (perturbation methods
+  (the chunk buffer is converted once per call; 2x2x2 average pools keep that layout,
+  :mod:`~mmxai_fast.attr._channels_last_pool`), ``torch.inference_mode`` (perturbation methods
   never differentiate the model; a model that fails under it is called without it, once said),
   oneDNN for the ``conv3d`` calls PyTorch would run on its slow batch-1 path
   (:mod:`~mmxai_fast.attr._onednn_conv`), opt-in autocast (its error against float32 on the first
@@ -15,22 +16,27 @@ active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an i
   attribution's own rows (no extra probe evaluations), within the memory cap, until two doublings
   in a row fail to raise the model's measured throughput by :data:`MIN_GAIN`; the chunk with the
   best throughput is kept (a larger one only when :data:`MIN_GAIN` faster; a model whose first
-  call takes under :data:`FAST_CALL_S` goes straight to the cap), then one chunk in
-  ``channels_last_3d`` decides the layout (kept when :data:`MIN_LAYOUT_GAIN` faster; both layouts
-  timed on a call that is not their first at that size, which pays one-time costs). The first
-  chunk of every size is checked for batch dependence: it carries the first evaluation's row (run
+  call takes under :data:`FAST_CALL_S` goes straight to the cap), then one chunk in the other
+  layout decides it (taken when :data:`MIN_LAYOUT_GAIN` faster; both layouts timed on a call that
+  is not their first at that size, which pays one-time costs). On the CPU the ramp runs in
+  ``channels_last_3d`` (oneDNN's native layout, where no convolution reorders its input) and the
+  trial in the plain layout; elsewhere the other way round. The first chunk of more than one row
+  is checked for batch dependence (once per call: what depends on the batch, train-mode BatchNorm
+  or layers that mix samples, shows at two rows): it carries the first evaluation's row (run
   alone at :meth:`Evaluator.initialize`) as its last row, whose batched output must equal the
   one alone to the dtype's tolerance; a model that fails (or is in train mode) goes row by row
   with one warning saying why, and the failing chunk is re-run row by row.
-- Plan memory: the chunk size and layout a ramp settled on are remembered for the rest of the
-  process per model (weakly: they go with the model) and input signature (shapes, dtypes, devices
-  and the patch policy), so the next attribution call on the same model and shape (the next method,
-  the next case of a cohort) starts there: no ramp, no layout trial. Its first chunk larger than
-  one row is still checked for batch dependence.
+- Plan memory: what a ramp measured (chunk sizes, rates, the layout trial) is remembered for the
+  rest of the process per model (weakly: it goes with the model) and input signature (shapes,
+  dtypes, devices and the patch policy). The next attribution call on the same model and shape (the
+  next method, the next case of a cohort) goes on from there: a settled plan is used at once (no
+  ramp, no layout trial), a ramp that ran out of rows continues where it stopped. Each call's first
+  chunk larger than one row is still checked for batch dependence.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import warnings
 import weakref
@@ -39,6 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._channels_last_pool import channels_last_pooling
 from ._fold_batchnorm import fold_batchnorm
 from ._model_policy import MethodStats, ModelPolicy
 from ._onednn_conv import ConvCounter, onednn_conv3d
@@ -49,13 +56,13 @@ __all__ = ["ChunkPlanner", "ModelCaller", "close", "plan_key", "recall_plan", "r
 MIN_GAIN = 1.10
 #: A first model call faster than this (seconds) skips the ramp: the chunk is the memory cap.
 FAST_CALL_S = 0.01
-#: channels_last_3d must be this much faster than the plain layout to be kept.
+#: The layout trial's layout must be this much faster than the ramp's to be taken.
 MIN_LAYOUT_GAIN = 1.05
 _TOLERANCE = {torch.float64: (1e-7, 1e-9), torch.float32: (1e-4, 1e-5),
               torch.bfloat16: (3e-2, 1e-2), torch.float16: (1e-2, 1e-3)}
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-#: model -> {input signature: (rows per call, channels_last_3d)} of the ramps that settled.
-_PLANS: "weakref.WeakKeyDictionary[Any, Dict[tuple, Tuple[int, bool]]]" = weakref.WeakKeyDictionary()
+#: model -> {input signature: the ChunkPlanner state it left (:meth:`ChunkPlanner.state`)}.
+_PLANS: "weakref.WeakKeyDictionary[Any, Dict[tuple, Dict[str, Any]]]" = weakref.WeakKeyDictionary()
 
 
 def plan_key(inputs: Tuple[Tensor, ...], policy: ModelPolicy) -> tuple:
@@ -63,18 +70,18 @@ def plan_key(inputs: Tuple[Tensor, ...], policy: ModelPolicy) -> tuple:
     return (policy,) + tuple((tuple(x.shape), x.dtype, str(x.device)) for x in inputs)
 
 
-def recall_plan(model: Any, key: tuple) -> Optional[Tuple[int, bool]]:
-    """The plan a ramp settled on for ``model`` and ``key`` earlier in this process, or None
-    (also for callables that cannot be weakly referenced or hashed)."""
+def recall_plan(model: Any, key: tuple) -> Optional[Dict[str, Any]]:
+    """The planner state left for ``model`` and ``key`` earlier in this process, or None (also for
+    callables that cannot be weakly referenced or hashed)."""
     try:
         return _PLANS.get(model, {}).get(key)
     except TypeError:
         return None
 
 
-def remember_plan(model: Any, key: tuple, size: int, channels_last: bool) -> None:
+def remember_plan(model: Any, key: tuple, state: Dict[str, Any]) -> None:
     try:
-        _PLANS.setdefault(model, {})[key] = (size, channels_last)
+        _PLANS.setdefault(model, {})[key] = state
     except TypeError:
         pass
 
@@ -105,6 +112,7 @@ class ModelCaller:
         self.policy = policy
         self.stats = stats
         self.note = note
+        self._layout_failed = False  # the model failed on channels_last_3d: never tried again
         self.channels_last = policy.channels_last is True
         self.inference_mode = policy.inference_mode
         self.seconds = 0.0  # model time of the last call
@@ -120,6 +128,15 @@ class ModelCaller:
                 note(f"fold_batchnorm: {why}")
         if policy.compile:
             self._model = self._compile()
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether 5-D inputs go to the model in ``torch.channels_last_3d``."""
+        return self._channels_last
+
+    @channels_last.setter
+    def channels_last(self, value: bool) -> None:
+        self._channels_last = bool(value) and not self._layout_failed
 
     def use_model(self, forward: Callable) -> Callable:
         """Call ``forward`` (an incremental runner standing in for the model) under the same policies;
@@ -141,9 +158,10 @@ class ModelCaller:
 
     def raw(self, args: Tuple, kwargs: Dict, autocast: Optional[str]) -> Any:
         """One timed model call with the layout, inference-mode and autocast settings."""
+        call_args = args
         if self.channels_last:
-            args = tuple(a.contiguous(memory_format=torch.channels_last_3d)
-                         if isinstance(a, Tensor) and a.dim() == 5 else a for a in args)
+            call_args = tuple(a.contiguous(memory_format=torch.channels_last_3d)
+                              if isinstance(a, Tensor) and a.dim() == 5 else a for a in args)
         dtype = _AUTOCAST.get(autocast) if autocast else None
         device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
         start = time.perf_counter()
@@ -151,14 +169,16 @@ class ModelCaller:
             # inference_mode(False) would switch gradients back on inside the caller's no_grad: not entered
             grad_mode = torch.inference_mode() if self.inference_mode else contextlib.nullcontext()
             with grad_mode, onednn_conv3d(self.onednn, self._conv_counter), \
+                    channels_last_pooling(self.channels_last), \
                     torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-                out = self._graph_call(args, kwargs) if self.policy.cuda_graphs else self._model(*args, **kwargs)
+                out = (self._graph_call(call_args, kwargs) if self.policy.cuda_graphs
+                       else self._model(*call_args, **kwargs))
         except RuntimeError as err:  # retried once without the failing setting; a second failure raises
             if self.inference_mode:
                 self.inference_mode = False
                 self.note(f"inference_mode not used: the model failed under it ({err})")
             elif self.channels_last and self.policy.channels_last == "auto":
-                self.channels_last = False
+                self._layout_failed, self.channels_last = True, False
                 self.note(f"channels_last_3d not used: the model failed on it ({err})")
             else:
                 raise
@@ -213,16 +233,19 @@ class ChunkPlanner:
     Args:
         cap: the most rows per call (the memory budget, or the caller's int).
         ramp: grow the chunk by measured throughput (``"auto"``); False: always ``cap``.
-        layout_trial: measure channels_last_3d once the ramp settles (5-D inputs, ``"auto"``).
+        layout_trial: measure the other layout once the ramp settles (5-D inputs, ``"auto"``).
         caller: the :class:`ModelCaller` whose layout the trial sets.
-        recalled: ``(rows, channels_last)`` a ramp settled on earlier for the same model and
-            inputs (:func:`recall_plan`): no ramp, no trial.
-        remember: called with ``(rows, channels_last)`` when this ramp settles.
+        recalled: the state an earlier planner left for the same model and inputs
+            (:func:`recall_plan`): settled, it is used as it is (no ramp, no trial); else the ramp
+            or trial goes on from it.
+        remember: called with :meth:`state` when the plan settles and by :meth:`save`.
+        base_channels_last: the ramp's layout under a layout trial (channels_last_3d on the CPU).
     """
 
     def __init__(self, cap: int, ramp: bool, layout_trial: bool, caller: ModelCaller,
-                 recalled: Optional[Tuple[int, bool]] = None,
-                 remember: Optional[Callable[[int, bool], None]] = None) -> None:
+                 recalled: Optional[Dict[str, Any]] = None,
+                 remember: Optional[Callable[[Dict[str, Any]], None]] = None,
+                 base_channels_last: bool = False) -> None:
         self.cap = max(1, cap)
         self.auto = ramp
         self.ramp = ramp and self.cap > 1
@@ -232,47 +255,76 @@ class ChunkPlanner:
         # CPU a batch-1 call can be the fastest per row (oneDNN batch-1 convolutions).
         self.size = 1 if self.ramp else self.cap
         self.rates: Dict[int, float] = {}
-        self.checked: set = set()
+        self.checked = False  # the batch-dependence check ran
         self.trial: Optional[int] = None  # chunk size of the layout trial in progress
         self.trial_calls = 0
-        self.plain_calls: Dict[int, int] = {}  # calls per size in the plain layout
-        self.steady: Dict[int, float] = {}  # plain-layout throughput per size, first call at a size excluded
+        self.base = base_channels_last if layout_trial else caller.channels_last  # the ramp's layout
+        self.first_in_base = caller.channels_last == self.base  # the reference call (made before) ran in it
+        self.initial_layout = caller.channels_last
+        if layout_trial:
+            caller.channels_last = self.base
+        self.plain_calls: Dict[int, int] = {}  # calls per size in the ramp's layout
+        self.steady: Dict[int, float] = {}  # the ramp layout's throughput per size, first call at a size excluded
         self.batch_dependent = False
         self.summary: Optional[str] = None
         self.used = 0  # the most new rows of one call so far
         self.remember = remember
         if recalled is not None and self.ramp:
-            self.size, self.ramp = min(recalled[0], self.cap), False
-            if layout_trial:
-                self.caller.channels_last, self.layout_trial = recalled[1], False
+            self._resume(recalled)
+
+    _MEASURED = ("size", "ramp", "layout_trial", "trial", "trial_calls", "rates", "steady", "plain_calls")
+
+    def state(self) -> Dict[str, Any]:
+        """What this planner measured and decided, for :func:`remember_plan`."""
+        state = {name: copy.copy(getattr(self, name)) for name in self._MEASURED}
+        state.update(channels_last=bool(self.caller.channels_last), settled=not (self.ramp or self.layout_trial))
+        return state
+
+    def save(self) -> None:
+        """Leave the state for the next call on the same model and inputs (a ramp that ran out of rows)."""
+        if self.remember is not None and self.auto and not self.batch_dependent:
+            self.remember(self.state())
+
+    def _resume(self, state: Dict[str, Any]) -> None:
+        layout_trial = self.layout_trial
+        if state["settled"]:
+            self.size, self.ramp, self.layout_trial = min(state["size"], self.cap), False, False
             self.summary = (f"batch=auto: perturbations_per_eval={self.size} (measured for this model and input "
                             f"shape earlier in this process; channels_last_3d "
-                            f"{'on' if self.caller.channels_last else 'off'})")
+                            f"{'on' if state['channels_last'] else 'off'})")
+        else:
+            for name in self._MEASURED:
+                setattr(self, name, copy.copy(state[name]))
+            self.size = min(self.size, self.cap)
+        if layout_trial:
+            self.caller.channels_last = state["channels_last"]
 
     def next_chunk(self, remaining: int) -> Tuple[int, bool]:
         """(new rows of the next chunk, whether it carries the check row)."""
-        check = self.size > 1 and self.size not in self.checked
+        check = self.size > 1 and not self.checked
         count = min(self.size - 1 if check else self.size, remaining)
         self.used = max(self.used, count)
         if check:
-            self.checked.add(self.size)
+            self.checked = True
         if self.layout_trial and not self.ramp and count == self.size and not check and self.size in self.steady:
             if self.trial is None:
                 self.trial, self.trial_calls = self.size, 0
-            self.caller.channels_last = True
+            self.caller.channels_last = not self.base
         return count, check
 
     def record(self, model_rows: int, seconds: float, first: bool = False) -> None:
         """Throughput of a call of ``model_rows`` rows (``first``: the initial, one-row call)."""
         rate = model_rows / max(seconds, 1e-9)
-        if self.trial is None and not self.caller.channels_last:
+        if self.trial is None and self.caller.channels_last == self.base and (self.first_in_base or not first):
             # The first call at a size pays one-time costs (allocation, kernel selection): not steady.
             self.plain_calls[model_rows] = self.plain_calls.get(model_rows, 0) + 1
             if self.plain_calls[model_rows] >= 2:
                 self.steady[model_rows] = rate
         if first:
-            self.rates[1] = rate
+            self.rates.setdefault(1, rate)  # a resumed ramp keeps its steady rate
             if self.ramp and seconds < FAST_CALL_S:  # per-call overhead dominates: no ramp, no trial
+                if self.layout_trial:  # an unmeasured layout is not kept
+                    self.caller.channels_last = self.initial_layout
                 self.ramp, self.layout_trial, self.size = False, False, self.cap
             return
         if self.trial is not None:
@@ -280,11 +332,14 @@ class ChunkPlanner:
             if model_rows != self.trial or self.trial_calls < 2:
                 return  # the first call in the new layout pays its own one-time costs
             self.trial, self.layout_trial = None, False
-            self.caller.channels_last = rate >= self.steady[model_rows] * MIN_LAYOUT_GAIN
+            trial_wins = rate >= self.steady[model_rows] * MIN_LAYOUT_GAIN
+            self.caller.channels_last = self.base != trial_wins
             self._settled()
             return
         if not self.ramp or model_rows != self.size:
             return
+        if model_rows == 1 and self.plain_calls.get(1, 0) < 2:
+            return  # batch 1 is judged on a steady call (the reference ran in the other layout)
         self.rates[model_rows] = rate
         best = self._best()
         if best * 2 >= self.size and self.size * 2 <= self.cap:  # stop after two doublings without a gain
@@ -318,12 +373,13 @@ class ChunkPlanner:
 
     def _settled(self) -> None:
         self._summarize()
-        if self.remember is not None and not self.batch_dependent:
-            self.remember(self.size, bool(self.caller.channels_last))
+        self.save()
 
     def _summarize(self) -> None:
-        best = min(self._best() if self.ramp else self.size, max(1, self.used))
-        self.summary = (f"batch=auto: perturbations_per_eval={best} (measured {self.rates.get(best, 0.0):.1f} "
+        size = self._best() if self.ramp else self.size
+        best = min(size, max(1, self.used))  # the rows ran out before a full chunk: the largest one used
+        rate = self.rates.get(size, self.steady.get(size, 0.0))
+        self.summary = (f"batch=auto: perturbations_per_eval={best} (measured {rate:.1f} "
                         f"evaluations/s against {self.rates.get(1, 0.0):.1f} at 1; channels_last_3d "
                         f"{'on' if self.caller.channels_last else 'off'})")
 
