@@ -62,6 +62,19 @@ def test_untouched_calls_pass_through():
     assert counter.rerouted == 1
 
 
+def test_channels_last_1x1_kernels_run_on_onednn_and_keep_the_layout():
+    torch.manual_seed(0)
+    w1 = torch.randn(8, 4, 1, 1, 1, dtype=torch.float64)
+    x = torch.randn(1, 4, 10, 10, 10, dtype=torch.float64)
+    xc = x.float().contiguous(memory_format=torch.channels_last_3d)
+    assert not F.conv3d(xc, w1.float()).is_contiguous(memory_format=torch.channels_last_3d)  # PyTorch's slow path
+    counter = ConvCounter()
+    with torch.no_grad(), onednn_conv3d("auto", counter):
+        got = F.conv3d(xc, w1.float())
+    assert counter.rerouted == 1 and got.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(got.double(), F.conv3d(x, w1), rtol=1e-5, atol=1e-5)
+
+
 def test_modules_and_padding_modes_match_outside_the_block():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv3d(3, 6, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
