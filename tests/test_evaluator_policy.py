@@ -349,3 +349,16 @@ def test_a_ramp_that_ran_out_of_rows_goes_on_in_the_next_call():
         assert check == (sizes[-1] == 4)
         planner.record(sizes[-1], sizes[-1] / rates[sizes[-1]])
     assert sizes == [1, 1, 2, 4, 8, 16] and planner.size == 4
+
+
+def test_plans_are_kept_for_the_callers_model_behind_the_incremental_wrapper(monkeypatch):
+    from mmxai_fast.models import VGG3D
+
+    monkeypatch.setattr(_evaluator_policy, "FAST_CALL_S", 0.0)
+    torch.manual_seed(0)
+    model, x = VGG3D(in_channels=2, widths=(4, 8), hidden=8).eval(), torch.randn(1, 2, 8, 8, 8)
+    stripes = (torch.arange(8) % 2).expand(1, 1, 8, 8, 8).contiguous()  # boxes span the volume: dense rows
+    explainer = FeatureAblation(model)
+    explainer.attribute(x, target=0, feature_mask=stripes, perturbations_per_eval="auto", incremental="auto")
+    assert explainer.last_incremental_report is not None and not explainer.last_incremental_report["used"]
+    assert _evaluator_policy.recall_plan(model, _signature(x)) is not None

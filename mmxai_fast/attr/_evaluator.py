@@ -139,6 +139,7 @@ class Evaluator:
         if session is not None or self.perturbations_per_eval == "auto":
             self.caller = ModelCaller(forward_func, self.policy, self.stats, self._note)
         self.planner: Optional[ChunkPlanner] = None
+        self._plan_owner = forward_func  # the caller's model: plans are remembered per model, not per wrapper
         self._reference: Optional[Tuple[Tuple[Tensor, ...], Tensor]] = None  # the first call's (inputs, output)
 
     # ------------------------------------------------------------------ the two policy seams
@@ -237,7 +238,7 @@ class Evaluator:
         auto = self.perturbations_per_eval == "auto"
         layout_trial = auto and self.policy.channels_last == "auto" and any(x.dim() == 5 for x in self.inputs)
         key = plan_key(self.inputs, self.policy)
-        model = self.forward_func
+        model = self._plan_owner
         self.planner = ChunkPlanner(self._planner_cap(), auto, layout_trial, self.caller,
                                     recalled=recall_plan(model, key) if auto else None,
                                     remember=lambda state: remember_plan(model, key, state),
