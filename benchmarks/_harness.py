@@ -69,6 +69,19 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int = 5, wa
             "iqr_s": q[2] - q[0], "repeats": repeats}
 
 
+def best_of_rounds(ways: Dict[str, Callable[[], object]], rounds: int, repeats: int,
+                   device: torch.device = torch.device("cpu")) -> Dict[str, Dict[str, float]]:
+    """:func:`measure` of each way, the ways alternating over ``rounds`` (slow drifts of the
+    machine fall on all alike); per way, the round of the lowest median."""
+    best: Dict[str, Dict[str, float]] = {}
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            m = measure(fn, device, repeats=repeats, warmup=2)
+            if name not in best or m["median_s"] < best[name]["median_s"]:
+                best[name] = m
+    return best
+
+
 @lru_cache(maxsize=None)
 def git_commit() -> str:
     try:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import measure, row, write_run  # noqa: E402
+from _harness import best_of_rounds, row, write_run  # noqa: E402
 from dropin_pipeline import build_model  # noqa: E402
 
 from mmxai_fast._malloc import keep_freed_memory  # noqa: E402
@@ -26,16 +26,6 @@ from mmxai_fast.attr._onednn_conv import onednn_conv3d  # noqa: E402
 from mmxai_fast.phantom import make_brain_phantom  # noqa: E402
 
 CL = torch.channels_last_3d
-
-
-def _best(ways: dict, rounds: int, repeats: int) -> dict:
-    best: dict = {}
-    for _ in range(rounds):
-        for name, fn in ways.items():
-            m = measure(fn, torch.device("cpu"), repeats=repeats, warmup=2)
-            if name not in best or m["median_s"] < best[name]["median_s"]:
-                best[name] = m
-    return best
 
 
 def main(argv=None) -> None:
@@ -57,7 +47,7 @@ def main(argv=None) -> None:
             err = float((avg_pool3d(xc, 2).double() - exact).abs().max() / exact.abs().max())
             ways = {"pytorch ncdhw": lambda: F.avg_pool3d(x, 2), "pytorch channels_last_3d": lambda: F.avg_pool3d(xc, 2),
                     "mmxai_fast channels_last_3d": lambda: avg_pool3d(xc, 2)}
-            best = _best(ways, args.rounds, args.repeats * 4)
+            best = best_of_rounds(ways, args.rounds, args.repeats * 4)
             base = best["pytorch channels_last_3d"]["median_s"]
             for impl, m in best.items():
                 rows.append(row("avg_pool3d", impl, f"{channels}x{size}^3 kernel 2", device="cpu", dtype="float32",
@@ -80,7 +70,7 @@ def main(argv=None) -> None:
                     with channels_last_pooling():
                         return model(xc)
 
-                best = _best({"pytorch pool": lambda: model(xc), "channels_last pool": pooled}, args.rounds,
+                best = best_of_rounds({"pytorch pool": lambda: model(xc), "channels_last pool": pooled}, args.rounds,
                              args.repeats)
             base = best["pytorch pool"]["median_s"]
             for impl, m in best.items():

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import measure, row, write_run  # noqa: E402
+from _harness import best_of_rounds, row, write_run  # noqa: E402
 from dropin_pipeline import build_model  # noqa: E402
 
 from mmxai_fast._malloc import keep_freed_memory  # noqa: E402
@@ -53,12 +53,8 @@ def main(argv=None) -> None:
         with torch.inference_mode(), onednn_conv3d():
             err = float((folded(x) - model(x)).abs().max() / model(x).abs().max())
             for layout, inp in layouts.items():
-                best = {"model": None, "folded": None}
-                for _ in range(args.rounds):
-                    for impl, fn in (("model", model), ("folded", folded)):
-                        m = measure(lambda: fn(inp), torch.device("cpu"), repeats=args.repeats, warmup=2)
-                        if best[impl] is None or m["median_s"] < best[impl]["median_s"]:
-                            best[impl] = m
+                best = best_of_rounds({"model": lambda: model(inp), "folded": lambda: folded(inp)}, args.rounds,
+                                      args.repeats)
                 for impl in ("model", "folded"):
                     m = best[impl]
                     rows.append(row("fold_batchnorm", impl, f"{name} batch 1 {layout}", device="cpu", dtype="float32",
