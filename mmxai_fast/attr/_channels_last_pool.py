@@ -4,8 +4,9 @@ PyTorch's CPU ``avg_pool3d`` has no channels-last kernel: a ``channels_last_3d``
 the plain layout, pooled there and returned in the plain layout, so every layer after it (a
 DenseNet's transition, then a whole dense block) runs in the plain layout and each oneDNN
 convolution reorders its input and output again. On the project's 2-core AMD EPYC (AVX2) that pool
-took 25 ms for a 16 x 64^3 activation against 7 ms in the plain layout; :func:`avg_pool3d` below
-takes 2.3 ms and keeps the layout (``benchmarks/bench_channels_last_pool.py``).
+took 16.4 ms for a 16 x 64^3 activation against 6.7 ms in the plain layout; :func:`avg_pool3d`
+below takes 2.4 ms and keeps the layout, and a batch-1 DenseNet-like call in channels_last_3d ran
+1.22x faster with it (``benchmarks/bench_channels_last_pool.py``, one run).
 
 :func:`channels_last_pooling` replaces ``torch.nn.functional.avg_pool3d`` (what ``nn.AvgPool3d``
 calls) for the duration of a block. Only the common transition pool goes the new way: kernel 2 and
