@@ -102,7 +102,7 @@ def add_run_parser(sub) -> None:
                      help="feed 3D inputs in channels_last_3d: auto (when measured faster), on, off")
     run.add_argument("--onednn-conv", choices=("auto", "on", "off"), default="auto",
                      help="run CPU conv3d calls bound for PyTorch's slow batch-1 path on oneDNN: auto (kernels "
-                          "larger than 1x1x1), on (all), off")
+                          "larger than 1x1x1, and 1x1x1 ones of channels-last inputs), on (all), off")
     run.add_argument("--incremental", choices=("auto", "on", "off"), default="auto",
                      help="Occlusion, FeatureAblation and ShapleyValueSampling recompute only what each perturbation "
                           "changes: auto (default: where the plan predicts more than 1.5x fewer FLOPs, 3x at one "

@@ -19,26 +19,22 @@ to PyTorch unchanged. The replacement is process-wide while a block is open.
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._function_patch import FunctionPatch
+
 __all__ = ["avg_pool3d", "channels_last_pooling"]
 
 _ORIGINAL = F.avg_pool3d
-_lock = threading.Lock()
-_depth = 0
 
 
-def _is_two(value: Any) -> bool:
-    return value == 2 or (isinstance(value, (tuple, list)) and len(value) == 3 and all(v == 2 for v in value))
-
-
-def _is_zero(value: Any) -> bool:
-    return value == 0 or (isinstance(value, (tuple, list)) and len(value) == 3 and all(v == 0 for v in value))
+def _all_equal(value: Any, n: int) -> bool:
+    """``value`` is ``n``, or ``n`` along each of three axes."""
+    return value == n or (isinstance(value, (tuple, list)) and len(value) == 3 and all(v == n for v in value))
 
 
 def _takes_fast_path(x: Any, kernel_size: Any, stride: Any, padding: Any, ceil_mode: bool,
@@ -47,7 +43,8 @@ def _takes_fast_path(x: Any, kernel_size: Any, stride: Any, padding: Any, ceil_m
         return False
     if torch.compiler.is_compiling():
         return False
-    if not (_is_two(kernel_size) and (stride is None or _is_two(stride) or stride == []) and _is_zero(padding)):
+    if not (_all_equal(kernel_size, 2) and (stride is None or _all_equal(stride, 2) or stride == [])
+            and _all_equal(padding, 0)):
         return False
     if divisor_override is not None or x.shape[1] < 2 or min(x.shape[2:]) < 2:
         return False
@@ -71,21 +68,14 @@ def avg_pool3d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any
     return s.mul_(0.125).permute(0, 4, 1, 2, 3)
 
 
+_PATCH = FunctionPatch(F, "avg_pool3d", avg_pool3d)
+
+
 @contextlib.contextmanager
 def channels_last_pooling(enabled: bool = True) -> Iterator[None]:
     """Inside the block, ``F.avg_pool3d`` takes :func:`avg_pool3d` (module docstring)."""
-    global _depth
     if not enabled:
         yield
         return
-    with _lock:
-        if _depth == 0:
-            F.avg_pool3d = avg_pool3d  # type: ignore[assignment]
-        _depth += 1
-    try:
+    with _PATCH.block():
         yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                F.avg_pool3d = _ORIGINAL

@@ -259,8 +259,7 @@ class ChunkPlanner:
         self.trial: Optional[int] = None  # chunk size of the layout trial in progress
         self.trial_calls = 0
         self.base = base_channels_last if layout_trial else caller.channels_last  # the ramp's layout
-        self.first_in_base = caller.channels_last == self.base  # the reference call (made before) ran in it
-        self.initial_layout = caller.channels_last
+        self.initial_layout = caller.channels_last  # the reference call's (made before the planner)
         if layout_trial:
             caller.channels_last = self.base
         self.plain_calls: Dict[int, int] = {}  # calls per size in the ramp's layout
@@ -315,7 +314,8 @@ class ChunkPlanner:
     def record(self, model_rows: int, seconds: float, first: bool = False) -> None:
         """Throughput of a call of ``model_rows`` rows (``first``: the initial, one-row call)."""
         rate = model_rows / max(seconds, 1e-9)
-        if self.trial is None and self.caller.channels_last == self.base and (self.first_in_base or not first):
+        if self.trial is None and self.caller.channels_last == self.base and (self.initial_layout == self.base
+                                                                              or not first):
             # The first call at a size pays one-time costs (allocation, kernel selection): not steady.
             self.plain_calls[model_rows] = self.plain_calls.get(model_rows, 0) + 1
             if self.plain_calls[model_rows] >= 2:

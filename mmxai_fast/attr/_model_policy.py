@@ -13,7 +13,7 @@ reads the :class:`ModelPolicy` with :func:`active_session` and applies it
 - ``inference_mode=True``: model calls under :func:`torch.inference_mode`.
 - ``onednn_conv="auto"|True|False``: float32 CPU ``conv3d`` calls that PyTorch would run on its
   slow batch-1 path go to oneDNN (:mod:`mmxai_fast.attr._onednn_conv`; ``"auto"``: kernels larger
-  than 1x1x1, True: all of them, False: never).
+  than 1x1x1, and 1x1x1 ones of channels-last inputs, True: all of them, False: never).
 - Opt-in ``fold_batchnorm=True``: CPU models are called as a copy with each eval-mode BatchNorm folded
   into the convolution before it (and a ReLU after it fused in; :mod:`mmxai_fast.attr._fold_batchnorm`).
 - ``incremental=False|True|"auto"``: what Occlusion, FeatureAblation and ShapleyValueSampling

@@ -21,18 +21,17 @@ take the same rule; their results stay within float32 rounding).
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Any, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._function_patch import FunctionPatch
+
 __all__ = ["ConvCounter", "onednn_conv3d"]
 
 _ORIGINAL = F.conv3d
-_lock = threading.Lock()
-_depth = 0
 _mode: Any = "auto"
 _counters: List["ConvCounter"] = []
 
@@ -91,26 +90,26 @@ def onednn_conv3d(mode: Any = "auto", counter: Optional[ConvCounter] = None) -> 
     """Inside the block, ``conv3d`` calls bound for ``slow_conv3d`` run on oneDNN (module docstring).
 
     Args:
-        mode: ``"auto"`` (kernels larger than 1x1x1), True (every slow-path call), False (no change).
+        mode: ``"auto"`` (kernels larger than 1x1x1, and 1x1x1 ones of channels-last inputs), True
+            (every slow-path call), False (no change).
         counter: counts this block's calls and reroutes.
     """
-    global _depth, _mode
     if mode is False:
         yield
         return
-    with _lock:
-        if _depth == 0:
-            _mode = mode
-            F.conv3d = _conv3d  # type: ignore[assignment]
-        _depth += 1
+
+    def set_mode() -> None:
+        global _mode
+        _mode = mode
+
+    with _PATCH.block(on_first=set_mode):
         if counter is not None:
             _counters.append(counter)
-    try:
-        yield
-    finally:
-        with _lock:
+        try:
+            yield
+        finally:
             if counter is not None:
                 _counters.remove(counter)
-            _depth -= 1
-            if _depth == 0:
-                F.conv3d = _ORIGINAL
+
+
+_PATCH = FunctionPatch(F, "conv3d", _conv3d)
