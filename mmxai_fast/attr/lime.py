@@ -19,8 +19,11 @@ of the perturbed input to the original. Here a sample **is** an engine coalition
    from per-feature sums ``sum x^2``, ``sum x b``, ``sum b^2`` (one pass over the input) and the
    sample matrix, never from the perturbed inputs.
 
-The interpretable model is fitted exactly as Captum does (``fit(DataLoader)`` then
-``representation()``), one fit per example.
+The interpretable model is fitted as Captum does (``fit(DataLoader)`` then ``representation()``),
+one fit per example; Captum's default ``SkLearnLasso`` and ``SkLearnLinearRegression`` are fitted
+in process by scikit-learn's algorithm in float64 instead (:mod:`mmxai_fast.attr._sklearn_fit`:
+no 1.7-1.9 s scikit-learn/SciPy import on the first fit; Captum's float32 fit agrees to float32
+rounding on well-conditioned samples).
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ from .._validation import (check_background_id, check_feature_masks, check_input
                            int_at_least)
 from ._features import FeatureMap, ids_present
 from ._perturbers import CoalitionPerturber
+from ._sklearn_fit import fit_without_sklearn
 
 __all__ = ["Lime"]
 
@@ -375,11 +379,14 @@ class Lime(_CaptumLime):
         return rows, values.t()
 
     def _fit_interpretable_model(self, rows: Tensor, outputs: Tensor, weights: Tensor) -> List[Tensor]:
-        """Captum's fit, once per group: ``fit(DataLoader((z, y, w)))`` then ``representation()``."""
+        """Captum's fit, once per group: ``fit(DataLoader((z, y, w)))`` then ``representation()``
+        (Captum's scikit-learn Lasso / LinearRegression: the same fit without importing
+        scikit-learn, :mod:`mmxai_fast.attr._sklearn_fit`)."""
         coefs = []
         num_rows = rows.shape[1]
         for z, y, w in zip(rows, outputs, weights):
-            data = TensorDataset(z.float(), y.float(), w.float())
-            self.interpretable_model.fit(DataLoader(data, batch_size=num_rows))
+            data = DataLoader(TensorDataset(z.float(), y.float(), w.float()), batch_size=num_rows)
+            if fit_without_sklearn(self.interpretable_model, data) is None:
+                self.interpretable_model.fit(data)
             coefs.append(self.interpretable_model.representation())
         return coefs

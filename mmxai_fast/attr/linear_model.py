@@ -24,8 +24,8 @@ __all__ = ["TorchWeightedLinearRegression", "weighted_least_squares"]
 
 
 def weighted_least_squares(x: Tensor, y: Tensor, sample_weight: Optional[Tensor] = None, *,
-                           fit_intercept: bool = True,
-                           dtype: torch.dtype = torch.float64) -> Tuple[Tensor, Tensor]:
+                           fit_intercept: bool = True, dtype: torch.dtype = torch.float64,
+                           rcond: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """Minimum-norm weighted least squares, batched over leading dims, on ``x``'s device.
 
     Args:
@@ -34,6 +34,8 @@ def weighted_least_squares(x: Tensor, y: Tensor, sample_weight: Optional[Tensor]
         sample_weight: ``(*B, M)`` non-negative weights; None: all ones.
         fit_intercept: also fit ``c`` (weighted-mean centring, like scikit-learn).
         dtype: computation dtype (float64 by default).
+        rcond: singular values below ``rcond`` times the largest count as zero (scikit-learn's
+            ``LinearRegression(tol)``); None: ``max(M, F)`` times the dtype's epsilon.
 
     Returns:
         ``(coef, intercept)``: ``coef`` ``(*B, F)`` (``(*B, K, F)`` for 2-D targets) and
@@ -68,7 +70,7 @@ def weighted_least_squares(x: Tensor, y: Tensor, sample_weight: Optional[Tensor]
         y_mean = (w * y).sum(-2, keepdim=True) / total  # (*B, 1, K)
         x, y = x - x_mean, y - y_mean
     root = w.sqrt()
-    coef = torch.linalg.pinv(root * x) @ (root * y)  # (*B, F, K)
+    coef = torch.linalg.pinv(root * x, rtol=rcond) @ (root * y)  # (*B, F, K)
     if fit_intercept:
         intercept = (y_mean - x_mean @ coef).squeeze(-2)
     else:
