@@ -6,7 +6,7 @@ SciPy: 1.7-1.9 s on the first fit in a process (as long as 30 model evaluations 
 on this project's 2-core CPU). :func:`fit_without_sklearn` does the same fit here for those two
 models with their supported settings, and leaves the model as Captum's fit does
 (``_construct_model_params``: float32 ``representation()`` and ``bias()``). Any other model or
-setting returns False and the caller runs Captum's own fit.
+setting returns None and the caller runs Captum's own fit.
 
 - Lasso: scikit-learn 1.9's dense path (``ElasticNet.fit`` with ``precompute=False``): sample
   weights rescaled to sum to ``n``, weighted centring, rows scaled by ``sqrt(w)``, then cyclic
@@ -18,8 +18,12 @@ setting returns False and the caller runs Captum's own fit.
   dropped (:func:`~mmxai_fast.attr.linear_model.weighted_least_squares`).
 
 scikit-learn runs on Captum's float32 arrays in float32; this runs in float64 on the same float32
-values, so coefficients agree to float32 rounding (``tests/test_sklearn_fit.py``: max difference
-<= 1e-5 of the largest coefficient against float32 scikit-learn, <= 1e-9 against float64).
+values: the coefficients equal scikit-learn's on float64 data (``tests/test_sklearn_fit.py``: to
+1e-9 of the largest coefficient) and Captum's float32 fit to float32 rounding (1e-4 of it on
+well-conditioned samples; scikit-learn's float32 solve is the less accurate of the two on
+ill-conditioned ones, such as KernelShap's 1e6-weighted rows with fewer samples than features).
+Versions of scikit-learn before 1.9 stop on a slightly different criterion (the same optimum,
+to their tolerance).
 """
 from __future__ import annotations
 
