@@ -47,6 +47,7 @@ def test_fast_models_go_straight_to_the_cap_with_the_check_row(monkeypatch):
 
 def test_auto_grows_the_chunk_on_real_rows_and_keeps_results(monkeypatch):
     monkeypatch.setattr(_evaluator_policy, "FAST_CALL_S", 0.0)  # ramp even for this tiny model
+    monkeypatch.setattr(_evaluator_policy, "EXPLORE_MIN_ROWS", 0)  # and on its 16 rows
     model, (x, mask) = Counting().eval(), _case()
     expected = captum.attr.FeatureAblation(model).attribute(x, target=1, feature_mask=mask)
     model.batches.clear()
@@ -362,3 +363,42 @@ def test_plans_are_kept_for_the_callers_model_behind_the_incremental_wrapper(mon
     explainer.attribute(x, target=0, feature_mask=stripes, perturbations_per_eval="auto", incremental="auto")
     assert explainer.last_incremental_report is not None and not explainer.last_incremental_report["used"]
     assert _evaluator_policy.recall_plan(model, _signature(x)) is not None
+
+
+def test_a_short_cpu_call_does_not_explore_and_leaves_it_to_a_longer_one():
+    caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
+    saved = []
+    planner = ChunkPlanner(32, True, True, caller, remember=saved.append, base_channels_last=True,
+                           explore_min_rows=24)
+    planner.record(1, 1.0, first=True)
+    rates = {1: 1.0, 2: 3.0, 4: 5.0, 8: 5.2, 16: 5.1}
+    for left in range(16, 0, -1):  # 16 rows: batch 1 throughout, in the ramp's layout, no trial
+        assert planner.next_chunk(left) == (1, False) and caller.channels_last
+        planner.record(1, 1.0 / rates[1])
+    planner.save()
+    assert not saved[-1]["settled"] and saved[-1]["steady"] == {1: 1.0}
+    assert "left for a call of at least 24 rows" in planner.final_summary()
+
+    caller = ModelCaller(lambda x: x, ModelPolicy(), None, lambda text: None)
+    planner = ChunkPlanner(32, True, True, caller, recalled=saved[-1], remember=saved.append,
+                           base_channels_last=True, explore_min_rows=24)
+    planner.record(1, 9.0, first=True)
+    sizes = []
+    while planner.ramp:  # 100 rows: the ramp goes on from the batch-1 rate measured before
+        count, check = planner.next_chunk(100)
+        sizes.append(count + check)
+        planner.record(sizes[-1], sizes[-1] / rates[sizes[-1]])
+    assert sizes == [2, 4, 8, 16] and planner.size == 4
+    planner.record(4, 4 / 5.0)  # the first steady call at 4, then the layout trial
+    assert planner.next_chunk(100) == (4, False) and not caller.channels_last
+
+
+def test_featureablation_of_16_features_stays_at_batch_one_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(_evaluator_policy, "FAST_CALL_S", 0.0)
+    model, (x, mask) = Counting().eval(), _case()
+    expected = captum.attr.FeatureAblation(model).attribute(x, target=1, feature_mask=mask)
+    model.batches.clear()
+    explainer = FeatureAblation(model)
+    got = explainer.attribute(x, target=1, feature_mask=mask, perturbations_per_eval="auto")
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert model.batches == [1] * 17  # no check row, no ramp step, no trial call

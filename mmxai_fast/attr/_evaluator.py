@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .._validation import is_int
 from ._errors import AttributionInputError
+from . import _evaluator_policy
 from ._evaluator_policy import (ChunkPlanner, ModelCaller, close, plan_key, recall_plan, remember_plan,
                                 training_modules, warn)
 from ._model_policy import ModelPolicy, active_session
@@ -238,11 +239,12 @@ class Evaluator:
         auto = self.perturbations_per_eval == "auto"
         layout_trial = auto and self.policy.channels_last == "auto" and any(x.dim() == 5 for x in self.inputs)
         key = plan_key(self.inputs, self.policy)
-        model = self._plan_owner
+        model, cpu = self._plan_owner, self.inputs[0].device.type == "cpu"
         self.planner = ChunkPlanner(self._planner_cap(), auto, layout_trial, self.caller,
                                     recalled=recall_plan(model, key) if auto else None,
                                     remember=lambda state: remember_plan(model, key, state),
-                                    base_channels_last=self.inputs[0].device.type == "cpu")
+                                    base_channels_last=cpu,
+                                    explore_min_rows=_evaluator_policy.EXPLORE_MIN_ROWS if cpu else 0)
         self.planner.record(1, self.caller.seconds, first=True)
         self._reference = (model_inputs, out)
         training = training_modules(self.forward_func) if auto else []

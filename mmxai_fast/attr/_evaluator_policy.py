@@ -20,7 +20,9 @@ active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an i
   layout decides it (taken when :data:`MIN_LAYOUT_GAIN` faster; both layouts timed on a call that
   is not their first at that size, which pays one-time costs). On the CPU the ramp runs in
   ``channels_last_3d`` (oneDNN's native layout, where no convolution reorders its input) and the
-  trial in the plain layout; elsewhere the other way round. The first chunk of more than one row
+  trial in the plain layout; elsewhere the other way round. On the CPU a call with fewer than
+  :data:`EXPLORE_MIN_ROWS` rows does not explore: it runs at the best chunk measured so far and
+  leaves the ramp and the trial, unsettled, to a longer call. The first chunk of more than one row
   is checked for batch dependence (once per call: what depends on the batch, train-mode BatchNorm
   or layers that mix samples, shows at two rows): it carries the first evaluation's row (run
   alone at :meth:`Evaluator.initialize`) as its last row, whose batched output must equal the
@@ -58,6 +60,10 @@ MIN_GAIN = 1.10
 FAST_CALL_S = 0.01
 #: The layout trial's layout must be this much faster than the ramp's to be taken.
 MIN_LAYOUT_GAIN = 1.05
+#: On the CPU a call explores (ramp steps past batch 1, the layout trial) only with at least this
+#: many rows left: about three times the rows the exploration itself spends (a ramp to 4 with its
+#: check row, two trial calls), since there batch 1 is usually the fastest or close to it.
+EXPLORE_MIN_ROWS = 24
 _TOLERANCE = {torch.float64: (1e-7, 1e-9), torch.float32: (1e-4, 1e-5),
               torch.bfloat16: (3e-2, 1e-2), torch.float16: (1e-2, 1e-3)}
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -240,12 +246,15 @@ class ChunkPlanner:
             or trial goes on from it.
         remember: called with :meth:`state` when the plan settles and by :meth:`save`.
         base_channels_last: the ramp's layout under a layout trial (channels_last_3d on the CPU).
+        explore_min_rows: a call with fewer rows left at its first chunk does not explore (no ramp
+            step past the best size measured, no layout trial) and leaves the plan unsettled for
+            the next call (:data:`EXPLORE_MIN_ROWS` on the CPU; 0: always explore).
     """
 
     def __init__(self, cap: int, ramp: bool, layout_trial: bool, caller: ModelCaller,
                  recalled: Optional[Dict[str, Any]] = None,
                  remember: Optional[Callable[[Dict[str, Any]], None]] = None,
-                 base_channels_last: bool = False) -> None:
+                 base_channels_last: bool = False, explore_min_rows: int = 0) -> None:
         self.cap = max(1, cap)
         self.auto = ramp
         self.ramp = ramp and self.cap > 1
@@ -268,6 +277,8 @@ class ChunkPlanner:
         self.summary: Optional[str] = None
         self.used = 0  # the most new rows of one call so far
         self.remember = remember
+        self.explore_min_rows = explore_min_rows
+        self.explore: Optional[bool] = None  # this call explores: decided at its first chunk
         if recalled is not None and self.ramp:
             self._resume(recalled)
 
@@ -300,12 +311,16 @@ class ChunkPlanner:
 
     def next_chunk(self, remaining: int) -> Tuple[int, bool]:
         """(new rows of the next chunk, whether it carries the check row)."""
-        check = self.size > 1 and not self.checked
-        count = min(self.size - 1 if check else self.size, remaining)
+        if self.explore is None:
+            self.explore = remaining >= self.explore_min_rows
+        size = self.size if self.explore or not self.ramp else self._best()
+        check = size > 1 and not self.checked
+        count = min(size - 1 if check else size, remaining)
         self.used = max(self.used, count)
         if check:
             self.checked = True
-        if self.layout_trial and not self.ramp and count == self.size and not check and self.size in self.steady:
+        if self.explore and self.layout_trial and not self.ramp and count == self.size and not check \
+                and self.size in self.steady:
             if self.trial is None:
                 self.trial, self.trial_calls = self.size, 0
             self.caller.channels_last = not self.base
@@ -336,7 +351,7 @@ class ChunkPlanner:
             self.caller.channels_last = self.base != trial_wins
             self._settled()
             return
-        if not self.ramp or model_rows != self.size:
+        if not self.ramp or model_rows != self.size or (model_rows > 1 and not self.explore):
             return
         if model_rows == 1 and self.plain_calls.get(1, 0) < 2:
             return  # batch 1 is judged on a steady call (the reference ran in the other layout)
@@ -379,9 +394,11 @@ class ChunkPlanner:
         size = self._best() if self.ramp else self.size
         best = min(size, max(1, self.used))  # the rows ran out before a full chunk: the largest one used
         rate = self.rates.get(size, self.steady.get(size, 0.0))
+        left = "" if self.explore is not False or not (self.ramp or self.layout_trial) else (
+            f"; larger chunks and the other layout left for a call of at least {self.explore_min_rows} rows")
         self.summary = (f"batch=auto: perturbations_per_eval={best} (measured {rate:.1f} "
                         f"evaluations/s against {self.rates.get(1, 0.0):.1f} at 1; channels_last_3d "
-                        f"{'on' if self.caller.channels_last else 'off'})")
+                        f"{'on' if self.caller.channels_last else 'off'}{left})")
 
     def final_summary(self) -> str:
         """The note on the chosen chunk (also when the rows ran out before the ramp settled)."""
