@@ -402,3 +402,17 @@ def test_featureablation_of_16_features_stays_at_batch_one_on_the_cpu(monkeypatc
     got = explainer.attribute(x, target=1, feature_mask=mask, perturbations_per_eval="auto")
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert model.batches == [1] * 17  # no check row, no ramp step, no trial call
+
+
+def test_without_onednn_conv_a_short_cpu_call_still_explores(monkeypatch):
+    """PyTorch's batch-1 slow_conv3d makes larger chunks worth trying at once."""
+    from mmxai_fast.attr import patch_captum, unpatch_captum
+
+    monkeypatch.setattr(_evaluator_policy, "FAST_CALL_S", 0.0)
+    model, (x, mask) = Counting().eval(), _case()
+    patch_captum(batch="auto", onednn_conv=False)
+    try:
+        FeatureAblation(model).attribute(x, target=1, feature_mask=mask)
+    finally:
+        unpatch_captum()
+    assert model.batches[:4] == [1, 1, 1, 2]  # the ramp's first batched chunk, with the check row

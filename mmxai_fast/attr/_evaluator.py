@@ -240,11 +240,14 @@ class Evaluator:
         layout_trial = auto and self.policy.channels_last == "auto" and any(x.dim() == 5 for x in self.inputs)
         key = plan_key(self.inputs, self.policy)
         model, cpu = self._plan_owner, self.inputs[0].device.type == "cpu"
+        # Batch 1 is near the best only for volumes whose convolutions run on oneDNN at batch 1.
+        explore_min_rows = _evaluator_policy.EXPLORE_MIN_ROWS if (
+            cpu and any(x.dim() == 5 for x in self.inputs) and self.caller.onednn is not False) else 0
         self.planner = ChunkPlanner(self._planner_cap(), auto, layout_trial, self.caller,
                                     recalled=recall_plan(model, key) if auto else None,
                                     remember=lambda state: remember_plan(model, key, state),
                                     base_channels_last=cpu,
-                                    explore_min_rows=_evaluator_policy.EXPLORE_MIN_ROWS if cpu else 0)
+                                    explore_min_rows=explore_min_rows)
         self.planner.record(1, self.caller.seconds, first=True)
         self._reference = (model_inputs, out)
         training = training_modules(self.forward_func) if auto else []

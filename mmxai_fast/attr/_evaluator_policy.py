@@ -20,9 +20,11 @@ active (:func:`mmxai_fast.patch_captum` with settings, ``mmxai-fast run``); an i
   layout decides it (taken when :data:`MIN_LAYOUT_GAIN` faster; both layouts timed on a call that
   is not their first at that size, which pays one-time costs). On the CPU the ramp runs in
   ``channels_last_3d`` (oneDNN's native layout, where no convolution reorders its input) and the
-  trial in the plain layout; elsewhere the other way round. On the CPU a call with fewer than
-  :data:`EXPLORE_MIN_ROWS` rows does not explore: it runs at the best chunk measured so far and
-  leaves the ramp and the trial, unsettled, to a longer call. The first chunk of more than one row
+  trial in the plain layout; elsewhere the other way round. On the CPU a call on volumes whose
+  ``conv3d`` calls run on oneDNN at batch 1 does not explore with fewer than
+  :data:`EXPLORE_MIN_ROWS` rows: it runs at the best chunk measured so far and leaves the ramp
+  and the trial, unsettled, to a longer call (without oneDNN, PyTorch's batch-1 ``slow_conv3d``
+  makes larger chunks worth trying at once). The first chunk of more than one row
   is checked for batch dependence (once per call: what depends on the batch, train-mode BatchNorm
   or layers that mix samples, shows at two rows): it carries the first evaluation's row (run
   alone at :meth:`Evaluator.initialize`) as its last row, whose batched output must equal the
@@ -60,9 +62,10 @@ MIN_GAIN = 1.10
 FAST_CALL_S = 0.01
 #: The layout trial's layout must be this much faster than the ramp's to be taken.
 MIN_LAYOUT_GAIN = 1.05
-#: On the CPU a call explores (ramp steps past batch 1, the layout trial) only with at least this
-#: many rows left: about three times the rows the exploration itself spends (a ramp to 4 with its
-#: check row, two trial calls), since there batch 1 is usually the fastest or close to it.
+#: On the CPU a call on 5-D inputs (volumes; conv3d on oneDNN at batch 1, the ``onednn_conv``
+#: policy) explores (ramp steps past batch 1, the layout trial) only with at least this many rows
+#: left: about three times the rows the exploration itself spends (a ramp to 4 with its check row,
+#: two trial calls), since there batch 1 is usually the fastest or close to it.
 EXPLORE_MIN_ROWS = 24
 _TOLERANCE = {torch.float64: (1e-7, 1e-9), torch.float32: (1e-4, 1e-5),
               torch.bfloat16: (3e-2, 1e-2), torch.float16: (1e-2, 1e-3)}
@@ -248,7 +251,7 @@ class ChunkPlanner:
         base_channels_last: the ramp's layout under a layout trial (channels_last_3d on the CPU).
         explore_min_rows: a call with fewer rows left at its first chunk does not explore (no ramp
             step past the best size measured, no layout trial) and leaves the plan unsettled for
-            the next call (:data:`EXPLORE_MIN_ROWS` on the CPU; 0: always explore).
+            the next call (:data:`EXPLORE_MIN_ROWS` for CPU volumes on oneDNN; 0: always explore).
     """
 
     def __init__(self, cap: int, ramp: bool, layout_trial: bool, caller: ModelCaller,
