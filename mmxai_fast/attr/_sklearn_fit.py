@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -84,15 +84,9 @@ def fit_without_sklearn(model: Any, train_data: Iterable) -> Optional[Dict[str, 
     if settings is None:
         return None
     batches = [tuple(batch) for batch in train_data]
-    covered = bool(batches) and all(len(batch) == 3 for batch in batches)
-    if covered:
-        X, target, w = (np.concatenate([batch[i].detach().cpu().numpy() for batch in batches]).astype(np.float64)
-                        for i in range(3))
-        covered = (X.ndim == 2 and target.ndim == 1 and w.ndim == 1 and len(X) == len(target) == len(w)
-                   and bool(np.isfinite(X).all() and np.isfinite(target).all() and np.isfinite(w).all())
-                   and not (w < 0).any() and w.sum() > 0)
+    arrays = _covered_arrays(batches)
     start = time.time()
-    fitted = _fit(settings, X, target, w) if covered else None
+    fitted = None if arrays is None else _fit(settings, *arrays)
     if fitted is None:
         return model.fit(batches)  # Captum's own fit (imports scikit-learn)
     device = getattr(model, "device", "cpu")
@@ -101,6 +95,19 @@ def fit_without_sklearn(model: Any, train_data: Iterable) -> Optional[Dict[str, 
                                   bias_value=torch.tensor([fitted[1]], dtype=torch.float32, device=device),
                                   classes=None)
     return {"train_time": time.time() - start}
+
+
+def _covered_arrays(batches: List[tuple]) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """float64 ``(X, y, w)`` of the ``(x, y, w)`` batches, or None for data this module does not fit."""
+    if not batches or any(len(batch) != 3 for batch in batches):
+        return None
+    X, y, w = (np.concatenate([batch[i].detach().cpu().numpy() for batch in batches]).astype(np.float64)
+               for i in range(3))
+    if X.ndim != 2 or y.ndim != 1 or w.ndim != 1 or not len(X) == len(y) == len(w):
+        return None
+    if not (np.isfinite(X).all() and np.isfinite(y).all() and np.isfinite(w).all()) or (w < 0).any() or w.sum() <= 0:
+        return None
+    return X, y, w
 
 
 def _fit(settings: Tuple[str, Dict[str, Any]], X: np.ndarray, y: np.ndarray, w: np.ndarray
@@ -131,7 +138,7 @@ def _lasso(X: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float, tol: float
     root = np.sqrt(w)
     coef = lasso_coordinate_descent((X - x_offset) * root[:, None], (y - y_offset) * root, alpha * n, tol,
                                     max_iter)
-    return coef, (y_offset - float(x_offset @ coef)) if fit_intercept else 0.0
+    return coef, y_offset - float(x_offset @ coef)  # 0 without an intercept: both offsets are 0
 
 
 def _duality_gap(X: np.ndarray, y: np.ndarray, w: np.ndarray, R: np.ndarray, alpha: float) -> Tuple[float, np.ndarray, float]:
